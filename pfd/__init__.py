@@ -1,0 +1,35 @@
+"""pfd: the probability flow distance for (distilled) diffusion models.
+
+PFD(p, q) = (E_z ||Psi(Phi_p(z)) - Psi(Phi_q(z))||^2)^(1/2): push the same Gaussian noise through
+two noise-to-data maps and take the root-mean-square distance of the outputs.
+
+>>> import pfd
+>>> teacher = pfd.GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], [0.1, 0.1])
+>>> student = pfd.GaussianMixture([0.5, 0.5], [[-1.1, 0.0], [1.1, 0.0]], [0.1, 0.1])
+>>> res = pfd.distance(teacher.flow_map(), student.flow_map(), n=512, progress=False)
+>>> 0.0 < res.value < 0.2
+True
+"""
+
+from pfd import analytic
+from pfd._checks import NonFiniteError
+from pfd._version import __version__
+from pfd.analytic.gmm import GaussianMixture
+from pfd.distance import PFDResult, distance
+from pfd.maps import DiffusionMap, NoiseToData, OneStepMap
+from pfd.noise import canonical_noise
+from pfd.schedules import karras_sigmas
+
+__all__ = [
+    "DiffusionMap",
+    "GaussianMixture",
+    "NoiseToData",
+    "NonFiniteError",
+    "OneStepMap",
+    "PFDResult",
+    "__version__",
+    "analytic",
+    "canonical_noise",
+    "distance",
+    "karras_sigmas",
+]

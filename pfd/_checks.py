@@ -1,0 +1,151 @@
+"""Input validation and small shared helpers (internal).
+
+Every public entry point validates its arguments here so that bad input fails early with a
+message that names the argument and says what was expected, instead of deep inside torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+__all__ = [
+    "NonFiniteError",
+    "as_sigma",
+    "check_positive_float",
+    "check_positive_int",
+    "eval_mode",
+    "find_modules",
+]
+
+
+class NonFiniteError(FloatingPointError):
+    """A model produced NaN or infinite values during a solve.
+
+    Attributes
+    ----------
+    indices:
+        Sample indices (global noise indices when raised from :func:`pfd.distance`)
+        whose values were not finite.
+    sigma:
+        The noise level at which the non-finite value appeared (``None`` when it is not
+        a noise level, e.g. for a one-step map).
+    where:
+        Which callable produced it.
+    """
+
+    def __init__(self, indices: Sequence[int], sigma: float | None, where: str) -> None:
+        self.indices = [int(i) for i in indices]
+        self.sigma = sigma
+        self.where = where
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        shown = ", ".join(str(i) for i in self.indices[:10])
+        more = f" (and {len(self.indices) - 10} more)" if len(self.indices) > 10 else ""
+        at = f" at sigma={self.sigma:.6g}" if self.sigma is not None else ""
+        return (
+            f"{self.where} returned non-finite values (NaN or inf){at} for "
+            f"{len(self.indices)} sample(s): indices [{shown}]{more}"
+        )
+
+    def shifted(self, offset: int) -> NonFiniteError:
+        """The same error with indices shifted by ``offset`` (batch-local -> global)."""
+        return NonFiniteError([i + offset for i in self.indices], self.sigma, self.where)
+
+    def __reduce__(self):  # keep picklable across processes
+        return (NonFiniteError, (self.indices, self.sigma, self.where))
+
+
+def check_finite(x: torch.Tensor, sigma: float | None, where: str) -> None:
+    """Raise :class:`NonFiniteError` naming the offending samples if ``x`` is not finite."""
+    if not bool(torch.isfinite(x).all()):
+        bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+        raise NonFiniteError(torch.nonzero(bad).flatten().tolist(), sigma, where)
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_positive_float(value: Any, name: str, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        what = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {what}, got {value}")
+    return value
+
+
+def as_sigma(sigma: Any, batch: int, device: torch.device, name: str = "sigma") -> torch.Tensor:
+    """Validate a noise level given as a float or a (B,) tensor; return a (B,) float64 tensor."""
+    if isinstance(sigma, bool):
+        raise TypeError(f"{name} must be a float or a ({batch},) tensor, got bool")
+    if isinstance(sigma, (int, float)):
+        s = torch.full((batch,), float(sigma), dtype=torch.float64, device=device)
+    elif isinstance(sigma, torch.Tensor):
+        s = sigma.detach().to(device=device, dtype=torch.float64)
+        if s.ndim == 0:
+            s = s.expand(batch)
+        elif s.ndim != 1 or s.shape[0] != batch:
+            raise ValueError(
+                f"{name} must be a float or a tensor of shape ({batch},) matching the batch, "
+                f"got shape {tuple(s.shape)}"
+            )
+    else:
+        raise TypeError(f"{name} must be a float or a torch.Tensor, got {type(sigma).__name__}")
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError(f"{name} must be finite, got non-finite values")
+    if bool((s <= 0).any()):
+        raise ValueError(
+            f"{name} must be > 0 (the PF-ODE stops at sigma_min > 0 and ends with a denoise "
+            f"step), got min {float(s.min()):.6g}"
+        )
+    return s
+
+
+def find_modules(obj: Any) -> list[torch.nn.Module]:
+    """The torch modules behind a callable: the object itself, a bound method's owner,
+    or a ``functools.partial``'s function."""
+    seen: list[torch.nn.Module] = []
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, torch.nn.Module):
+            if all(o is not m for m in seen):
+                seen.append(o)
+            continue
+        owner = getattr(o, "__self__", None)
+        if owner is not None and owner is not o:
+            stack.append(owner)
+        func = getattr(o, "func", None)
+        if func is not None and callable(func) and func is not o:
+            stack.append(func)
+    return seen
+
+
+@contextlib.contextmanager
+def eval_mode(*callables: Callable[..., Any] | None) -> Iterator[None]:
+    """Put every torch module behind ``callables`` in eval mode and restore each
+    module's (and submodule's) training flag afterwards, also on error."""
+    modules: list[torch.nn.Module] = []
+    for c in callables:
+        if c is not None:
+            modules.extend(find_modules(c))
+    saved = [(m, m.training) for mod in modules for m in mod.modules()]
+    try:
+        for mod in modules:
+            mod.eval()
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag

@@ -1,0 +1,367 @@
+"""Noise-to-data maps: callables z ~ N(0, I) of shape (n, *shape) -> samples (n, *shape).
+
+Every object pfd compares is reduced to such a map; two maps are compared on the same noise.
+Maps may expose ``shape`` (the shape of one sample), ``last_nfe`` (model evaluations per sample
+in the last call) and ``describe()`` (provenance). Any plain callable works as a map too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from pfd._checks import (
+    check_finite,
+    check_positive_float,
+    check_positive_int,
+    eval_mode,
+    find_modules,
+)
+from pfd.schedules import check_sigma_range, karras_sigmas
+from pfd.solvers import (
+    ADAPTIVE_TORCHDIFFEQ,
+    fixed_nfe,
+    integrate_fixed,
+    integrate_torchdiffeq,
+    resolve_solver,
+)
+
+__all__ = ["CachedMap", "DiffusionMap", "NoiseToData", "OneStepMap", "describe_map", "map_shape"]
+
+DEFAULT_RTOL = 1e-6
+DEFAULT_ATOL = 1e-8
+
+
+@runtime_checkable
+class NoiseToData(Protocol):
+    """Protocol of a noise-to-data map: ``map(z) -> x`` with ``x.shape == z.shape``."""
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor: ...
+
+
+def _model_dtype(fn: Callable[..., Any], override: torch.dtype | None) -> torch.dtype:
+    if override is not None:
+        if not isinstance(override, torch.dtype) or not override.is_floating_point:
+            raise TypeError(f"model_dtype must be a floating torch.dtype, got {override!r}")
+        return override
+    for mod in find_modules(fn):
+        for p in mod.parameters():
+            if p.dtype.is_floating_point:
+                return p.dtype
+    return torch.float64
+
+
+def _model_device(fn: Callable[..., Any]) -> torch.device | None:
+    for mod in find_modules(fn):
+        for p in mod.parameters():
+            return p.device
+    return None
+
+
+def _check_shape_arg(shape: Sequence[int] | None) -> tuple[int, ...] | None:
+    if shape is None:
+        return None
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        out = tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a tuple of positive ints, got {shape!r}") from None
+    if not out or any(s < 1 for s in out):
+        raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
+    return out
+
+
+def _infer_shape(fn: Callable[..., Any]) -> tuple[int, ...] | None:
+    owner = getattr(fn, "__self__", None)
+    shape = getattr(owner, "event_shape", None) if owner is not None else getattr(fn, "event_shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def _check_z(z: Any, shape: tuple[int, ...] | None, who: str) -> torch.Tensor:
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"{who}: noise z must be a torch.Tensor, got {type(z).__name__}")
+    if not z.dtype.is_floating_point:
+        raise TypeError(f"{who}: noise z must be a floating-point tensor, got {z.dtype}")
+    if z.ndim < 2:
+        raise ValueError(f"{who}: noise z must have shape (n, *shape) with a batch dimension, got {tuple(z.shape)}")
+    if shape is not None and tuple(z.shape[1:]) != shape:
+        raise ValueError(f"{who}: noise z must have shape (n, {', '.join(map(str, shape))}), got {tuple(z.shape)}")
+    return z
+
+
+class DiffusionMap:
+    """The PF-ODE noise-to-data map of a denoiser, in EDM (variance-exploding) coordinates.
+
+    Integrates dx/dsigma = (x - D(x; sigma)) / sigma from x(sigma_max) = sigma_max * z down to
+    sigma_min, then takes the final step to sigma = 0, x <- D(x; sigma_min). The state is
+    float64; the denoiser is called with ``x`` in ``model_dtype`` (default: the dtype of the
+    module's parameters, float64 for plain functions) and ``sigma`` as a (B,) tensor.
+
+    Parameters
+    ----------
+    denoiser:
+        ``D(x, sigma) -> x0`` (EDM/k-diffusion convention), ``sigma`` a (B,) tensor.
+    sigma_max, sigma_min:
+        Integration range, 0 < sigma_min < sigma_max.
+    solver:
+        ``"heun"`` (EDM, default), ``"euler"``, ``"midpoint"``, ``"rk4"`` on the Karras grid, or
+        any torchdiffeq method (``"dopri5"``, ``"dopri8"``, ``"bosh3"``, ``"adaptive_heun"``,
+        ``"torchdiffeq:rk4"``, ...) integrating in log sigma.
+    steps:
+        Grid points from sigma_max to sigma_min for fixed-grid solvers (EDM: 18, i.e.
+        17 Heun steps plus the final denoise = 35 evaluations). Ignored by adaptive methods.
+    rho:
+        Exponent of the Karras grid.
+    rtol, atol:
+        Tolerances of adaptive torchdiffeq methods (defaults 1e-6 and 1e-8).
+    shape:
+        Shape of one sample; inferred when the denoiser is a bound method of an object with
+        ``event_shape`` (e.g. :class:`pfd.GaussianMixture`).
+
+    Example
+    -------
+    >>> import pfd
+    >>> gmm = pfd.GaussianMixture([1.0], [[1.0, -1.0]], [0.5])
+    >>> teacher = pfd.DiffusionMap(gmm.denoiser)
+    >>> x = teacher(pfd.canonical_noise(8, (2,), seed=0))
+    >>> x.shape, teacher.last_nfe
+    (torch.Size([8, 2]), 35)
+    """
+
+    def __init__(
+        self,
+        denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        sigma_max: float = 80.0,
+        sigma_min: float = 0.002,
+        solver: str = "heun",
+        steps: int = 18,
+        rho: float = 7.0,
+        rtol: float | None = None,
+        atol: float | None = None,
+        *,
+        shape: Sequence[int] | None = None,
+        model_dtype: torch.dtype | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not callable(denoiser):
+            raise TypeError(f"denoiser must be callable D(x, sigma), got {type(denoiser).__name__}")
+        self.denoiser = denoiser
+        self.sigma_min, self.sigma_max = check_sigma_range(sigma_min, sigma_max)
+        self.backend, self.method = resolve_solver(solver)
+        self.solver = solver
+        self.steps = check_positive_int(steps, "steps", minimum=2)
+        self.rho = check_positive_float(rho, "rho")
+        self.adaptive = self.backend == "torchdiffeq" and self.method in ADAPTIVE_TORCHDIFFEQ
+        if not self.adaptive and (rtol is not None or atol is not None):
+            raise ValueError(f"rtol/atol apply to adaptive solvers only; solver={solver!r} is fixed-grid")
+        self.rtol = check_positive_float(rtol, "rtol") if rtol is not None else DEFAULT_RTOL
+        self.atol = check_positive_float(atol, "atol") if atol is not None else DEFAULT_ATOL
+        self.shape = _check_shape_arg(shape) or _infer_shape(denoiser)
+        self._model_dtype = _model_dtype(denoiser, model_dtype)
+        self.name = name or getattr(denoiser, "__qualname__", type(denoiser).__name__)
+        self.sigmas = karras_sigmas(self.steps, self.sigma_min, self.sigma_max, self.rho)
+        self.last_nfe: int | None = None
+
+    @property
+    def nfe_per_sample(self) -> int | None:
+        """Denoiser evaluations per sample (None for adaptive methods: it varies)."""
+        if self.backend == "builtin":
+            return fixed_nfe(self.method, self.steps)
+        return None  # torchdiffeq: counted per call in ``last_nfe``
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance: solver, grid, tolerances, dtype."""
+        d: dict[str, Any] = {
+            "type": "DiffusionMap",
+            "name": self.name,
+            "solver": self.method,
+            "backend": self.backend,
+            "sigma_max": self.sigma_max,
+            "sigma_min": self.sigma_min,
+            "state_dtype": "float64",
+            "model_dtype": str(self._model_dtype).replace("torch.", ""),
+            "final_step": "denoise at sigma_min",
+        }
+        if self.adaptive:
+            d.update(rtol=self.rtol, atol=self.atol, variable="log sigma")
+        else:
+            d.update(grid="karras", steps=self.steps, rho=self.rho)
+            if self.backend == "torchdiffeq":
+                d["variable"] = "log sigma"
+        if self.nfe_per_sample is not None:
+            d["nfe"] = self.nfe_per_sample
+        return d
+
+    def __repr__(self) -> str:
+        grid = f"rtol={self.rtol:g}, atol={self.atol:g}" if self.adaptive else f"steps={self.steps}, rho={self.rho:g}"
+        return f"DiffusionMap({self.name}, solver={self.method!r}, {grid}, sigma=[{self.sigma_min:g}, {self.sigma_max:g}])"
+
+    def _make_denoise(self, device: torch.device, counter: list[int]):
+        fn = self.denoiser
+        mdtype = self._model_dtype
+        where = f"denoiser of {self.name}"
+
+        def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            counter[0] += 1
+            sig = torch.full((x.shape[0],), sigma, dtype=mdtype, device=device)
+            out = fn(x.to(mdtype), sig)
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"{where} must return a torch.Tensor, got {type(out).__name__}")
+            if out.shape != x.shape:
+                raise ValueError(f"{where} returned shape {tuple(out.shape)} for input of shape {tuple(x.shape)}")
+            out = out.to(torch.float64)
+            check_finite(out, sigma, where)
+            return out
+
+        return denoise
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        """Map noise z (n, *shape) to data (n, *shape), float64."""
+        z = _check_z(z, self.shape, "DiffusionMap")
+        device = _model_device(self.denoiser) or z.device
+        x = self.sigma_max * z.to(device=device, dtype=torch.float64)
+        counter = [0]
+        denoise = self._make_denoise(device, counter)
+        with torch.no_grad(), eval_mode(self.denoiser):
+            if self.backend == "builtin":
+                x = integrate_fixed(denoise, x, self.sigmas, self.method)
+            else:
+                x = integrate_torchdiffeq(denoise, x, self.sigmas, self.method, self.rtol, self.atol)
+            check_finite(x, self.sigma_min, f"ODE state of {self.name}")
+            x = denoise(x, self.sigma_min)
+        self.last_nfe = counter[0]
+        return x
+
+
+class OneStepMap:
+    """A one-step generator used as a noise-to-data map: ``x = fn(z)``.
+
+    The generator is run under ``torch.no_grad`` in eval mode (its mode is restored after);
+    its output must have the shape of ``z``. Counts one evaluation per sample.
+
+    >>> import torch, pfd
+    >>> student = pfd.OneStepMap(lambda z: 2.0 * z, shape=(3,))
+    >>> student(torch.ones(2, 3))
+    tensor([[2., 2., 2.],
+            [2., 2., 2.]], dtype=torch.float64)
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        shape: Sequence[int] | None = None,
+        model_dtype: torch.dtype | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable fn(z) -> x, got {type(fn).__name__}")
+        self.fn = fn
+        self.shape = _check_shape_arg(shape)
+        self._model_dtype = _model_dtype(fn, model_dtype)
+        self.name = name or getattr(fn, "__qualname__", type(fn).__name__)
+        self.last_nfe: int | None = None
+        self.nfe_per_sample = 1
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "OneStepMap", "name": self.name, "nfe": 1,
+                "model_dtype": str(self._model_dtype).replace("torch.", "")}
+
+    def __repr__(self) -> str:
+        return f"OneStepMap({self.name})"
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        z = _check_z(z, self.shape, "OneStepMap")
+        device = _model_device(self.fn) or z.device
+        with torch.no_grad(), eval_mode(self.fn):
+            out = self.fn(z.to(device=device, dtype=self._model_dtype))
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"OneStepMap {self.name} must return a torch.Tensor, got {type(out).__name__}")
+        if out.shape != z.shape:
+            raise ValueError(f"OneStepMap {self.name} returned shape {tuple(out.shape)} for noise of shape {tuple(z.shape)}")
+        out = out.to(torch.float64)
+        check_finite(out, None, f"OneStepMap {self.name}")
+        self.last_nfe = 1
+        return out
+
+
+class CachedMap:
+    """Memoise a map's outputs by the content of the noise it is given.
+
+    Evaluating a teacher once and scoring many students (or one student over many epochs)
+    against it then costs only the students' maps. The key is a SHA-1 digest of the noise
+    batch's bytes, so a cache can never return outputs for different noise. Memory grows with
+    the number of distinct noise samples seen; :meth:`clear` empties it.
+
+    >>> import torch, pfd
+    >>> calls = []
+    >>> base = pfd.OneStepMap(lambda z: calls.append(1) or z * 2, shape=(2,))
+    >>> m = pfd.maps.CachedMap(base)
+    >>> z = torch.zeros(3, 2)
+    >>> _ = m(z); _ = m(z)
+    >>> len(calls), m.hits
+    (1, 1)
+    """
+
+    def __init__(self, base: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        if not callable(base):
+            raise TypeError(f"base must be a callable map, got {type(base).__name__}")
+        self.base = base
+        self.shape = map_shape(base)
+        self.name = getattr(base, "name", type(base).__name__)
+        self._store: dict[tuple[str, tuple[int, ...]], tuple[torch.Tensor, int | None]] = {}
+        self.hits = 0
+        self.misses = 0
+        self.last_nfe: int | None = None
+
+    @staticmethod
+    def _key(z: torch.Tensor) -> tuple[str, tuple[int, ...]]:
+        import hashlib
+
+        arr = z.detach().to("cpu", torch.float64).contiguous().numpy()
+        return hashlib.sha1(arr.tobytes()).hexdigest(), tuple(z.shape)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        key = self._key(z)
+        hit = self._store.get(key)
+        if hit is not None:
+            self.hits += 1
+            self.last_nfe = hit[1]
+            return hit[0].clone()
+        out = self.base(z)
+        self.misses += 1
+        nfe = getattr(self.base, "last_nfe", None)
+        self._store[key] = (out.detach().clone(), nfe)
+        self.last_nfe = nfe
+        return out
+
+    def clear(self) -> None:
+        self._store.clear()
+
+    def describe(self) -> dict[str, Any]:
+        return describe_map(self.base)
+
+    def __repr__(self) -> str:
+        return f"CachedMap({self.base!r}, entries={len(self._store)})"
+
+
+def map_shape(m: Callable[..., Any]) -> tuple[int, ...] | None:
+    """The declared sample shape of a map, if any."""
+    shape = getattr(m, "shape", None)
+    if shape is None or isinstance(m, torch.Tensor):
+        return None
+    try:
+        return tuple(int(s) for s in shape)
+    except TypeError:
+        return None
+
+
+def describe_map(m: Callable[..., Any]) -> dict[str, Any]:
+    """Provenance of any map (``describe()`` if present, else its type and name)."""
+    d = getattr(m, "describe", None)
+    if callable(d):
+        return dict(d())
+    return {"type": type(m).__name__, "name": getattr(m, "__qualname__", repr(m))}

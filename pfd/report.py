@@ -1,0 +1,97 @@
+"""Reports: atomic JSON / JSONL writing and plain-text tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["append_jsonl", "format_table", "to_jsonable", "write_json"]
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert tensors, numpy values, tuples and non-finite floats into JSON-safe values."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str | os.PathLike[str], data: Any, *, indent: int = 2) -> Path:
+    """Write ``data`` as JSON atomically: a temporary file in the same folder, then rename.
+
+    A crash mid-write leaves the previous file (or none), never a truncated one.
+    """
+    path = Path(path)
+    text = json.dumps(to_jsonable(data), indent=indent, sort_keys=False) + "\n"
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"path: folder {str(parent)!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def append_jsonl(path: str | os.PathLike[str], record: Any) -> None:
+    """Append one JSON line with a single ``write`` on an O_APPEND descriptor, then fsync.
+
+    Earlier lines are never rewritten, so a crash can at worst leave one incomplete last line,
+    which readers skip.
+    """
+    line = (json.dumps(to_jsonable(record)) + "\n").encode("utf-8")
+    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, floatfmt: str = ".4g") -> str:
+    """A plain-text table of ``rows`` (dicts) with the given column order."""
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return format(v, floatfmt)
+        return str(v)
+
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    num = [all(_numeric(row[i]) for row in cells) for i in range(len(columns))]
+
+    def line(vals: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if nm else v.ljust(w) for v, w, nm in zip(vals, widths, num, strict=True)).rstrip()
+
+    out = [line(list(columns)), "  ".join("-" * w for w in widths)]
+    out += [line(row) for row in cells]
+    return "\n".join(out)
+
+
+def _numeric(s: str) -> bool:
+    try:
+        float(s.replace("±", "").split()[0])
+        return True
+    except (ValueError, IndexError):
+        return s == "-"
