@@ -138,7 +138,7 @@ def format_demo(report: dict[str, Any]) -> str:
         rows.append({
             "student": r["student"],
             "map": r["setting"],
-            "NFE": None if r["nfe"] is None else int(round(r["nfe"])),
+            "NFE": None if r["nfe"] is None else round(r["nfe"]),
             "PFD": f"{r['pfd']:.4f}",
             "± se": f"{r['stderr']:.4f}",
             "95% CI": f"[{lo:.4f}, {hi:.4f}]",

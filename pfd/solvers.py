@@ -17,6 +17,7 @@ All solvers stop at sigma_min > 0; the caller takes the final denoise step x <- 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -90,7 +91,7 @@ def integrate_fixed(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, met
     def f(y: torch.Tensor, sig: float) -> torch.Tensor:
         return (y - denoise(y, sig)) / sig
 
-    for s0, s1 in zip(s[:-1], s[1:], strict=True):
+    for s0, s1 in itertools.pairwise(s):
         h = s1 - s0
         if method == "euler":
             x = x + h * f(x, s0)
