@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install test test-slow lint bench demo clean
+.PHONY: install test test-slow lint docs demo clean
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0"
@@ -15,6 +15,9 @@ test-slow:
 
 lint:
 	$(PYTHON) -m ruff check pfd tests benchmarks
+
+docs:
+	$(PYTHON) -m mkdocs build --strict
 
 demo:
 	pfd demo
