@@ -55,6 +55,7 @@ __all__ = [
     "bound_info",
     "cumulative",
     "expansion_rate",
+    "grid_from_rate",
     "hessian_log_prob",
     "lipschitz_bound",
     "make_grid",
@@ -129,8 +130,8 @@ def velocity(gmm: GaussianMixture, x: torch.Tensor, t: float, process: str | Pro
 
     >>> import torch, pfd
     >>> g = pfd.GaussianMixture([1.0], [[0.0]], [1.0])   # N(0, 1) is stationary under OU
-    >>> pfd.stability.velocity(g, torch.tensor([[0.7]]), 0.5)
-    tensor([[0.]], dtype=torch.float64)
+    >>> abs(float(pfd.stability.velocity(g, torch.tensor([[0.7]]), 0.5))) < 1e-14
+    True
     """
     gmm = _check_gmm(gmm)
     proc = get_process(process)
@@ -372,17 +373,57 @@ def _coordinate(gmm: GaussianMixture, t_min: float, t_max: float, proc: Process,
             return total
 
         return G, True
-    # general covariances: tabulate the rate on a fine log grid, cumulative trapezoid in u = ln t
-    u = np.linspace(math.log(t_min), math.log(t_max), 1025)
+    # general covariances: tabulate the rate on a fine log grid
+    fn = (lambda t: lipschitz_bound(gmm, t, proc)) if rate == "sum" else (lambda t: np.maximum(expansion_rate(gmm, t, proc), 0.0))
+    return _tabulated(fn, t_min, t_max), False
+
+
+def _tabulated(rate_fn, t_min: float, t_max: float, n_table: int = 1025):
+    """G(t) = int_{t_min}^t rate by the trapezoid rule in u = ln t on n_table points, interpolated."""
+    u = np.linspace(math.log(t_min), math.log(t_max), n_table)
     tt = np.exp(u)
-    r = np.asarray(lipschitz_bound(gmm, tt, proc) if rate == "sum" else np.maximum(expansion_rate(gmm, tt, proc), 0.0))
+    r = np.asarray(rate_fn(tt), dtype=np.float64)
+    if r.shape != tt.shape or not np.all(np.isfinite(r)) or np.any(r < 0):
+        raise ValueError("rate must return finite values >= 0 of the same shape as its (array) input")
     integrand = r * tt
     table = np.concatenate([[0.0], np.cumsum(0.5 * (integrand[1:] + integrand[:-1]) * np.diff(u))])
 
     def G_tab(t: float) -> float:
         return float(np.interp(math.log(t), u, table))
 
-    return G_tab, False
+    return G_tab
+
+
+def _invert(G, total: float, K: int, t_min: float, t_max: float) -> torch.Tensor:
+    times = [t_max]
+    for j in range(1, K):
+        target = total * (K - j) / K
+        t = brentq(lambda v: G(math.exp(v)) - target, math.log(t_min), math.log(t_max),
+                   xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
+        times.append(math.exp(t))
+    times.append(t_min)
+    return torch.tensor(times, dtype=_F64)
+
+
+def grid_from_rate(rate, K: int, t_max: float, t_min: float, n_table: int = 4097) -> torch.Tensor:
+    """Balanced grid of any non-negative rate function r(t) (vectorised over a numpy array):
+    K + 1 times from t_max down to t_min with equal increments of int r dt (trapezoid table in
+    ln t, inverted by interpolation). A constant factor in r does not change the grid.
+
+    >>> g1 = grid_from_rate(lambda t: 1.0 / t, 2, 100.0, 1.0)   # uniform in ln t
+    >>> [round(float(t), 6) for t in g1]
+    [100.0, 10.0, 1.0]
+    """
+    if not callable(rate):
+        raise TypeError(f"rate must be callable r(t) on a numpy array, got {type(rate).__name__}")
+    check_positive_int(K, "K")
+    check_positive_int(n_table, "n_table", minimum=3)
+    t_min, t_max = check_time_range(t_min, t_max)
+    G = _tabulated(rate, t_min, t_max, n_table)
+    total = G(t_max)
+    if not total > 0:
+        raise ValueError("the rate integrates to zero on [t_min, t_max]; no balanced grid exists")
+    return _invert(G, total, K, t_min, t_max)
 
 
 def balanced_grid(
@@ -398,18 +439,11 @@ def balanced_grid(
     t_min, t_max = check_time_range(t_min, t_max)
     proc = get_process(process)
     _check_rate(rate)
-    G, exact = _coordinate(gmm, t_min, t_max, proc, rate)
+    G, _ = _coordinate(gmm, t_min, t_max, proc, rate)
     total = G(t_max)
     if not total > 0:
         raise ValueError(f"the {rate!r} stability coordinate is zero on [t_min, t_max]; no balanced grid exists")
-    times = [t_max]
-    for j in range(1, K):
-        target = total * (K - j) / K
-        t = brentq(lambda v: G(math.exp(v)) - target, math.log(t_min), math.log(t_max),
-                   xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
-        times.append(math.exp(t))
-    times.append(t_min)
-    return torch.tensor(times, dtype=_F64)
+    return _invert(G, total, K, t_min, t_max)
 
 
 def _check_grid(grid: Any) -> np.ndarray:
