@@ -133,7 +133,7 @@ class GaussianMixture:
 
         >>> import pfd
         >>> emp = pfd.GaussianMixture.empirical([[0.0, 0.0], [1.0, 1.0]])
-        >>> emp.denoiser(torch.tensor([[0.9, 1.2]]), 0.01)
+        >>> emp.denoiser(torch.tensor([[0.9, 1.2]], dtype=torch.float64), 0.01)
         tensor([[1., 1.]], dtype=torch.float64)
         """
         pts = _as_f64(points, "points")

@@ -1,0 +1,52 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+import pfd
+from pfd.cli import main
+from pfd.demo import REFERENCE, demo_teacher
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "pfd.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_version():
+    out = _run("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"pfd {pfd.__version__}"
+
+
+def test_demo_json_matches_library(tmp_path):
+    path = tmp_path / "demo.json"
+    out = _run("demo", "--n", "128", "--train-steps", "30", "--json", "--no-progress", "--out", str(path))
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert json.loads(path.read_text()) == report
+    rows = {r["student"]: r for r in report["rows"]}
+    assert len(rows) == 8
+    # recompute one row independently through the library
+    gmm = demo_teacher()
+    res = pfd.distance(gmm.flow_map(**REFERENCE), gmm.flow_map(solver="heun", steps=8), n=128, progress=False)
+    assert rows["teacher, heun/8"]["pfd"] == pytest.approx(res.value, rel=1e-9)
+    assert rows["teacher, heun/8"]["nfe"] == 15
+    # the finer sampler is closer to the teacher than the coarse one, and more data memorizes closer
+    assert rows["teacher, heun/18"]["pfd"] < rows["teacher, heun/8"]["pfd"]
+    assert rows["memorizing, N=4096"]["pfd"] < rows["memorizing, N=16"]["pfd"]
+    for r in report["rows"]:
+        lo, hi = r["ci95"]
+        assert lo <= r["pfd"] <= hi
+
+
+def test_demo_table(capsys):
+    assert main(["demo", "--n", "32", "--train-steps", "5", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "memorizing, N=256" in text and "95% CI" in text and "NFE" in text
+
+
+def test_bad_cli_input(capsys):
+    assert main(["demo", "--n", "1", "--no-progress"]) == 2
+    assert "--n must be >= 2" in capsys.readouterr().err
+    assert main(["demo", "--seed", "-3", "--no-progress"]) == 2
+    assert main([]) == 2
