@@ -13,7 +13,6 @@ conversions t <-> sigma_VE <-> log-SNR, and K-segment time grids (:func:`time_gr
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 

@@ -35,6 +35,7 @@ True
 
 from __future__ import annotations
 
+import itertools
 import math
 import weakref
 from typing import Any
@@ -386,7 +387,7 @@ def _coordinate(gmm: GaussianMixture, t_min: float, t_max: float, proc: Process,
 
         def G(t: float) -> float:
             total = 0.0
-            for lo, hi in zip(knots[:-1], knots[1:], strict=True):
+            for lo, hi in itertools.pairwise(knots):
                 if lo >= t:
                     break
                 hi = min(hi, t)
@@ -421,7 +422,7 @@ def _invert(G, total: float, K: int, t_min: float, t_max: float) -> torch.Tensor
     times = [t_max]
     for j in range(1, K):
         target = total * (K - j) / K
-        t = brentq(lambda v: G(math.exp(v)) - target, math.log(t_min), math.log(t_max),
+        t = brentq(lambda v, target=target: G(math.exp(v)) - target, math.log(t_min), math.log(t_max),
                    xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
         times.append(math.exp(t))
     times.append(t_min)
@@ -484,7 +485,7 @@ def segment_increments(gmm: GaussianMixture, grid: Any, process: str | Process =
     proc = get_process(process)
     _check_rate(rate)
     g = _check_grid(grid)
-    return np.array([cumulative(gmm, float(lo), float(hi), proc, rate) for hi, lo in zip(g[:-1], g[1:], strict=True)])
+    return np.array([cumulative(gmm, float(lo), float(hi), proc, rate) for hi, lo in itertools.pairwise(g)])
 
 
 def amplification_factors(gmm: GaussianMixture, grid: Any, process: str | Process = "ou", rate: str = "sum") -> np.ndarray:

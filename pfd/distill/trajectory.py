@@ -23,6 +23,7 @@ x(sigma_max) = sigma_max z), and :class:`ExactFlowMap` is the matching exact ref
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from typing import Any
@@ -113,11 +114,14 @@ class TrajectoryStudent(torch.nn.Module):
         sizes = [d_in] + [self.hidden] * self.depth + [self.dim]
         self.weights = torch.nn.ParameterList()
         self.biases = torch.nn.ParameterList()
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             last = i == len(sizes) - 2
             bound = 1.0 / math.sqrt(a)
-            w = torch.zeros(n_nets, a, b, dtype=dtype) if last else (torch.rand(n_nets, a, b, generator=gen, dtype=dtype) * 2 - 1) * bound
-            bias = torch.zeros(n_nets, 1, b, dtype=dtype) if last else (torch.rand(n_nets, 1, b, generator=gen, dtype=dtype) * 2 - 1) * bound
+            if last:
+                w, bias = torch.zeros(n_nets, a, b, dtype=dtype), torch.zeros(n_nets, 1, b, dtype=dtype)
+            else:
+                w = (torch.rand(n_nets, a, b, generator=gen, dtype=dtype) * 2 - 1) * bound
+                bias = (torch.rand(n_nets, 1, b, generator=gen, dtype=dtype) * 2 - 1) * bound
             self.weights.append(torch.nn.Parameter(w))
             self.biases.append(torch.nn.Parameter(bias))
 
