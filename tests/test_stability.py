@@ -255,3 +255,33 @@ def test_bad_input(iso3):
         S.velocity_jacobian(iso3, torch.zeros(3, 5, dtype=F64), 0.1)
     with pytest.raises(ValueError, match="rate must return finite values"):
         S.grid_from_rate(lambda t: -t, 2, 1.0, 0.1)
+
+
+def test_cli_grid_json_matches_library(capsys, tmp_path):
+    import json
+
+    from pfd.cli import main
+
+    assert main(["grid", "--K", "4", "--kind", "balanced-sum", "--mixture", "two-mode", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    g = pfd.GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [0.01, 0.01])
+    times = S.balanced_grid(g, 4, 3.0, 0.01)
+    np.testing.assert_allclose(rep["grids"]["balanced-sum"]["times"], times.numpy(), rtol=1e-14)
+    amp = [r["amplification"] for r in rep["grids"]["balanced-sum"]["segments"]]
+    np.testing.assert_allclose(amp, math.exp(rep["Lambda_total"] / 4), rtol=1e-8)
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(g.to_dict()))
+    assert main(["grid", "--K", "2", "--kind", "all", "--gmm", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert all(k in out for k in S.GRID_MAKERS) and "amplification" in out
+
+
+def test_cli_grid_errors(capsys):
+    from pfd.cli import main
+
+    assert main(["grid", "--K", "0"]) == 2
+    assert "--K must be >= 1" in capsys.readouterr().err
+    assert main(["grid", "--kind", "cosine"]) == 2
+    assert "--kind must be one of" in capsys.readouterr().err
+    assert main(["grid", "--t-min", "2", "--t-max", "1"]) == 2
+    assert "t_min must be < t_max" in capsys.readouterr().err
