@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=400, help="Adam steps per student (every step: one batch per segment)")
     ap.add_argument("--quick", action="store_true", help="one mixture, K = 8, two grids, tiny budget")
+    ap.add_argument("--mixtures", nargs="+", choices=list(mixtures()), help="subset of the mixtures")
+    ap.add_argument("--Ks", nargs="+", type=int, help="subset of K values (default 1 2 4 8 16)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "stability_grid.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -185,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": list(range(args.seeds)), "steps": args.steps, "batch_size": 256, "n_train": 4096, "hidden": 64,
         "depth": 2, "lr": 2e-3, "n_test": 4096, "n_local": 2048, "local_Ks": [8],
     }
+    if args.mixtures:
+        config["mixtures"] = args.mixtures
+    if args.Ks:
+        config["Ks"] = args.Ks
     if args.quick:
         config.update(mixtures=["1d-2mode-narrow"], Ks=[8], grids=["uniform", "balanced-sum"], seeds=[0, 1],
                       steps=150, n_train=1024, n_test=1024, n_local=512)

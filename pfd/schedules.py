@@ -109,6 +109,7 @@ class Process:
     (EDM: alpha = 1, sigma = t). All methods take a float or an array of times and return the
     same kind. Get one with :func:`get_process`.
 
+    >>> import math
     >>> ou = get_process("ou")
     >>> round(ou.rho(1.0), 12) == round(math.e ** 2 - 1, 12)
     True
