@@ -11,7 +11,7 @@ two noise-to-data maps and take the root-mean-square distance of the outputs.
 True
 """
 
-from pfd import analytic
+from pfd import analytic, stability
 from pfd._checks import NonFiniteError
 from pfd._version import __version__
 from pfd.analytic.gmm import GaussianMixture
@@ -32,4 +32,5 @@ __all__ = [
     "canonical_noise",
     "distance",
     "karras_sigmas",
+    "stability",
 ]

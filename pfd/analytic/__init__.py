@@ -1,5 +1,6 @@
 """Analytic ground truth: Gaussian mixtures with closed-form denoisers, scores and maps."""
 
+from pfd.analytic.exact import exact_map, exact_method
 from pfd.analytic.gmm import GaussianMixture
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "exact_map", "exact_method"]
