@@ -30,6 +30,7 @@ from pfd.maps import DiffusionMap
 from pfd.noise import derive_seed
 from pfd.schedules import check_sigma_range
 
+
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     """Temporarily set torch's intra-op thread count (``None``: leave it). Small MLP training on
@@ -212,7 +213,9 @@ def fit_ratio(
     xq = _as_pool(sampler, n_samples, derive_seed(seed, 1), "sampler")
     xp = _as_pool(reference_sampler, n_samples, derive_seed(seed, 2), "reference_sampler")
     if xq.shape[1:] != xp.shape[1:]:
-        raise ValueError(f"sampler and reference_sampler give different sample shapes: {tuple(xq.shape[1:])} vs {tuple(xp.shape[1:])}")
+        raise ValueError(
+            f"sampler and reference_sampler give different sample shapes: {tuple(xq.shape[1:])} vs {tuple(xp.shape[1:])}"
+        )
     g = torch.Generator().manual_seed(derive_seed(seed, 3))
     xq, xp = xq[torch.randperm(xq.shape[0], generator=g)], xp[torch.randperm(xp.shape[0], generator=g)]
     hq, hp = max(1, int(holdout * xq.shape[0])), max(1, int(holdout * xp.shape[0]))
@@ -248,7 +251,8 @@ def _train_ratio(net: RatioNet, tq: torch.Tensor, tp: torch.Tensor, vq: torch.Te
         ema = lv if ema is None else 0.98 * ema + 0.02 * lv
     net.eval()
     held, by = _heldout(net, vq, vp, lo, hi, seed)
-    return RatioFit(net, held, CHANCE_LOSS, float(ema), lo, hi, steps, int(tq.shape[0] + vq.shape[0]), int(tp.shape[0] + vp.shape[0]),
+    nq, np_ = int(tq.shape[0] + vq.shape[0]), int(tp.shape[0] + vp.shape[0])
+    return RatioFit(net, held, CHANCE_LOSS, float(ema), lo, hi, steps, nq, np_,
                     time.perf_counter() - t0, by)
 
 

@@ -50,7 +50,8 @@ COUPLING_MESSAGE = (
     "{name} is a distribution-matching student (kind='distribution'): PFD of its raw map z -> G(z) measures the "
     "coupling between noise and samples, not the distribution, and can be large even when the student's "
     "distribution equals the teacher's. Score PFD(q, p) instead through the student's PF-ODE map: "
-    "pfd.adapters.RatioCorrectedMap(reference_denoiser, pfd.adapters.fit_ratio(student_sampler, reference_samples).log_ratio, ...)"
+    "pfd.adapters.RatioCorrectedMap(reference_denoiser, pfd.adapters.fit_ratio(student_sampler, reference_samples)) "
+    "(see docs/students.md)"
 )
 
 
