@@ -54,7 +54,8 @@ def test_generator_gradient_with_exact_score_difference_is_grad_kl():
 
     def log_ratio(x, s):
         cq, cp = b * b + s**2, 1 + s**2
-        return (-0.5 * (x - at).pow(2).sum(1) / cq - d / 2 * torch.log(cq)) - (-0.5 * x.pow(2).sum(1) / cp - d / 2 * torch.log(cp))
+        log_q = -0.5 * (x - at).pow(2).sum(1) / cq - d / 2 * torch.log(cq)
+        return log_q - (-0.5 * x.pow(2).sum(1) / cp - d / 2 * torch.log(cp))
 
     grad_r = generator_gradient(gen, ratio_score_difference(log_ratio), z[:5000], s[:5000], eps[:5000])
     assert torch.allclose(grad_r, generator_gradient(gen, delta, z[:5000], s[:5000], eps[:5000]), atol=1e-10)

@@ -19,7 +19,15 @@ from pfd.adapters.diffusion import (
     diffusers_denoiser,
     vp_sigmas,
 )
-from pfd.adapters.ratio import RatioCorrectedMap, RatioFit, RatioNet, fit_ratio, grad_log_ratio, ratio_loss
+from pfd.adapters.ratio import (
+    RatioCorrectedMap,
+    RatioFit,
+    RatioNet,
+    fit_ratio,
+    grad_log_ratio,
+    ratio_heldout_loss,
+    ratio_loss,
+)
 from pfd.adapters.students import (
     KINDS,
     ConsistencyStudent,
@@ -47,6 +55,7 @@ __all__ = [
     "diffusers_denoiser",
     "fit_ratio",
     "grad_log_ratio",
+    "ratio_heldout_loss",
     "ratio_loss",
     "vp_sigmas",
 ]

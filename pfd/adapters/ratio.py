@@ -47,7 +47,8 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-__all__ = ["RatioCorrectedMap", "RatioFit", "RatioNet", "fit_ratio", "grad_log_ratio", "ratio_loss", "torch_threads"]
+__all__ = ["RatioCorrectedMap", "RatioFit", "RatioNet", "fit_ratio", "grad_log_ratio", "ratio_heldout_loss", "ratio_loss",
+           "torch_threads"]
 
 _F64 = torch.float64
 CHANCE_LOSS = 2.0 * math.log(2.0)
@@ -254,6 +255,16 @@ def _train_ratio(net: RatioNet, tq: torch.Tensor, tp: torch.Tensor, vq: torch.Te
     nq, np_ = int(tq.shape[0] + vq.shape[0]), int(tp.shape[0] + vp.shape[0])
     return RatioFit(net, held, CHANCE_LOSS, float(ema), lo, hi, steps, nq, np_,
                     time.perf_counter() - t0, by)
+
+
+def ratio_heldout_loss(log_ratio: RatioNet, student_samples: torch.Tensor, reference_samples: torch.Tensor,
+                       sigma_min: float, sigma_max: float, *, seed: int = 0) -> tuple[float, list[dict[str, float]]]:
+    """Balanced logistic loss of a ratio network on (held-out) samples, sigma log-uniform in the range,
+    noise fixed by ``seed``; also per quarter of the log-sigma range. Chance level: 2 log 2."""
+    lo, hi = check_sigma_range(sigma_min, sigma_max)
+    xq = _as_pool(student_samples, 0, 0, "student_samples")
+    xp = _as_pool(reference_samples, 0, 0, "reference_samples")
+    return _heldout(log_ratio, xq, xp, lo, hi, seed)
 
 
 def grad_log_ratio(log_ratio: Callable[..., torch.Tensor], x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
