@@ -119,6 +119,10 @@ def test_ratio_bad_arguments():
         fit_ratio(x, torch.zeros(100, 2, dtype=F64))
     with pytest.raises(ValueError, match="non-finite"):
         fit_ratio(x, torch.full((100, 1), float("nan")))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        fit_ratio(x, x, lr_schedule="step")
+    with pytest.raises(ValueError, match="num_threads"):
+        fit_ratio(x, x, steps=1, num_threads=0)
     with pytest.raises(TypeError, match="net"):
         fit_ratio(x, x, net=torch.nn.Linear(1, 1))
     with pytest.raises(ValueError, match="ratio_sigma_min"):

@@ -184,6 +184,8 @@ def fit_ratio(
     sigma_data: float | None = None,
     seed: int = 0,
     net: RatioNet | None = None,
+    betas: tuple[float, float] = (0.5, 0.99),
+    lr_schedule: str = "constant",
     num_threads: int | None = 1,
 ) -> RatioFit:
     """Fit the log ratio r_sigma = log q_sigma - log p_sigma between a black-box sampler and reference
@@ -195,7 +197,9 @@ def fit_ratio(
     returned :class:`RatioFit` carries the held-out loss (chance level 2 log 2 = 1.386: a value
     near it means the classifier cannot tell the distributions apart, at the level of its
     capacity). Pass ``net`` to continue training an existing ratio network (e.g. DiffRatio's).
-    ``num_threads`` (default 1) is torch's thread count during the fit (restored after).
+    Adam with ``betas``; ``lr_schedule="cosine"`` anneals the learning rate to 0 (a sharper fit of
+    small ratios at high sigma). ``num_threads`` (default 1) is torch's thread count during the
+    fit (restored after).
 
     >>> import torch, pfd
     >>> p = pfd.GaussianMixture([1.0], [[0.0]], [1.0])
@@ -227,13 +231,17 @@ def fit_ratio(
         net = RatioNet(xq.shape[1], hidden, depth, sigma_data=sigma_data, seed=derive_seed(seed, 4))
     elif not isinstance(net, RatioNet):
         raise TypeError(f"net must be a pfd.adapters.RatioNet, got {type(net).__name__}")
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(betas))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if lr_schedule == "cosine" else None
     with torch_threads(num_threads):
-        return _train_ratio(net, tq, tp, vq, vp, lo, hi, steps, batch_size, lr, g, seed)
+        return _train_ratio(net, opt, sched, tq, tp, vq, vp, lo, hi, steps, batch_size, g, seed)
 
 
-def _train_ratio(net: RatioNet, tq: torch.Tensor, tp: torch.Tensor, vq: torch.Tensor, vp: torch.Tensor, lo: float,
-                 hi: float, steps: int, batch_size: int, lr: float, g: torch.Generator, seed: int) -> RatioFit:
-    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.5, 0.99))
+def _train_ratio(net: RatioNet, opt: torch.optim.Optimizer, sched: Any, tq: torch.Tensor, tp: torch.Tensor, vq: torch.Tensor,
+                 vp: torch.Tensor, lo: float, hi: float, steps: int, batch_size: int, g: torch.Generator,
+                 seed: int) -> RatioFit:
     t0 = time.perf_counter()
     net.train()
     dt = net.freqs.dtype
@@ -248,6 +256,8 @@ def _train_ratio(net: RatioNet, tq: torch.Tensor, tp: torch.Tensor, vq: torch.Te
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         lv = loss.item()
         ema = lv if ema is None else 0.98 * ema + 0.02 * lv
     net.eval()
