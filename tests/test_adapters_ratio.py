@@ -136,3 +136,24 @@ def test_ratio_bad_arguments():
     bad = RatioCorrectedMap(p, lambda x, s: x, 0.1, 1.0)  # returns (B, d), not (B,)
     with pytest.raises(ValueError, match="log_ratio must return"):
         bad(torch.zeros(4, 1, dtype=F64))
+
+
+def test_ratio_correction_on_image_shaped_samples():
+    """(B, C, H, W) samples: the correction broadcasts per sample; exact for a shifted Gaussian."""
+    shift = 0.3
+
+    def den_p(x, s):  # N(0, I) in every pixel
+        return x / (1 + s.reshape(-1, 1, 1, 1) ** 2)
+
+    def r(x, s):  # log N(shift, (1+s^2) I) - log N(0, (1+s^2) I)
+        c = 1 + s**2
+        return (x.flatten(1).sum(1) * shift - 0.5 * shift**2 * x[0].numel()) / c
+
+    def den_q(x, s):
+        sb = s.reshape(-1, 1, 1, 1)
+        return shift + (x - shift) / (1 + sb**2)
+
+    z = pfd.canonical_noise(4, (1, 3, 3), seed=0)
+    got = RatioCorrectedMap(den_p, r, 0.002, 80.0, shape=(1, 3, 3))(z)
+    ref = pfd.DiffusionMap(den_q, shape=(1, 3, 3))(z)
+    assert float((got - ref).abs().max()) < 1e-8

@@ -307,14 +307,14 @@ class _CorrectedDenoiser(torch.nn.Module):
         if self.reference_type == "denoiser":
             d = self.reference(x64, s).to(_F64)
         else:
-            d = x64 + (s * s)[:, None] * self.reference(x64, s).to(_F64)
+            d = x64 + (s * s).reshape(-1, *([1] * (x64.ndim - 1))) * self.reference(x64, s).to(_F64)
         inside = (s >= self.lo * (1 - 1e-12)) & (s <= self.hi * (1 + 1e-12))
         if bool(inside.any()):
             idx = torch.nonzero(inside).flatten()
             gr = grad_log_ratio(self.log_ratio, x64[idx], s[idx])
             self.ratio_evals += 1
             d = d.clone()
-            d[idx] = d[idx] + (s[idx] ** 2)[:, None] * gr
+            d[idx] = d[idx] + (s[idx] ** 2).reshape(-1, *([1] * (x64.ndim - 1))) * gr
         return d.to(x.dtype)
 
 
