@@ -11,7 +11,7 @@ two noise-to-data maps and take the root-mean-square distance of the outputs.
 True
 """
 
-from pfd import analytic, stability
+from pfd import adapters, analytic, stability
 from pfd._checks import NonFiniteError
 from pfd._version import __version__
 from pfd.analytic.gmm import GaussianMixture
@@ -28,6 +28,7 @@ __all__ = [
     "OneStepMap",
     "PFDResult",
     "__version__",
+    "adapters",
     "analytic",
     "canonical_noise",
     "distance",

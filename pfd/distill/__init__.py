@@ -1,5 +1,16 @@
 """Small reference students for the analytic setting (CPU-sized)."""
 
+from pfd.distill.diffratio import DiffRatioResult, fit_score_net, generator_gradient, train_diffratio
 from pfd.distill.trajectory import ExactFlowMap, TrajectoryMap, TrajectoryStudent, exact_pairs, train_trajectory_student
 
-__all__ = ["ExactFlowMap", "TrajectoryMap", "TrajectoryStudent", "exact_pairs", "train_trajectory_student"]
+__all__ = [
+    "DiffRatioResult",
+    "ExactFlowMap",
+    "TrajectoryMap",
+    "TrajectoryStudent",
+    "exact_pairs",
+    "fit_score_net",
+    "generator_gradient",
+    "train_diffratio",
+    "train_trajectory_student",
+]
