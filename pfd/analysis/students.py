@@ -26,7 +26,7 @@ import torch
 from pfd._checks import check_positive_float, check_positive_int
 from pfd.noise import derive_seed
 
-__all__ = ["DenoiserMLP", "DSMTrainer", "dsm_loss"]
+__all__ = ["DSMTrainer", "DenoiserMLP", "dsm_loss"]
 
 
 class DenoiserMLP(torch.nn.Module):
@@ -109,8 +109,10 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 class DSMTrainer:
     """Seeded, checkpointable denoising-score-matching training of a :class:`DenoiserMLP`.
 
-    One epoch is one pass over the training set in shuffled minibatches of
-    ``min(batch_size, N)``, each point with a fresh (seeded) noise level and noise. Everything
+    One epoch is one pass over the training set in shuffled minibatches of ``batch_size``
+    points, each with a fresh (seeded) noise level and noise. A set smaller than ``batch_size``
+    is repeated ceil(batch_size / N) times, so an epoch is then one step on a full batch in
+    which every point appears equally often. Everything
     random comes from one ``torch.Generator`` seeded by ``seed``; its state is checkpointed with
     the weights and optimizer, so a resumed run continues bit-for-bit.
 
@@ -166,14 +168,17 @@ class DSMTrainer:
         """
         check_positive_int(epochs, "epochs")
         n = self.data.shape[0]
-        bs = min(self.batch_size, n)
+        reps = -(-self.batch_size // n) if n < self.batch_size else 1
+        data = self.data.repeat(reps, 1)
+        m = data.shape[0]
+        bs = min(self.batch_size, n) * reps
         out = []
         self.model.train()
         for _ in range(epochs):
-            perm = torch.randperm(n, generator=self.gen)
+            perm = torch.randperm(m, generator=self.gen)
             tot, cnt = 0.0, 0
-            for i in range(0, n - bs + 1, bs):
-                y = self.data[perm[i:i + bs]]
+            for i in range(0, m - bs + 1, bs):
+                y = data[perm[i:i + bs]]
                 sigma = (self.p_mean + self.p_std * torch.randn(bs, generator=self.gen)).exp()
                 eps = torch.randn(y.shape, generator=self.gen)
                 loss = dsm_loss(self.model, y, sigma, eps)
