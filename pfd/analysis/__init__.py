@@ -12,7 +12,13 @@ from pfd.analysis.baselines import (
 )
 from pfd.analysis.bias_variance import BiasVariance, bias_variance, bias_variance_study
 from pfd.analysis.dynamics import detect_features, training_dynamics
-from pfd.analysis.generalization import GeneralizationErrors, ReferenceMaps, generalization_errors, reference_maps
+from pfd.analysis.generalization import (
+    GeneralizationErrors,
+    ReferenceMaps,
+    compare_metrics,
+    generalization_errors,
+    reference_maps,
+)
 from pfd.analysis.mtog import collapse_scan, fit_logistic, fit_transitions, mtog_scaling
 from pfd.analysis.students import DenoiserMLP, DSMTrainer, dsm_loss
 
@@ -26,6 +32,7 @@ __all__ = [
     "bias_variance",
     "bias_variance_study",
     "collapse_scan",
+    "compare_metrics",
     "data_copying_ct",
     "detect_features",
     "dsm_loss",

@@ -298,7 +298,8 @@ def data_copying_ct(generated: Any, train: Any, test: Any, *, n_cells: int = 10,
 def all_baselines(samples: Any, train: Any, test: Any, *, seed: int = 0, k: int = 5, n_cells: int = 10,
                   chunk: int = _CHUNK) -> dict[str, Any]:
     """Every baseline for one set of generated ``samples``: memorization ratio against ``train``;
-    Fréchet distance, MMD^2 and PRDC against the held-out ``test`` samples of the data; C_T."""
+    Fréchet distance, MMD^2 and PRDC against the held-out ``test`` samples of the data; C_T with
+    min(n_cells, N // 2) k-means cells of the N training points."""
     mr = memorization_ratio(samples, train, seed=seed, chunk=chunk)
     mmd = mmd_rbf(samples, test, seed=seed, chunk=chunk)
     out: dict[str, Any] = {
@@ -309,5 +310,8 @@ def all_baselines(samples: Any, train: Any, test: Any, *, seed: int = 0, k: int 
         "mmd_bandwidth": mmd["bandwidth"],
     }
     out.update({kk: v for kk, v in prdc(test, samples, k=k, chunk=chunk).items() if kk != "k"})
-    out["ct"] = data_copying_ct(samples, train, test, n_cells=n_cells, seed=seed, chunk=chunk)["ct"]
+    n_train = _points(train, "train").shape[0]
+    cells = max(1, min(n_cells, n_train // 2))  # k-means needs at least as many points as cells
+    out["ct"] = data_copying_ct(samples, train, test, n_cells=cells, seed=seed, chunk=chunk)["ct"]
+    out["ct_cells"] = cells
     return out

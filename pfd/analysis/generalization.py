@@ -19,7 +19,7 @@ from pfd.analytic.gmm import GaussianMixture
 from pfd.distance import PFDResult, distance
 from pfd.maps import CachedMap
 
-__all__ = ["GeneralizationErrors", "ReferenceMaps", "generalization_errors", "reference_maps"]
+__all__ = ["GeneralizationErrors", "ReferenceMaps", "compare_metrics", "generalization_errors", "reference_maps"]
 
 Map = Callable[[torch.Tensor], torch.Tensor]
 
@@ -120,3 +120,37 @@ def generalization_errors(
     e_gen = distance(smap, refs.teacher, **kw)
     e_mem = distance(smap, refs.empirical, **kw)
     return GeneralizationErrors(e_gen, e_mem, refs.n_train)
+
+
+def compare_metrics(
+    students: dict[str, tuple[Map, Any]],
+    teacher: Any,
+    test: Any,
+    *,
+    n: int = 2048,
+    seed: int = 0,
+    batch_size: int = 1024,
+    baseline_seed: int = 0,
+    **solver: Any,
+) -> list[dict[str, Any]]:
+    """Score students by PFD (E_gen, E_mem) and by every sample baseline, on the same samples.
+
+    ``students`` maps a name to ``(map, train_set)``; the samples each baseline sees are the
+    student's outputs on the same canonical noise (``seed``, ``n``) that PFD uses. ``test`` is a
+    held-out sample of the data (for Fréchet, MMD, PRDC and C_T).
+    """
+    from pfd.analysis.baselines import all_baselines
+    from pfd.noise import canonical_noise
+
+    tmap = _as_map(teacher, "teacher", solver)
+    rows = []
+    for name, (smap, train) in students.items():
+        refs = reference_maps(tmap, train, **solver)
+        cached = smap if isinstance(smap, CachedMap) else CachedMap(smap)
+        err = generalization_errors(cached, None, None, n=n, seed=seed, batch_size=batch_size, references=refs)
+        shape = tmap.shape or (torch.as_tensor(train).shape[1],)
+        z = canonical_noise(n, shape, seed=seed)
+        samples = torch.cat([cached(z[i:i + batch_size]) for i in range(0, n, batch_size)])
+        rows.append({"student": name, "n_train": int(torch.as_tensor(train).shape[0]), **err.to_dict(),
+                     **all_baselines(samples, train, test, seed=baseline_seed)})
+    return rows

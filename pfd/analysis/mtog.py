@@ -58,7 +58,8 @@ def fit_logistic(x: Sequence[float], y: Sequence[float]) -> dict[str, float] | N
     span = float(x.max() - x.min()) or 1.0
     best = None
     for x0 in np.linspace(x.min(), x.max(), 7):
-        p0 = [float(y.min()), float(y.max() - y.min()) * (1 if y[np.argmin(x)] >= y[np.argmax(x)] else -1), x0, span / 8]
+        falling = y[np.argmin(x)] >= y[np.argmax(x)]
+        p0 = [float(y.min() if falling else y.max()), float(y.max() - y.min()) * (1 if falling else -1), x0, span / 8]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", OptimizeWarning)
