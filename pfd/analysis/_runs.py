@@ -16,7 +16,30 @@ from pfd.analytic.gmm import GaussianMixture
 from pfd.maps import CachedMap
 from pfd.noise import derive_seed
 
-__all__ = ["epochs_for_steps", "read_records", "train_set", "train_student"]
+__all__ = ["TEACHERS", "cross_teacher", "epochs_for_steps", "get_teacher", "read_records", "train_set", "train_student"]
+
+
+def cross_teacher() -> GaussianMixture:
+    """Four isotropic modes (variance 0.1) at +-2 e1, +-2 e2 in R^4 with weights 0.3/0.2/0.3/0.2:
+    the default teacher of the generalization analyses."""
+    means = [[2.0, 0, 0, 0], [-2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, -2.0, 0, 0]]
+    return GaussianMixture([0.3, 0.2, 0.3, 0.2], means, [0.1, 0.1, 0.1, 0.1])
+
+
+def _hexagon() -> GaussianMixture:
+    from pfd.demo import demo_teacher
+
+    return demo_teacher()
+
+
+TEACHERS = {"cross4d": cross_teacher, "hexagon2d": _hexagon}
+
+
+def get_teacher(name: str) -> GaussianMixture:
+    """A named analytic teacher: ``"cross4d"`` (:func:`cross_teacher`) or ``"hexagon2d"`` (the demo's)."""
+    if name not in TEACHERS:
+        raise ValueError(f"teacher must be one of {sorted(TEACHERS)}, got {name!r}")
+    return TEACHERS[name]()
 
 
 def train_set(teacher: GaussianMixture, n_train: int, data_seed: int):
