@@ -16,6 +16,15 @@ from pfd.analysis.baselines import _mann_whitney_u, median_bandwidth
 from pfd.noise import derive_seed
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: tiny tensors, and oversubscribed cores make intra-op threading far slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _rng(seed):
     return np.random.default_rng(seed)
 
