@@ -39,8 +39,9 @@ def _logistic(x, b, a, x0, w):
 def fit_logistic(x: Sequence[float], y: Sequence[float]) -> dict[str, float] | None:
     """Least-squares fit of y = b + a / (1 + exp((x - x0) / w)) (a step of height a at x0).
 
-    Returns b, a, x0, w, sse and r2, or None when it cannot be fitted (fewer than 4 points or no
-    convergence). ``w`` is kept >= 0.05 so a sharp step does not run away.
+    Returns b, a, x0, w, sse and r2, or None when it cannot be fitted (fewer than 4 points).
+    A grid over (x0, w) with (b, a) solved in closed form finds the global basin, then
+    Levenberg-Marquardt refines it; ``w`` stays >= 0.05 so a sharp step does not run away.
 
     >>> import numpy as np
     >>> x = np.linspace(0, 10, 21)
@@ -53,25 +54,32 @@ def fit_logistic(x: Sequence[float], y: Sequence[float]) -> dict[str, float] | N
     from scipy.optimize import OptimizeWarning, curve_fit
 
     x, y = np.asarray(x, float), np.asarray(y, float)
-    if x.size < 4 or not np.all(np.isfinite(y)):
+    if x.size < 4 or x.shape != y.shape or not np.all(np.isfinite(y)) or np.ptp(x) == 0:
         return None
-    span = float(x.max() - x.min()) or 1.0
-    best = None
-    for x0 in np.linspace(x.min(), x.max(), 7):
-        falling = y[np.argmin(x)] >= y[np.argmax(x)]
-        p0 = [float(y.min() if falling else y.max()), float(y.max() - y.min()) * (1 if falling else -1), x0, span / 8]
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", OptimizeWarning)
-                lo, hi = [-np.inf, -np.inf, x.min() - span, 0.05], [np.inf, np.inf, x.max() + span, 10 * span]
-                p, _ = curve_fit(_logistic, x, y, p0=p0, bounds=(lo, hi), maxfev=5000)
-        except (RuntimeError, ValueError):
-            continue
+    span = float(np.ptp(x))
+    # 1) global search: for fixed (x0, w) the model is linear in (b, a) -> closed-form least squares
+    x0s = np.linspace(x.min() - span / 2, x.max() + span / 2, 121)
+    ws = np.geomspace(0.05, 2 * span, 40)
+    g = 1.0 / (1.0 + np.exp(np.clip((x[None, None, :] - x0s[:, None, None]) / ws[None, :, None], -60, 60)))
+    gm = g.mean(-1, keepdims=True)
+    gc, yc = g - gm, y - y.mean()
+    var = (gc * gc).sum(-1)
+    a = np.where(var > 1e-300, (gc * yc).sum(-1) / np.maximum(var, 1e-300), 0.0)
+    b = y.mean() - a * gm[..., 0]
+    sse_grid = ((b[..., None] + a[..., None] * g - y) ** 2).sum(-1)
+    i, j = np.unravel_index(np.argmin(sse_grid), sse_grid.shape)
+    best = (np.array([b[i, j], a[i, j], x0s[i], ws[j]]), float(sse_grid[i, j]))
+    # 2) local refinement (Levenberg-Marquardt) from the best grid point
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p, _ = curve_fit(_logistic, x, y, p0=best[0], maxfev=400)
         sse = float(np.sum((_logistic(x, *p) - y) ** 2))
-        if best is None or sse < best[1]:
+        if np.all(np.isfinite(p)) and p[3] >= 0.05 and sse < best[1]:
             best = (p, sse)
-    if best is None:
-        return None
+    except (RuntimeError, ValueError):
+        pass
     p, sse = best
     sst = float(np.sum((y - y.mean()) ** 2))
     return {"b": float(p[0]), "a": float(p[1]), "x0": float(p[2]), "w": float(p[3]), "sse": sse,
@@ -85,13 +93,16 @@ def _mean_curve(runs: list[dict[str, Any]], width: int, field: str) -> tuple[np.
 
 
 def fit_transitions(runs: list[dict[str, Any]], field: str = "e_gen") -> list[dict[str, Any]]:
-    """Per width: logistic fit of the seed-mean ``field`` against log2 N, transition N* = 2^x0."""
+    """Per width: logistic fit of the seed-mean ``field`` against log2 N, transition N* = 2^x0
+    (``transition_in_range`` says whether x0 lies inside the swept range of log2 N)."""
     out = []
     for w in sorted({r["width"] for r in runs}):
         x, y = _mean_curve(runs, w, field)
         n_params = next(r["n_params"] for r in runs if r["width"] == w)
         f = fit_logistic(x, y)
+        inside = f is not None and float(x.min()) <= f["x0"] <= float(x.max())
         out.append({"width": w, "n_params": n_params, "sqrt_params": math.sqrt(n_params), "field": field, "fit": f,
+                    "transition_in_range": inside,
                     "log2_n_star": None if f is None else f["x0"], "n_star": None if f is None else 2.0 ** f["x0"]})
     return out
 
