@@ -32,15 +32,9 @@ from pfd.analysis import (
     mtog_scaling,
     training_dynamics,
 )
-from pfd.analysis._runs import epochs_for_steps, train_set
+from pfd.analysis._runs import cross_teacher, epochs_for_steps, train_set
 from pfd.analysis.plots import plot_bias_variance, plot_dynamics, plot_mtog
 from pfd.report import format_table, write_json
-
-
-def teacher_mixture() -> pfd.GaussianMixture:
-    """Four isotropic modes (variance 0.1) at +-2 e1, +-2 e2 in R^4, unequal weights."""
-    means = [[2.0, 0, 0, 0], [-2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, -2.0, 0, 0]]
-    return pfd.GaussianMixture([0.3, 0.2, 0.3, 0.2], means, [0.1, 0.1, 0.1, 0.1])
 
 
 def main() -> None:
@@ -51,7 +45,7 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(__file__).parent / "results" / ("quick" if args.quick else "")
     out.mkdir(parents=True, exist_ok=True)
-    teacher = teacher_mixture()
+    teacher = cross_teacher()  # four modes (variance 0.1) at +-2 e1, +-2 e2 in R^4
     q = args.quick
     steps = 60 if q else 3000
     n_eval = 256 if q else 2048
@@ -66,20 +60,27 @@ def main() -> None:
         write_json(out / "mtog.json", res)
         plot_mtog(res, out / "mtog.png")
         rows = []
-        for g, m in zip(res["transitions"]["e_gen"], res["transitions"]["e_mem"], strict=True):
-            rows.append({"width": g["width"], "|θ|": g["n_params"], "√|θ|": round(g["sqrt_params"], 1),
-                         "N* (E_gen)": None if g["n_star"] is None else round(g["n_star"], 1),
-                         "N* (E_mem)": None if m["n_star"] is None else round(m["n_star"], 1),
-                         "fit R² (E_gen)": None if g["fit"] is None else round(g["fit"]["r2"], 3)})
+        tr = res["transitions"]
+        for i, g in enumerate(tr["e_gen"]):
+            row = {"width": g["width"], "|θ|": g["n_params"], "√|θ|": round(g["sqrt_params"], 1)}
+            for f in ("e_gen", "e_mem", "e_gen_rel", "e_mem_rel"):
+                t = tr[f][i]
+                row[f"N* {f}"] = None if t["n_star"] is None else round(t["n_star"], 1)
+                if not t["transition_in_range"]:
+                    row[f"N* {f}"] = f"({row[f'N* {f}']})"
+            row["R² e_mem_rel"] = None if tr["e_mem_rel"][i]["fit"] is None else round(tr["e_mem_rel"][i]["fit"]["r2"], 3)
+            rows.append(row)
         print("\nMtoG transition points (logistic in log2 N, seed means)")
         print(format_table(rows, list(rows[0])))
-        for f in ("e_gen", "e_mem"):
+        print("(N* in parentheses: the fitted midpoint lies outside the swept range)")
+        for f in ("e_gen", "e_mem", "e_gen_rel", "e_mem_rel"):
             c = res["collapse"][f]
             print(f"collapse of {f}: best alpha = {c['best_alpha']}, residual {c['best_residual']:.4g}; "
                   f"residual vs log2 N: {c['residual_log2N']:.4g}; "
                   f"vs log2(N/sqrt|θ|): {c['residual_log2N_over_sqrt_params']:.4g}")
         table = [{"N": r["n_train"], "width": r["width"], "seed": r["seed"], "E_gen": r["e_gen"], "E_mem": r["e_mem"],
-                  "E_gen(emp)": r["e_gen_empirical"]} for r in res["runs"]]
+                  "E_gen(emp)": r["e_gen_empirical"], "E_gen/E_gen(emp)": r["e_gen_rel"],
+                  "E_mem/E_gen(emp)": r["e_mem_rel"]} for r in res["runs"]]
         print(format_table(table, list(table[0])))
 
     if args.only in (None, "dynamics"):
@@ -96,6 +97,8 @@ def main() -> None:
             cols = ["epoch", "e_gen", "e_mem", "train_loss", "heldout_loss"]
             print(format_table(r["rows"], cols))
         write_json(out / "dynamics.json", {"runs": dyn})
+        for n_train in {r["config"]["n_train"] for r in dyn}:  # checkpoints only serve a killed run
+            (out / f"dynamics_N{n_train}.pt").unlink(missing_ok=True)
         plot_dynamics(dyn, out / "dynamics.png")
 
     if args.only in (None, "bias-variance"):

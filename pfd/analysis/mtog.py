@@ -6,8 +6,13 @@ shared noise. Each finished run is appended to a JSONL file at once (atomic sing
 fsync); a restarted sweep reads it back and runs only what is missing, so a killed sweep loses
 at most the run in progress and never duplicates one.
 
-Fit: per width, E_gen(N) ~ b + a / (1 + exp((log2 N - x0) / w)); the transition point is
-N* = 2^x0. Collapse: for exponents alpha, one shared logistic is fitted to all runs against
+Fit: per width, E(N) ~ b + a / (1 + exp((log2 N - x0) / w)); the transition point is
+N* = 2^x0. It is fitted to E_gen, E_mem and to both relative to the E_gen of the run's empirical
+model (``e_gen_rel``, ``e_mem_rel``): in a low-dimensional teacher the empirical model itself
+approaches the teacher as N grows, so the raw errors mostly decay with N while the relative ones
+show the switch from memorizing (e_mem_rel ~ 0, e_gen_rel ~ 1) to generalizing.
+
+Collapse: for exponents alpha, one shared logistic is fitted to all runs against
 u = log2 N - alpha log2 |theta|; the residual (R^2 deficit) measures how well the curves
 collapse. The paper's claim corresponds to alpha = 1/2 (u = log2(N / sqrt|theta|)).
 """
@@ -30,6 +35,18 @@ from pfd.report import append_jsonl
 __all__ = ["collapse_scan", "fit_logistic", "fit_transitions", "mtog_scaling"]
 
 KEY = ("n_train", "width", "seed")
+FIELDS = ("e_gen", "e_mem", "e_gen_rel", "e_mem_rel")
+
+
+def _with_relative(rec: dict[str, Any]) -> dict[str, Any]:
+    """Add E_gen and E_mem relative to E_gen of the run's empirical model (the memorizer's
+    distance to the teacher): e_mem_rel ~ 0 memorizing, ~ 1 as far from the memorizer as the
+    teacher is; e_gen_rel ~ 1 no better than memorizing, < 1 generalizing beyond the training set."""
+    ref = rec["e_gen_empirical"]
+    out = dict(rec)
+    out["e_gen_rel"] = rec["e_gen"] / ref if ref > 0 else None
+    out["e_mem_rel"] = rec["e_mem"] / ref if ref > 0 else None
+    return out
 
 
 def _logistic(x, b, a, x0, w):
@@ -181,13 +198,13 @@ def mtog_scaling(
         done[(n, w, s)] = rec
         if on_run is not None:
             on_run(rec)
-    runs = [done[(n, w, s)] for w in grid_w for n in grid_n for s in grid_s]
+    runs = [_with_relative(done[(n, w, s)]) for w in grid_w for n in grid_n for s in grid_s]
     result = {
         "config": {"n_trains": grid_n, "widths": grid_w, "seeds": grid_s, "depth": depth, "steps": steps,
                    "batch_size": batch_size, "lr": lr, "n_eval": n_eval, "eval_seed": eval_seed,
                    "solver": solver or {"solver": "heun", "steps": 18}, "teacher": teacher.to_dict()},
         "runs": runs,
-        "transitions": {"e_gen": fit_transitions(runs, "e_gen"), "e_mem": fit_transitions(runs, "e_mem")},
-        "collapse": {"e_gen": collapse_scan(runs, "e_gen"), "e_mem": collapse_scan(runs, "e_mem")},
+        "transitions": {f: fit_transitions(runs, f) for f in FIELDS},
+        "collapse": {f: collapse_scan(runs, f) for f in FIELDS},
     }
     return result

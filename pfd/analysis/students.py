@@ -14,6 +14,7 @@ network approaches the empirical (memorizing) denoiser; on many points, the teac
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import tempfile
@@ -114,7 +115,10 @@ class DSMTrainer:
     is repeated ceil(batch_size / N) times, so an epoch is then one step on a full batch in
     which every point appears equally often. Everything
     random comes from one ``torch.Generator`` seeded by ``seed``; its state is checkpointed with
-    the weights and optimizer, so a resumed run continues bit-for-bit.
+    the weights and optimizer, so a resumed run continues bit-for-bit. With ``ema`` (default
+    0.999, with a short warm-up) an exponential moving average of the weights is kept and is what
+    :meth:`flow_map` and :meth:`fixed_loss` evaluate (as in EDM); ``ema=None`` evaluates the raw
+    weights.
 
     >>> import pfd
     >>> teacher = pfd.GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], [0.05, 0.05])
@@ -136,6 +140,7 @@ class DSMTrainer:
         sigma_data: float | None = None,
         p_mean: float = -1.2,
         p_std: float = 1.2,
+        ema: float | None = 0.999,
     ) -> None:
         if not isinstance(data, torch.Tensor) or data.ndim != 2 or data.shape[0] < 1:
             raise ValueError("data must be a (N, dim) tensor of training points with N >= 1")
@@ -153,6 +158,10 @@ class DSMTrainer:
             torch.manual_seed(derive_seed(self.seed, 11) % (2**63))
             self.model = DenoiserMLP(self.data.shape[1], width, depth, sigma_data=sd)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        if ema is not None and not (isinstance(ema, (int, float)) and 0.0 <= ema < 1.0):
+            raise ValueError(f"ema must be a decay in [0, 1) or None, got {ema!r}")
+        self.ema_decay = None if ema is None else float(ema)
+        self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if ema is not None else None
         self.gen = torch.Generator().manual_seed(derive_seed(self.seed, 12) % (2**63))
         self.epoch = 0
         self.step = 0
@@ -160,6 +169,20 @@ class DSMTrainer:
     @property
     def n_params(self) -> int:
         return self.model.n_params
+
+    @property
+    def eval_model(self) -> DenoiserMLP:
+        """The network that is evaluated: the EMA weights when ``ema`` is set, else the raw ones."""
+        return self.ema_model if self.ema_model is not None else self.model
+
+    def _update_ema(self) -> None:
+        if self.ema_model is None:
+            return
+        # warm-up: decay min(ema, (1 + step) / (10 + step)) so early averages are not dominated by the init
+        d = min(self.ema_decay, (1.0 + self.step) / (10.0 + self.step))
+        with torch.no_grad():
+            for pe, p in zip(self.ema_model.parameters(), self.model.parameters(), strict=True):
+                pe.mul_(d).add_(p, alpha=1.0 - d)
 
     def train(self, epochs: int, *, callback: Callable[[DSMTrainer, float], None] | None = None) -> list[float]:
         """Train ``epochs`` more epochs; return the mean training loss of each.
@@ -186,6 +209,7 @@ class DSMTrainer:
                 loss.backward()
                 self.opt.step()
                 self.step += 1
+                self._update_ema()
                 tot += float(loss.detach()) * bs
                 cnt += bs
             self.epoch += 1
@@ -202,21 +226,27 @@ class DSMTrainer:
         y = points.detach().to(torch.float32).repeat(draws, 1)
         sigma = (self.p_mean + self.p_std * torch.randn(y.shape[0], generator=g)).exp()
         eps = torch.randn(y.shape, generator=g)
-        was = self.model.training
-        self.model.eval()
+        net = self.eval_model
+        was = net.training
+        net.eval()
         with torch.no_grad():
-            val = float(dsm_loss(self.model, y, sigma, eps))
-        self.model.train(was)
+            val = float(dsm_loss(net, y, sigma, eps))
+        net.train(was)
         return val
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "config": self.model.config(), "opt": self.opt.state_dict(),
+                "ema": None if self.ema_model is None else self.ema_model.state_dict(), "ema_decay": self.ema_decay,
                 "gen": self.gen.get_state(), "epoch": self.epoch, "step": self.step, "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("config") != self.model.config():
             raise ValueError(f"checkpoint config {state.get('config')} does not match the model {self.model.config()}")
+        if state.get("ema_decay") != self.ema_decay:
+            raise ValueError(f"checkpoint ema={state.get('ema_decay')} does not match the trainer's ema={self.ema_decay}")
         self.model.load_state_dict(state["model"])
+        if self.ema_model is not None:
+            self.ema_model.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])
         self.gen.set_state(state["gen"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -237,6 +267,7 @@ class DSMTrainer:
         """The student's PF-ODE noise-to-data map (a :class:`pfd.DiffusionMap`, EDM Heun 18 by default)."""
         from pfd.maps import DiffusionMap
 
-        solver_options.setdefault("shape", self.model.event_shape)
-        solver_options.setdefault("name", f"DenoiserMLP(w={self.model.width}, d={self.model.depth}, N={self.data.shape[0]})")
-        return DiffusionMap(self.model, **solver_options)
+        net = self.eval_model
+        solver_options.setdefault("shape", net.event_shape)
+        solver_options.setdefault("name", f"DenoiserMLP(w={net.width}, d={net.depth}, N={self.data.shape[0]})")
+        return DiffusionMap(net, **solver_options)
