@@ -227,3 +227,21 @@ def test_training_dynamics_rows_shared_noise_and_resume(teacher, tmp_path):
     assert [r["heldout_loss"] for r in resumed["rows"]] == [r["heldout_loss"] for r in full["rows"]]
     with pytest.raises(ValueError, match="eval_every must be >= 1"):
         training_dynamics(teacher, 8, epochs=2, eval_every=0)
+
+
+def test_ema_is_evaluated_checkpointed_and_validated(teacher, tmp_path):
+    data = teacher.sample(32, seed=1)
+    tr = DSMTrainer(data, width=8, depth=1, seed=0, ema=0.9)
+    tr.train(5)
+    assert tr.flow_map().denoiser is tr.ema_model
+    assert not all(torch.equal(p, q) for p, q in zip(tr.model.parameters(), tr.ema_model.parameters(), strict=True))
+    raw = DSMTrainer(data, width=8, depth=1, seed=0, ema=None)
+    raw.train(5)
+    assert raw.flow_map().denoiser is raw.model
+    # the raw weights do not depend on the EMA
+    assert all(torch.equal(p, q) for p, q in zip(tr.model.parameters(), raw.model.parameters(), strict=True))
+    tr.save(tmp_path / "e.pt")
+    with pytest.raises(ValueError, match="ema"):
+        raw.load(tmp_path / "e.pt")
+    with pytest.raises(ValueError, match=r"ema must be a decay in \[0, 1\)"):
+        DSMTrainer(data, ema=1.5)
