@@ -69,7 +69,7 @@ def bias_variance(
     >>> import pfd
     >>> teacher = pfd.GaussianMixture([1.0], [[0.0, 0.0]], [1.0])
     >>> students = [pfd.GaussianMixture([1.0], [[m, 0.0]], [1.0]).flow_map() for m in (0.4, 0.6)]
-    >>> bv = bias_variance(students, teacher.flow_map(), n=256)
+    >>> bv = bias_variance(students, teacher.flow_map(), n=64)
     >>> round(bv.bias2 / bv.mean_gen2, 3), bv.identity_residual < 1e-12
     (0.962, True)
     """

@@ -106,7 +106,7 @@ def generalization_errors(
     >>> teacher = pfd.GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], [0.1, 0.1])
     >>> train = teacher.sample(8, seed=3)
     >>> memorizer = pfd.GaussianMixture.empirical(train).flow_map()
-    >>> err = generalization_errors(memorizer, teacher, train, n=256)
+    >>> err = generalization_errors(memorizer, teacher, train, n=64)
     >>> err.e_mem.value, err.e_gen.value > 0.1
     (0.0, True)
     """
