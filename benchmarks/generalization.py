@@ -75,7 +75,8 @@ def main() -> None:
         print("(N* in parentheses: the fitted midpoint lies outside the swept range)")
         for f in ("e_gen", "e_mem", "e_gen_rel", "e_mem_rel"):
             c = res["collapse"][f]
-            print(f"collapse of {f}: best alpha = {c['best_alpha']}, residual {c['best_residual']:.4g}; "
+            print(f"collapse of {f}: best alpha = {c['best_alpha']}, residual {c['best_residual']:.4g} "
+                  f"(slope of log2 N* on log2|θ|: {c['exponent_from_transitions']}); "
                   f"residual vs log2 N: {c['residual_log2N']:.4g}; "
                   f"vs log2(N/sqrt|θ|): {c['residual_log2N_over_sqrt_params']:.4g}")
         table = [{"N": r["n_train"], "width": r["width"], "seed": r["seed"], "E_gen": r["e_gen"], "E_mem": r["e_mem"],

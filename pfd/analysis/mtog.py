@@ -36,6 +36,8 @@ __all__ = ["collapse_scan", "fit_logistic", "fit_transitions", "mtog_scaling"]
 
 KEY = ("n_train", "width", "seed")
 FIELDS = ("e_gen", "e_mem", "e_gen_rel", "e_mem_rel")
+# a generalizing student is as far from the memorizer as the teacher is: e_mem_rel -> 1 at large N
+FIXED_PLATEAU = {"e_mem_rel": 1.0}
 
 
 def _with_relative(rec: dict[str, Any]) -> dict[str, Any]:
@@ -53,12 +55,13 @@ def _logistic(x, b, a, x0, w):
     return b + a / (1.0 + np.exp(np.clip((x - x0) / w, -60, 60)))
 
 
-def fit_logistic(x: Sequence[float], y: Sequence[float]) -> dict[str, float] | None:
+def fit_logistic(x: Sequence[float], y: Sequence[float], *, fix_b: float | None = None) -> dict[str, float] | None:
     """Least-squares fit of y = b + a / (1 + exp((x - x0) / w)) (a step of height a at x0).
 
     Returns b, a, x0, w, sse and r2, or None when it cannot be fitted (fewer than 4 points).
     A grid over (x0, w) with (b, a) solved in closed form finds the global basin, then
     Levenberg-Marquardt refines it; ``w`` stays >= 0.05 so a sharp step does not run away.
+    ``fix_b`` pins the plateau at x -> +inf (b) to a known value, e.g. 1 for ``e_mem_rel``.
 
     >>> import numpy as np
     >>> x = np.linspace(0, 10, 21)
@@ -80,9 +83,14 @@ def fit_logistic(x: Sequence[float], y: Sequence[float]) -> dict[str, float] | N
     g = 1.0 / (1.0 + np.exp(np.clip((x[None, None, :] - x0s[:, None, None]) / ws[None, :, None], -60, 60)))
     gm = g.mean(-1, keepdims=True)
     gc, yc = g - gm, y - y.mean()
-    var = (gc * gc).sum(-1)
-    a = np.where(var > 1e-300, (gc * yc).sum(-1) / np.maximum(var, 1e-300), 0.0)
-    b = y.mean() - a * gm[..., 0]
+    if fix_b is None:
+        var = (gc * gc).sum(-1)
+        a = np.where(var > 1e-300, (gc * yc).sum(-1) / np.maximum(var, 1e-300), 0.0)
+        b = y.mean() - a * gm[..., 0]
+    else:
+        gg = (g * g).sum(-1)
+        a = np.where(gg > 1e-300, (g * (y - fix_b)).sum(-1) / np.maximum(gg, 1e-300), 0.0)
+        b = np.full_like(a, float(fix_b))
     sse_grid = ((b[..., None] + a[..., None] * g - y) ** 2).sum(-1)
     i, j = np.unravel_index(np.argmin(sse_grid), sse_grid.shape)
     best = (np.array([b[i, j], a[i, j], x0s[i], ws[j]]), float(sse_grid[i, j]))
@@ -91,7 +99,11 @@ def fit_logistic(x: Sequence[float], y: Sequence[float]) -> dict[str, float] | N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizeWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
-            p, _ = curve_fit(_logistic, x, y, p0=best[0], maxfev=400)
+            if fix_b is None:
+                p, _ = curve_fit(_logistic, x, y, p0=best[0], maxfev=400)
+            else:
+                q, _ = curve_fit(lambda xx, a_, x0_, w_: _logistic(xx, fix_b, a_, x0_, w_), x, y, p0=best[0][1:], maxfev=400)
+                p = np.r_[fix_b, q]
         sse = float(np.sum((_logistic(x, *p) - y) ** 2))
         if np.all(np.isfinite(p)) and p[3] >= 0.05 and sse < best[1]:
             best = (p, sse)
@@ -111,12 +123,13 @@ def _mean_curve(runs: list[dict[str, Any]], width: int, field: str) -> tuple[np.
 
 def fit_transitions(runs: list[dict[str, Any]], field: str = "e_gen") -> list[dict[str, Any]]:
     """Per width: logistic fit of the seed-mean ``field`` against log2 N, transition N* = 2^x0
-    (``transition_in_range`` says whether x0 lies inside the swept range of log2 N)."""
+    (``transition_in_range`` says whether x0 lies inside the swept range of log2 N). For
+    ``e_mem_rel`` the large-N plateau is pinned at 1 (the teacher's own relative E_mem)."""
     out = []
     for w in sorted({r["width"] for r in runs}):
         x, y = _mean_curve(runs, w, field)
         n_params = next(r["n_params"] for r in runs if r["width"] == w)
-        f = fit_logistic(x, y)
+        f = fit_logistic(x, y, fix_b=FIXED_PLATEAU.get(field))
         inside = f is not None and float(x.min()) <= f["x0"] <= float(x.max())
         out.append({"width": w, "n_params": n_params, "sqrt_params": math.sqrt(n_params), "field": field, "fit": f,
                     "transition_in_range": inside,
@@ -129,7 +142,8 @@ def collapse_scan(runs: list[dict[str, Any]], field: str = "e_gen", alphas: Sequ
 
     For each alpha one shared logistic is fitted to all seed-mean points; the score is its
     residual 1 - R^2 (smaller = better collapse). Returns the scan, the best alpha, and the
-    scores at alpha = 0 (plain log2 N) and alpha = 1/2 (log2(N / sqrt|theta|)).
+    scores at alpha = 0 (plain log2 N) and alpha = 1/2 (log2(N / sqrt|theta|)), and
+    ``exponent_from_transitions``: the least-squares slope of log2 N* against log2 |theta|.
     """
     alphas = np.round(np.arange(0.0, 1.5001, 0.05), 4) if alphas is None else np.asarray(alphas, float)
     xs, ys, ps = [], [], []
@@ -141,17 +155,26 @@ def collapse_scan(runs: list[dict[str, Any]], field: str = "e_gen", alphas: Sequ
         ps.append(np.full_like(x, math.log2(n_params)))
     x, y, lp = np.concatenate(xs), np.concatenate(ys), np.concatenate(ps)
     scan = []
+    fix_b = FIXED_PLATEAU.get(field)
     for a in alphas:
-        f = fit_logistic(x - a * lp, y)
+        f = fit_logistic(x - a * lp, y, fix_b=fix_b)
         scan.append({"alpha": float(a), "residual": None if f is None else 1.0 - f["r2"]})
     ok = [s for s in scan if s["residual"] is not None]
     best = min(ok, key=lambda s: s["residual"]) if ok else None
 
     def at(a: float) -> float | None:
-        f = fit_logistic(x - a * lp, y)
+        f = fit_logistic(x - a * lp, y, fix_b=fix_b)
         return None if f is None else 1.0 - f["r2"]
 
-    return {"field": field, "scan": scan, "best_alpha": None if best is None else best["alpha"],
+    # independent estimate: slope of the per-width transition log2 N* against log2 |theta|
+    tr = [t for t in fit_transitions(runs, field) if t["log2_n_star"] is not None]
+    slope = None
+    if len(tr) >= 2:
+        lx = np.array([math.log2(t["n_params"]) for t in tr])
+        ly = np.array([t["log2_n_star"] for t in tr])
+        slope = float(np.polyfit(lx, ly, 1)[0]) if np.ptp(lx) > 0 else None
+    return {"field": field, "exponent_from_transitions": slope, "scan": scan,
+            "best_alpha": None if best is None else best["alpha"],
             "best_residual": None if best is None else best["residual"],
             "residual_log2N": at(0.0), "residual_log2N_over_sqrt_params": at(0.5)}
 
