@@ -130,6 +130,9 @@ def test_fit_logistic_recovers_a_step():
     rising = fit_logistic(x, 1.5 - y)
     assert rising["x0"] == pytest.approx(5.5, abs=1e-5)
     assert fit_logistic([1, 2, 3], [1, 2, 3]) is None
+    pinned = fit_logistic(x, 1.0 - 0.7 / (1 + np.exp((x - 4.0) / 0.8)), fix_b=1.0)
+    assert pinned["b"] == 1.0 and pinned["a"] == pytest.approx(-0.7, abs=1e-6)
+    assert pinned["x0"] == pytest.approx(4.0, abs=1e-5)
 
 
 def test_collapse_scan_finds_the_planted_exponent():
