@@ -36,24 +36,33 @@ def _seed_mean(runs, width, field):
 
 
 def plot_mtog(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """E_gen and E_mem against log2 N and against log2(N / |theta|^alpha*) (alpha* the best collapse)."""
+    """Four panels: raw E_gen / E_mem against log2 N; the relative errors (e_gen_rel, e_mem_rel)
+    against log2 N, against log2(N / sqrt|theta|) and against log2(N / |theta|^alpha*) with alpha*
+    the best collapse of e_mem_rel."""
     plt = _plt()
     runs = result["runs"]
     widths = sorted({r["width"] for r in runs})
-    alpha = result["collapse"]["e_gen"]["best_alpha"]
-    alphas = [0.0, 0.5] + ([alpha] if alpha is not None and alpha not in (0.0, 0.5) else [])
-    fig, axes = plt.subplots(1, len(alphas), figsize=(5 * len(alphas), 4), squeeze=False)
+    best = result["collapse"].get("e_mem_rel", {}).get("best_alpha")
+    panels = [("raw", 0.0), ("rel", 0.0), ("rel", 0.5)] + ([("rel", best)] if best is not None else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4), squeeze=False)
     colors = plt.cm.viridis([i / max(1, len(widths) - 1) for i in range(len(widths))])
-    for ax, a in zip(axes[0], alphas, strict=True):
+    for ax, (kind, a) in zip(axes[0], panels, strict=True):
+        fields = (("e_gen", "-"), ("e_mem", "--")) if kind == "raw" else (("e_gen_rel", "-"), ("e_mem_rel", "--"))
         for c, w in zip(colors, widths, strict=True):
             p = next(r["n_params"] for r in runs if r["width"] == w)
-            for field, ls in (("e_gen", "-"), ("e_mem", "--")):
+            for field, ls in fields:
                 ns, ys = _seed_mean(runs, w, field)
                 xs = [math.log2(n) - a * math.log2(p) for n in ns]
-                ax.plot(xs, ys, ls, marker="o", ms=3, color=c, label=f"{field} |θ|={p}" if field == "e_gen" or a == 0 else None)
+                ax.plot(xs, ys, ls, marker="o", ms=3, color=c, label=f"|θ|={p}" if ls == "-" else None)
         ax.set_xlabel("log2 N" if a == 0 else f"log2(N / |θ|^{a:g})")
-        ax.set_ylabel("PFD (solid E_gen, dashed E_mem)")
-        ax.set_title(f"alpha = {a:g}" + (" (best collapse)" if a == alpha else ""))
+        if kind == "raw":
+            ax.set_ylabel("PFD: solid E_gen, dashed E_mem")
+            ax.set_title("raw errors")
+        else:
+            ax.set_ylabel("relative to E_gen(empirical): solid E_gen, dashed E_mem")
+            note = " (best collapse of e_mem_rel)" if a == best and a not in (0.0, 0.5) else ""
+            ax.set_title(f"relative, alpha = {a:g}{note}", fontsize=9)
+            ax.axhline(1.0, color="gray", lw=0.8, ls=":")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     out = _save(fig, path)
