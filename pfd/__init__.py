@@ -11,9 +11,10 @@ two noise-to-data maps and take the root-mean-square distance of the outputs.
 True
 """
 
-from pfd import adapters, analytic, stability
+from pfd import adapters, analysis, analytic, stability
 from pfd._checks import NonFiniteError
 from pfd._version import __version__
+from pfd.analysis import bias_variance, generalization_errors
 from pfd.analytic.gmm import GaussianMixture
 from pfd.distance import PFDResult, distance
 from pfd.maps import DiffusionMap, NoiseToData, OneStepMap
@@ -29,9 +30,12 @@ __all__ = [
     "PFDResult",
     "__version__",
     "adapters",
+    "analysis",
     "analytic",
+    "bias_variance",
     "canonical_noise",
     "distance",
+    "generalization_errors",
     "karras_sigmas",
     "stability",
 ]

@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--process", default="ou", choices=["ou", "vp", "ve", "edm"], help="forward process (default ou)")
     grid.add_argument("--rate", default="sum", choices=["sum", "plus"], help="rate of the reported dLambda (default sum)")
     grid.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_analysis_parsers(sub)
     return parser
 
 
@@ -104,6 +105,151 @@ def _cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return vals
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", default="cross4d", help="analytic teacher: cross4d (default) or hexagon2d")
+    p.add_argument("--depth", type=int, default=3, help="hidden layers of the MLP denoiser (default 3)")
+    p.add_argument("--n-eval", type=int, default=2048, help="shared noise samples per PFD (default 2048)")
+    p.add_argument("--eval-seed", type=int, default=0, help="seed of the shared evaluation noise (default 0)")
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
+    p.add_argument("--batch-size", type=int, default=256, help="training batch size (default 256)")
+    p.add_argument("--out-dir", default=".", help="folder for the JSON results and PNG plot (default .)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG plot (needs matplotlib: pfd[plot])")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_analysis_parsers(sub) -> None:
+    m = sub.add_parser("mtog", help="memorization -> generalization sweep on an analytic teacher",
+                       description="Train DSM MLP students over N x widths x seeds, measure E_gen and E_mem, fit the "
+                       "transition per width and the best-collapsing exponent of |theta|. Resumable: finished runs "
+                       "are kept in OUT_DIR/mtog_runs.jsonl and skipped on restart.")
+    m.add_argument("--n-trains", type=_int_list, default=[4, 8, 16, 32, 64, 128, 256], help="comma-separated N values")
+    m.add_argument("--widths", type=_int_list, default=[16, 48, 128], help="comma-separated MLP widths")
+    m.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated run seeds")
+    m.add_argument("--steps", type=int, default=3000, help="optimizer steps per run (default 3000)")
+    _add_common(m)
+    d = sub.add_parser("dynamics", help="E_gen / E_mem / losses per epoch of one student",
+                       description="Train one DSM student, scoring it on the same noise every --eval-every epochs; "
+                       "report early-learning minima and epoch-wise double descent. Resumable via a checkpoint.")
+    d.add_argument("--n-train", type=int, default=64, help="training-set size N (default 64)")
+    d.add_argument("--width", type=int, default=128, help="MLP width (default 128)")
+    d.add_argument("--epochs", type=int, default=1000, help="epochs (default 1000)")
+    d.add_argument("--eval-every", type=int, default=25, help="epochs between evaluations (default 25)")
+    d.add_argument("--seed", type=int, default=0, help="dataset / initialisation seed (default 0)")
+    _add_common(d)
+    b = sub.add_parser("bias-variance", help="bias-variance decomposition over K training sets",
+                       description="Train K DSM students on K independent training sets and decompose their mean E_gen^2 "
+                       "into E_bias^2 + E_var (the empirical models of the same sets alongside).")
+    b.add_argument("--n-train", type=_int_list, default=[16, 256], help="comma-separated training-set sizes")
+    b.add_argument("--k", type=int, default=5, help="independent training sets (default 5)")
+    b.add_argument("--width", type=int, default=48, help="MLP width (default 48)")
+    b.add_argument("--steps", type=int, default=3000, help="optimizer steps per student (default 3000)")
+    b.add_argument("--seed", type=int, default=0, help="first dataset seed (default 0)")
+    _add_common(b)
+
+
+def _check_common(args: argparse.Namespace):
+    from pathlib import Path
+
+    from pfd.analysis._runs import get_teacher
+
+    for name in ("depth", "batch_size", "n_eval"):
+        if getattr(args, name) < (2 if name == "n_eval" else 1):
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {2 if name == 'n_eval' else 1}")
+    if not args.lr > 0:
+        raise ValueError("--lr must be > 0")
+    out = Path(args.out_dir)
+    if not out.is_dir():
+        raise ValueError(f"--out-dir {str(out)!r} is not an existing folder")
+    return get_teacher(args.teacher), out
+
+
+def _cmd_mtog(args: argparse.Namespace) -> int:
+    from pfd.analysis.mtog import mtog_scaling
+    from pfd.report import format_table, write_json
+
+    teacher, out = _check_common(args)
+    if any(n < 2 for n in args.n_trains) or any(w < 1 for w in args.widths) or any(s < 0 for s in args.seeds):
+        raise ValueError("--n-trains must be >= 2, --widths >= 1 and --seeds >= 0")
+    if args.steps < 1:
+        raise ValueError("--steps must be >= 1")
+    res = mtog_scaling(teacher, args.n_trains, args.widths, args.seeds, out=out / "mtog_runs.jsonl", depth=args.depth,
+                       steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_eval=args.n_eval,
+                       eval_seed=args.eval_seed, progress=not args.no_progress)
+    write_json(out / "mtog.json", res)
+    if not args.no_plot:
+        from pfd.analysis.plots import plot_mtog
+
+        plot_mtog(res, out / "mtog.png")
+    rows = [{"N": r["n_train"], "width": r["width"], "|θ|": r["n_params"], "seed": r["seed"], "E_gen": r["e_gen"],
+             "E_mem": r["e_mem"]} for r in res["runs"]]
+    print(format_table(rows, ["N", "width", "|θ|", "seed", "E_gen", "E_mem"]))
+    for t in res["transitions"]["e_gen"]:
+        print(f"width {t['width']} (|θ| = {t['n_params']}, sqrt = {t['sqrt_params']:.1f}): E_gen transition N* = "
+              + ("-" if t["n_star"] is None else f"{t['n_star']:.1f}"))
+    c = res["collapse"]["e_gen"]
+    print(f"best-collapsing exponent of |θ| (E_gen): {c['best_alpha']}; wrote {out / 'mtog.json'}")
+    return 0
+
+
+def _cmd_dynamics(args: argparse.Namespace) -> int:
+    from pfd.analysis.dynamics import training_dynamics
+    from pfd.report import format_table, write_json
+
+    teacher, out = _check_common(args)
+    for name in ("n_train", "width", "epochs", "eval_every"):
+        if getattr(args, name) < (2 if name == "n_train" else 1):
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {2 if name == 'n_train' else 1}")
+    if args.seed < 0:
+        raise ValueError("--seed must be >= 0")
+    res = training_dynamics(teacher, args.n_train, width=args.width, depth=args.depth, epochs=args.epochs,
+                            eval_every=args.eval_every, seed=args.seed, lr=args.lr, batch_size=args.batch_size,
+                            n_eval=args.n_eval, eval_seed=args.eval_seed, checkpoint=out / "dynamics.pt",
+                            progress=not args.no_progress)
+    write_json(out / "dynamics.json", res)
+    if not args.no_plot:
+        from pfd.analysis.plots import plot_dynamics
+
+        plot_dynamics([res], out / "dynamics.png")
+    print(format_table(res["rows"], ["epoch", "e_gen", "e_mem", "train_loss", "heldout_loss"]))
+    f = res["features"]
+    m = f["minimum"]
+    print(f"min E_gen {m['value']:.4g} at epoch {m['epoch']} (early-learning minimum: {m['early']}, rise after it "
+          f"{m['rise_after']:.3g}); double descent: {len(f['double_descent'])} episode(s); wrote {out / 'dynamics.json'}")
+    return 0
+
+
+def _cmd_bias_variance(args: argparse.Namespace) -> int:
+    from pfd.analysis.bias_variance import bias_variance_study
+    from pfd.report import format_table, write_json
+
+    teacher, out = _check_common(args)
+    if any(n < 2 for n in args.n_train) or args.k < 2 or args.width < 1 or args.steps < 1 or args.seed < 0:
+        raise ValueError("--n-train must be >= 2, --k >= 2, --width >= 1, --steps >= 1 and --seed >= 0")
+    studies = [bias_variance_study(teacher, n, args.k, width=args.width, depth=args.depth, steps=args.steps,
+                                   batch_size=args.batch_size, lr=args.lr, n_eval=args.n_eval, eval_seed=args.eval_seed,
+                                   seed=args.seed, progress=not args.no_progress) for n in args.n_train]
+    write_json(out / "bias_variance.json", {"studies": studies})
+    if not args.no_plot:
+        from pfd.analysis.plots import plot_bias_variance
+
+        plot_bias_variance(studies, out / "bias_variance.png")
+    rows = [{"N": s["config"]["n_train"], "model": kind, "E_bias²": s[kind]["bias2"], "E_var": s[kind]["var"],
+             "mean E_gen²": s[kind]["mean_gen2"], "rel. residual": s[kind]["identity_residual"]}
+            for s in studies for kind in ("students", "empirical")]
+    print(format_table(rows, list(rows[0]), floatfmt=".6g"))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pfd.demo import format_demo, run_demo
     from pfd.report import to_jsonable, write_json
@@ -135,6 +281,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_demo(args)
         if args.command == "grid":
             return _cmd_grid(args)
+        if args.command == "mtog":
+            return _cmd_mtog(args)
+        if args.command == "dynamics":
+            return _cmd_dynamics(args)
+        if args.command == "bias-variance":
+            return _cmd_bias_variance(args)
     except (ValueError, TypeError, OSError) as exc:
         print(f"pfd {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,50 @@
+"""Generalization analyses in the teacher-student protocol: E_gen / E_mem, memorization to
+generalization scaling, training dynamics, bias-variance, and sample-based baseline metrics."""
+
+from pfd.analysis.baselines import (
+    all_baselines,
+    data_copying_ct,
+    frechet_distance,
+    knn_distances,
+    memorization_ratio,
+    mmd_rbf,
+    prdc,
+)
+from pfd.analysis.bias_variance import BiasVariance, bias_variance, bias_variance_study
+from pfd.analysis.dynamics import detect_features, training_dynamics
+from pfd.analysis.generalization import (
+    GeneralizationErrors,
+    ReferenceMaps,
+    compare_metrics,
+    generalization_errors,
+    reference_maps,
+)
+from pfd.analysis.mtog import collapse_scan, fit_logistic, fit_transitions, mtog_scaling
+from pfd.analysis.students import DenoiserMLP, DSMTrainer, dsm_loss
+
+__all__ = [
+    "BiasVariance",
+    "DSMTrainer",
+    "DenoiserMLP",
+    "GeneralizationErrors",
+    "ReferenceMaps",
+    "all_baselines",
+    "bias_variance",
+    "bias_variance_study",
+    "collapse_scan",
+    "compare_metrics",
+    "data_copying_ct",
+    "detect_features",
+    "dsm_loss",
+    "fit_logistic",
+    "fit_transitions",
+    "frechet_distance",
+    "generalization_errors",
+    "knn_distances",
+    "memorization_ratio",
+    "mmd_rbf",
+    "mtog_scaling",
+    "prdc",
+    "reference_maps",
+    "training_dynamics",
+]

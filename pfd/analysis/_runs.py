@@ -1,0 +1,105 @@
+"""Shared pieces of the sweeps: one trained student, its errors, resumable JSONL records."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pfd.analysis.generalization import generalization_errors, reference_maps
+from pfd.analysis.students import DSMTrainer
+from pfd.analytic.gmm import GaussianMixture
+from pfd.maps import CachedMap
+from pfd.noise import derive_seed
+
+__all__ = ["TEACHERS", "cross_teacher", "epochs_for_steps", "get_teacher", "read_records", "train_set", "train_student"]
+
+
+def cross_teacher() -> GaussianMixture:
+    """Four isotropic modes (variance 0.1) at +-2 e1, +-2 e2 in R^4 with weights 0.3/0.2/0.3/0.2:
+    the default teacher of the generalization analyses."""
+    means = [[2.0, 0, 0, 0], [-2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, -2.0, 0, 0]]
+    return GaussianMixture([0.3, 0.2, 0.3, 0.2], means, [0.1, 0.1, 0.1, 0.1])
+
+
+def _hexagon() -> GaussianMixture:
+    from pfd.demo import demo_teacher
+
+    return demo_teacher()
+
+
+TEACHERS = {"cross4d": cross_teacher, "hexagon2d": _hexagon}
+
+
+def get_teacher(name: str) -> GaussianMixture:
+    """A named analytic teacher: ``"cross4d"`` (:func:`cross_teacher`) or ``"hexagon2d"`` (the demo's)."""
+    if name not in TEACHERS:
+        raise ValueError(f"teacher must be one of {sorted(TEACHERS)}, got {name!r}")
+    return TEACHERS[name]()
+
+
+def train_set(teacher: GaussianMixture, n_train: int, data_seed: int):
+    """The N training points of dataset ``data_seed`` (a deterministic function of both)."""
+    return teacher.sample(n_train, seed=derive_seed(data_seed, 31, n_train) % (2**62))
+
+
+def epochs_for_steps(n_train: int, batch_size: int, steps: int) -> int:
+    """Epochs giving at least ``steps`` optimizer steps (an epoch has max(1, floor(N / bs)) steps)."""
+    per_epoch = max(1, n_train // batch_size)
+    return max(1, math.ceil(steps / per_epoch))
+
+
+def train_student(
+    teacher: GaussianMixture,
+    n_train: int,
+    width: int,
+    *,
+    depth: int = 3,
+    seed: int = 0,
+    steps: int = 2000,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    n_eval: int = 2048,
+    eval_seed: int = 0,
+    teacher_map: CachedMap | None = None,
+    solver: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], DSMTrainer]:
+    """Train one DSM student on a fresh training set (dataset and init from ``seed``) and score it."""
+    solver = dict(solver or {})
+    t0 = time.perf_counter()
+    data = train_set(teacher, n_train, seed)
+    tr = DSMTrainer(data, width=width, depth=depth, seed=seed, lr=lr, batch_size=batch_size)
+    epochs = epochs_for_steps(n_train, batch_size, steps)
+    losses = tr.train(epochs)
+    refs = reference_maps(teacher_map if teacher_map is not None else teacher, data, **solver)
+    err = generalization_errors(tr.flow_map(**solver), None, None, n=n_eval, seed=eval_seed, references=refs)
+    emp_gen = generalization_errors(refs.empirical, None, None, n=n_eval, seed=eval_seed, references=refs).e_gen
+    rec = {
+        "n_train": n_train, "width": width, "depth": depth, "n_params": tr.n_params, "seed": seed,
+        "epochs": epochs, "steps": tr.step, "train_loss": losses[-1],
+        **err.to_dict(), "e_gen_empirical": emp_gen.value, "seconds": time.perf_counter() - t0,
+    }
+    return rec, tr
+
+
+def read_records(path: str | os.PathLike[str], key_fields: Iterable[str]) -> dict[tuple, dict[str, Any]]:
+    """Finished records of a JSONL sweep file keyed by ``key_fields`` (first occurrence wins;
+    an incomplete or corrupt line, e.g. from a crash mid-write, is skipped)."""
+    out: dict[tuple, dict[str, Any]] = {}
+    p = Path(path)
+    if not p.exists():
+        return out
+    fields = tuple(key_fields)
+    with p.open(encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+                key = tuple(rec[f] for f in fields)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+            out.setdefault(key, rec)
+    return out
