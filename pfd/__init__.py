@@ -17,6 +17,7 @@ from pfd._version import __version__
 from pfd.analytic.gmm import GaussianMixture
 from pfd.distance import PFDResult, distance
 from pfd.maps import DiffusionMap, NoiseToData, OneStepMap
+from pfd.monitor import PFDMonitor
 from pfd.noise import canonical_noise
 from pfd.schedules import karras_sigmas
 
@@ -26,6 +27,7 @@ __all__ = [
     "NoiseToData",
     "NonFiniteError",
     "OneStepMap",
+    "PFDMonitor",
     "PFDResult",
     "__version__",
     "analytic",
