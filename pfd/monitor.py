@@ -33,13 +33,16 @@ _STATE_VERSION = 1
 
 
 def _content_hash(fn: Any) -> str | None:
-    """SHA-256 of what a callable computes with: a bound method's owner ``to_dict()`` and the
-    parameters and buffers of every torch module behind it. None when nothing is found."""
+    """SHA-256 of what a callable computes with: ``to_dict()`` of a bound method's owner (or of
+    a callable object itself) and the parameters and buffers of every torch module behind it.
+    None when nothing is found."""
     h = hashlib.sha256()
     found = False
     owner = getattr(fn, "__self__", None)
+    if owner is None and not isinstance(fn, torch.nn.Module):
+        owner = fn  # a callable object describing itself with to_dict()
     if owner is not None and callable(getattr(owner, "to_dict", None)):
-        h.update(f"{type(owner).__qualname__}.{getattr(fn, '__name__', '')}".encode())
+        h.update(f"{type(owner).__module__}.{type(owner).__qualname__}.{getattr(fn, '__name__', '')}".encode())
         h.update(json.dumps(to_jsonable(owner.to_dict()), sort_keys=True).encode())
         found = True
     for mod in find_modules(fn):
