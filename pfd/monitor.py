@@ -23,6 +23,7 @@ import torch
 
 from pfd._checks import check_positive_int, eval_mode, find_modules
 from pfd.distance import _gather, _resolve_group, distance, shard_range
+from pfd.integrations.distributed import is_rank_zero
 from pfd.maps import CachedMap, OneStepMap, describe_map, map_shape
 from pfd.noise import BLOCK, NoiseSource, derive_seed
 from pfd.report import append_jsonl, to_jsonable
@@ -287,9 +288,7 @@ class NoiseBank:
                 self._have[p_lo:p_hi] = True
                 nfe = None if nfe is None or p_nfe is None else nfe + p_nfe
             self._nfe = nfe
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        if is_rank_zero():
             self._save()
         return self
 
@@ -371,12 +370,6 @@ def _behind(student: Any) -> list[Any]:
         if inner is not None and callable(inner):
             out.append(inner)
     return out
-
-
-def _is_rank0() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _repair_tail(path: Path) -> None:
@@ -530,7 +523,7 @@ class PFDMonitor:
             "time": time.time(),
         }
         self.history.append(rec)
-        if self.log_path is not None and _is_rank0():
+        if self.log_path is not None and is_rank_zero():
             _repair_tail(self.log_path)
             append_jsonl(self.log_path, rec)
         return rec
