@@ -1,6 +1,7 @@
 """The Lightning callback with a real lightning.Trainer (CPU, a few steps) and the lazy imports."""
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -124,3 +125,29 @@ def test_import_pfd_does_not_import_frameworks():
             "for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_ddp_two_processes(tmp_path):
+    """Lightning DDP on 2 CPU processes (gloo): every rank evaluates, all agree, rank 0 logs."""
+    import os
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(here.parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(here / "_lightning_ddp_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=here.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["world"] == 2
+    h0, h1 = ranks[0]["history"], ranks[1]["history"]
+    assert [h["step"] for h in h0] == [h["step"] for h in h1] and len(h0) == 2  # sanity check skipped
+    assert [h["pfd"] for h in h0] == [h["pfd"] for h in h1] and all(h["world_size"] == 2 for h in h0)
+    # the final value is the single-process PFD of the trained generator
+    net = Distill().net
+    net.load_state_dict(torch.load(tmp_path / "net0.pt", weights_only=True))
+    direct = pfd.distance(TEACHER.flow_map(steps=8), pfd.OneStepMap(net, shape=(2,)), n=256, progress=False, group=False)
+    assert h0[-1]["pfd"] == direct.value
+    assert ranks[0]["logged"] == pytest.approx(direct.value, rel=1e-6) == ranks[1]["logged"]
+    assert [r["step"] for r in pfd.monitor.read_log(tmp_path / "pfd.jsonl")] == [h["step"] for h in h0]
