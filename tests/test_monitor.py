@@ -71,16 +71,17 @@ def test_second_call_costs_only_the_student(one_thread):
     t, s = _mixtures(k=128, d=16)
     mon = pfd.PFDMonitor(t.flow_map(), n=1024, every=1)
     mon.evaluate(s.flow_map(), 0)  # builds the bank
-    cached, full = [], []
-    for i in range(3):  # best of 3, CPU time of this process (robust to other load on the machine)
+    ratios = []
+    for i in range(5):  # CPU time of this process (robust to other load), paired back-to-back runs
         c0 = time.process_time()
         rec = mon.evaluate(s.flow_map(), i + 1)
-        cached.append(time.process_time() - c0)
+        cached = time.process_time() - c0
         c0 = time.process_time()
         res = pfd.distance(t.flow_map(), s.flow_map(), n=1024, progress=False)
-        full.append(time.process_time() - c0)
+        full = time.process_time() - c0
         assert rec["pfd"] == res.value
-    assert min(full) / min(cached) >= 1.8, (cached, full)
+        ratios.append(full / cached)
+    assert sorted(ratios)[2] >= 1.8, ratios  # median of the paired ratios
 
 
 def test_student_eval_mode_no_grad_and_mode_restored():
