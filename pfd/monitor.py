@@ -207,8 +207,10 @@ class NoiseBank:
         except Exception as exc:  # unreadable file: recompute, never trust it
             warnings.warn(f"ignoring unreadable bank cache {path}: {exc}", RuntimeWarning, stacklevel=3)
             return False
-        out = blob.get("outputs") if isinstance(blob, dict) else None
-        if blob.get("key") != self._key_text or not isinstance(out, torch.Tensor) or out.shape != self._out.shape:
+        if not isinstance(blob, dict) or blob.get("key") != self._key_text:
+            return False
+        out = blob.get("outputs")
+        if not isinstance(out, torch.Tensor) or out.shape != self._out.shape:
             return False
         self._out.copy_(out.to(torch.float64))
         self._have.fill_(True)

@@ -285,3 +285,17 @@ def test_bad_input(tmp_path, two_modes):
         mon.maybe_evaluate(ref, -1)
     with pytest.raises(ValueError, match="rows must satisfy"):
         mon.bank.outputs(0, 9)
+
+
+def test_unreadable_cache_file_is_recomputed(tmp_path):
+    gmm = pfd.GaussianMixture([1.0], [[0.5, -0.5]], [0.3])
+    mon = pfd.PFDMonitor(gmm.flow_map(steps=4), n=16, cache_dir=tmp_path)
+    mon.bank.cache_path.write_bytes(b"not a torch file")
+    with pytest.warns(RuntimeWarning, match="unreadable bank cache"):
+        rec = mon.evaluate(pfd.OneStepMap(lambda z: z, shape=(2,)), 0)
+    assert not mon.bank.loaded_from_disk and mon.bank.complete
+    direct = pfd.distance(gmm.flow_map(steps=4), lambda z: z, n=16, shape=(2,), progress=False)
+    assert rec["pfd"] == direct.value
+    again = pfd.PFDMonitor(gmm.flow_map(steps=4), n=16, cache_dir=tmp_path)  # the file was rewritten
+    again.bank.prepare()
+    assert again.bank.loaded_from_disk
