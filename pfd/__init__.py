@@ -18,6 +18,7 @@ from pfd.analysis import bias_variance, generalization_errors
 from pfd.analytic.gmm import GaussianMixture
 from pfd.distance import PFDResult, distance
 from pfd.maps import DiffusionMap, NoiseToData, OneStepMap
+from pfd.monitor import PFDMonitor
 from pfd.noise import canonical_noise
 from pfd.schedules import karras_sigmas
 
@@ -27,6 +28,7 @@ __all__ = [
     "NoiseToData",
     "NonFiniteError",
     "OneStepMap",
+    "PFDMonitor",
     "PFDResult",
     "__version__",
     "adapters",

@@ -25,7 +25,7 @@ from pfd._checks import NonFiniteError, check_positive_int
 from pfd.maps import describe_map, map_shape
 from pfd.noise import BLOCK, NoiseSource, derive_seed
 
-__all__ = ["ExactSum", "PFDResult", "distance", "summarize", "versions"]
+__all__ = ["ExactSum", "PFDResult", "distance", "shard_range", "summarize", "versions"]
 
 Z95 = 1.959963984540054
 
@@ -179,6 +179,47 @@ def _run_map(m: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, label: 
     return out
 
 
+def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The contiguous noise indices ``[lo, hi)`` that rank ``rank`` of ``world_size`` evaluates.
+
+    >>> [shard_range(10, r, 3) for r in range(3)]
+    [(0, 3), (3, 6), (6, 10)]
+    """
+    return (n * rank) // world_size, (n * (rank + 1)) // world_size
+
+
+def _resolve_group(group: Any) -> tuple[Any, int, int] | None:
+    """(group, rank, world_size) when the evaluation is distributed, else None.
+
+    ``group=None`` uses the default process group if torch.distributed is initialised;
+    ``group=False`` forces a single-process evaluation; otherwise ``group`` is a ProcessGroup.
+    """
+    if group is False:
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        if group is not None:
+            raise ValueError("group= was given but torch.distributed is not initialised (call init_process_group first)")
+        return None
+    if group is True:
+        group = None
+    elif group is not None and not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"group must be None, False or a torch.distributed ProcessGroup, got {type(group).__name__}")
+    world = dist.get_world_size(group)
+    if world == 1:
+        return None
+    return group, dist.get_rank(group), world
+
+
+def _gather(obj: Any, group: Any, world: int) -> list[Any]:
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
 def distance(
     a: Callable[[torch.Tensor], torch.Tensor],
     b: Callable[[torch.Tensor], torch.Tensor],
@@ -190,6 +231,7 @@ def distance(
     noise: torch.Tensor | None = None,
     descriptor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: bool = True,
+    group: Any = None,
 ) -> PFDResult:
     """Probability flow distance between two noise-to-data maps on shared noise.
 
@@ -211,7 +253,14 @@ def distance(
     descriptor:
         Psi, applied to both outputs before the distance (identity by default).
     progress:
-        Show a tqdm progress bar on stderr.
+        Show a tqdm progress bar on stderr (rank 0 only when distributed).
+    group:
+        Distributed evaluation. ``None`` (default): if ``torch.distributed`` is initialised with
+        more than one process, the noise indices are split into contiguous shards, one per rank,
+        and the exact partial sums of every rank are gathered and merged, so the value is
+        bit-identical to the single-process value for any world size. Every rank of the group
+        must call ``distance`` with the same arguments. A ``ProcessGroup`` selects the group;
+        ``False`` forces a local, single-process evaluation. NFE and counts are summed over ranks.
 
     Example
     -------
@@ -252,12 +301,75 @@ def distance(
 
     from tqdm.auto import tqdm
 
+    dist_info = _resolve_group(group)
+    lo, hi = (0, n) if dist_info is None else shard_range(n, dist_info[1], dist_info[2])
+    show = progress and (dist_info is None or dist_info[1] == 0)
     s2, s4 = ExactSum(), ExactSum()
     nfe_tot: list[float | None] = [0.0, 0.0]
     t0 = time.perf_counter()
-    with tqdm(total=n, unit="sample", desc="pfd", disable=not progress, file=sys.stderr, leave=False) as bar:
-        for start in range(0, n, batch_size):
-            stop = min(n, start + batch_size)
+    error: BaseException | None = None
+    try:
+        _accumulate(a, b, n, lo, hi, batch_size, noise, source, descriptor, s2, s4, nfe_tot, show, tqdm)
+    except Exception as exc:
+        if dist_info is None:
+            raise
+        error = exc  # re-raised on every rank below, so no rank hangs in the gather
+    world = 1
+    if dist_info is not None:
+        grp, _, world = dist_info
+        mine = (n, seed if source is not None else None, sample_shape, s2.partials, s4.partials, nfe_tot, _picklable(error))
+        parts = _gather(mine, grp, world)
+        for rank, part in enumerate(parts):
+            if part[6] is not None:
+                raise part[6] if isinstance(part[6], BaseException) else RuntimeError(f"rank {rank}: {part[6]}")
+        if any(p[:3] != mine[:3] for p in parts):
+            got = sorted({f"n={p[0]}, seed={p[1]}, shape={p[2]}" for p in parts})
+            raise ValueError(f"every rank must call distance with the same n, seed and shape; got {got}")
+        s2, s4 = ExactSum(), ExactSum()
+        nfe_tot = [0.0, 0.0]
+        for p in parts:
+            s2.merge(ExactSum(p[3]))
+            s4.merge(ExactSum(p[4]))
+            for j in (0, 1):
+                nfe_tot[j] = None if nfe_tot[j] is None or p[5][j] is None else nfe_tot[j] + p[5][j]
+    seconds = time.perf_counter() - t0
+    value, stderr, ci95, mean_sq = summarize(s2.value, s4.value, n)
+    nfe = tuple(None if t is None else t / n for t in nfe_tot)
+    provenance = {
+        "a": describe_map(a),
+        "b": describe_map(b),
+        "noise": (
+            {"kind": "canonical", "seed": seed, "block": BLOCK, "generator": "torch.randn/SeedSequence"}
+            if source is not None
+            else {"kind": "explicit"}
+        ),
+        "shape": list(sample_shape) if sample_shape else None,
+        "descriptor": "identity" if descriptor is None else getattr(descriptor, "__qualname__", repr(descriptor)),
+        "dtype": "float64",
+        "reduction": "exact sums of d^2 and d^4",
+        "world_size": world,
+        "versions": versions(),
+    }
+    return PFDResult(value, stderr, ci95, n, nfe, seconds, mean_sq, provenance)  # type: ignore[arg-type]
+
+
+def _picklable(exc: BaseException | None) -> BaseException | str | None:
+    if exc is None:
+        return None
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _accumulate(a, b, n, lo, hi, batch_size, noise, source, descriptor, s2, s4, nfe_tot, show, tqdm) -> None:
+    """Add d^2 and d^4 of noise rows [lo, hi) to the exact sums s2, s4 (and NFE totals)."""
+    with tqdm(total=hi - lo, unit="sample", desc="pfd", disable=not show, file=sys.stderr, leave=False) as bar:
+        for start in range(lo, hi, batch_size):
+            stop = min(hi, start + batch_size)
             z = noise[start:stop] if source is None else source.get(start, stop)
             outs = []
             for j, (m, label) in enumerate(((a, "a"), (b, "b"))):
@@ -280,21 +392,3 @@ def distance(
             s2.add_many(d2)
             s4.add_many(d2 * d2)
             bar.update(stop - start)
-    seconds = time.perf_counter() - t0
-    value, stderr, ci95, mean_sq = summarize(s2.value, s4.value, n)
-    nfe = tuple(None if t is None else t / n for t in nfe_tot)
-    provenance = {
-        "a": describe_map(a),
-        "b": describe_map(b),
-        "noise": (
-            {"kind": "canonical", "seed": seed, "block": BLOCK, "generator": "torch.randn/SeedSequence"}
-            if source is not None
-            else {"kind": "explicit"}
-        ),
-        "shape": list(sample_shape) if sample_shape else None,
-        "descriptor": "identity" if descriptor is None else getattr(descriptor, "__qualname__", repr(descriptor)),
-        "dtype": "float64",
-        "reduction": "exact sums of d^2 and d^4",
-        "versions": versions(),
-    }
-    return PFDResult(value, stderr, ci95, n, nfe, seconds, mean_sq, provenance)  # type: ignore[arg-type]

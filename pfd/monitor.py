@@ -1,0 +1,560 @@
+"""PFD in training loops: a reference noise bank computed once, and a monitor with a history.
+
+A distillation run scores its student against a fixed reference map (the teacher) many times.
+:class:`NoiseBank` integrates the reference on its canonical noise bank once (in memory, and
+optionally on disk under a content key), so every later evaluation costs only the student's
+map. :class:`PFDMonitor` decides when to evaluate, runs the student in eval mode without
+gradients, keeps the curve in ``history``, appends it to a JSONL log that a crash cannot
+corrupt, and saves/restores its state with the training checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pfd._checks import check_positive_int, eval_mode, find_modules
+from pfd.distance import _gather, _resolve_group, distance, shard_range
+from pfd.integrations.distributed import is_rank_zero
+from pfd.maps import CachedMap, OneStepMap, describe_map, map_shape
+from pfd.noise import BLOCK, NoiseSource, derive_seed
+from pfd.report import append_jsonl, to_jsonable
+
+__all__ = ["NoiseBank", "PFDMonitor", "read_log", "reference_identity"]
+
+_STATE_VERSION = 1
+
+
+def _content_hash(fn: Any) -> str | None:
+    """SHA-256 of what a callable computes with: ``to_dict()`` of a bound method's owner (or of
+    a callable object itself) and the parameters and buffers of every torch module behind it.
+    None when nothing is found."""
+    h = hashlib.sha256()
+    found = False
+    owner = getattr(fn, "__self__", None)
+    if owner is None and not isinstance(fn, torch.nn.Module):
+        owner = fn  # a callable object describing itself with to_dict()
+    if owner is not None and callable(getattr(owner, "to_dict", None)):
+        h.update(f"{type(owner).__module__}.{type(owner).__qualname__}.{getattr(fn, '__name__', '')}".encode())
+        h.update(json.dumps(to_jsonable(owner.to_dict()), sort_keys=True).encode())
+        found = True
+    for mod in find_modules(fn):
+        h.update(f"{type(mod).__module__}.{type(mod).__qualname__}.{getattr(fn, '__name__', '')}".encode())
+        for k, v in mod.state_dict().items():
+            t = v.detach().to("cpu").contiguous().reshape(-1)
+            h.update(f"{k}:{t.dtype}:{tuple(v.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        found = True
+    return h.hexdigest() if found else None
+
+
+def reference_identity(reference: Callable[..., Any], reference_key: str | None = None) -> dict[str, Any]:
+    """The identity of a reference map used in cache keys: its provenance (solver, grid,
+    tolerances, dtype) plus a content hash of the model behind it (a
+    :class:`pfd.GaussianMixture`'s parameters, or a torch module's parameters and buffers), or
+    the user's ``reference_key`` when the content cannot be read (plain functions).
+
+    >>> import pfd
+    >>> gmm = pfd.GaussianMixture([1.0], [[0.0]], [1.0])
+    >>> a = reference_identity(gmm.flow_map())
+    >>> b = reference_identity(pfd.GaussianMixture([1.0], [[0.1]], [1.0]).flow_map())
+    >>> a["content"] != b["content"], a["map"]["solver"]
+    (True, 'heun')
+    """
+    base = reference
+    while isinstance(base, CachedMap):
+        base = base.base
+    target = base
+    for attr in ("denoiser", "fn"):
+        if getattr(base, attr, None) is not None:
+            target = getattr(base, attr)
+            break
+    content = _content_hash(target)
+    if reference_key is not None:
+        if not isinstance(reference_key, str) or not reference_key:
+            raise TypeError(f"reference_key must be a non-empty str, got {reference_key!r}")
+        content = f"user:{reference_key}" + (f"+{content}" if content else "")
+    if content is None:
+        raise ValueError(
+            "cannot derive a content identity for the reference map (a plain function has no readable "
+            "parameters); pass reference_key='<a string that changes whenever the reference changes>'"
+        )
+    return {"map": describe_map(base), "content": content}
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class NoiseBank:
+    """A reference map's outputs on the canonical noise rows ``0 .. n-1`` of ``seed``.
+
+    Outputs are computed on demand, once: :meth:`outputs` fills missing rows in batches and
+    :meth:`prepare` fills all of them (split across ranks when torch.distributed is
+    initialised, then gathered). With ``cache_dir`` the full bank is also stored on disk as
+    ``bank-<key>.pt``; the key hashes the reference's identity (:func:`reference_identity`:
+    solver, grid, tolerances and model content), n, seed, shape, the noise definition and the
+    pfd and torch versions, and the stored key is compared in full on load, so a changed
+    reference can never be served from a stale file. :meth:`as_map` is a noise-to-data map
+    that serves bank rows to :func:`pfd.distance` (matched by content, verified exactly) and
+    falls back to the reference for any other noise.
+
+    >>> import pfd
+    >>> gmm = pfd.GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [0.1, 0.1])
+    >>> bank = NoiseBank(gmm.flow_map(), n=64, seed=0)
+    >>> ref = bank.as_map()
+    >>> r1 = pfd.distance(ref, gmm.flow_map(steps=6), n=64, progress=False)  # computes the bank
+    >>> r2 = pfd.distance(ref, gmm.flow_map(steps=6), n=64, progress=False)  # served from it
+    >>> r3 = pfd.distance(gmm.flow_map(), gmm.flow_map(steps=6), n=64, progress=False)
+    >>> r1.value == r2.value == r3.value, bank.computed_rows, (ref.misses, ref.hits)
+    (True, 64, (1, 1))
+    """
+
+    def __init__(
+        self,
+        reference: Callable[[torch.Tensor], torch.Tensor],
+        n: int,
+        *,
+        seed: int = 0,
+        shape: Sequence[int] | None = None,
+        batch_size: int = 1024,
+        cache_dir: str | os.PathLike[str] | None = None,
+        reference_key: str | None = None,
+    ) -> None:
+        if not callable(reference):
+            raise TypeError(f"reference must be a callable noise-to-data map, got {type(reference).__name__}")
+        self.reference = reference
+        self.n = check_positive_int(n, "n", minimum=2)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        derive_seed(seed)
+        self.seed = seed
+        declared = map_shape(reference)
+        if shape is not None:
+            shape = (shape,) if isinstance(shape, int) else tuple(shape)
+            if declared is not None and tuple(declared) != shape:
+                raise ValueError(f"shape={shape} does not match the reference map's sample shape {declared}")
+        shape = shape if shape is not None else declared
+        if shape is None:
+            raise ValueError("shape= is required: the reference map does not declare the shape of a sample")
+        self.shape: tuple[int, ...] = NoiseSource(seed, shape).shape
+        self.noise = NoiseSource(seed, self.shape).get(0, self.n)
+        self._out = torch.empty((self.n, *self.shape), dtype=torch.float64)
+        self._have = torch.zeros(self.n, dtype=torch.bool)
+        self._nfe: float | None = 0.0
+        self._index: dict[bytes, int] | None = None
+        self.reference_key = reference_key
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        if self.cache_dir is not None and not self.cache_dir.is_dir():
+            raise ValueError(f"cache_dir: folder {str(self.cache_dir)!r} does not exist")
+        self._key_text: str | None = None
+        if self.cache_dir is not None:  # fail early when no identity can be derived
+            self._key_text = self._make_key_text()
+        self.reference_seconds = 0.0
+        self.loaded_from_disk = False
+
+    # -- identity and disk cache ---------------------------------------------------------
+    def _make_key_text(self) -> str:
+        from pfd.distance import versions
+
+        v = versions()
+        material = {
+            "reference": reference_identity(self.reference, self.reference_key),
+            "n": self.n,
+            "seed": self.seed,
+            "shape": list(self.shape),
+            "noise": {"block": BLOCK, "generator": "torch.randn/SeedSequence"},
+            "versions": {"pfd": v["pfd"], "torch": v["torch"]},
+        }
+        return json.dumps(to_jsonable(material), sort_keys=True)
+
+    @property
+    def cache_path(self) -> Path | None:
+        """Where this bank is (or would be) stored on disk; None without ``cache_dir``."""
+        if self.cache_dir is None:
+            return None
+        if self._key_text is None:
+            self._key_text = self._make_key_text()
+        return self.cache_dir / f"bank-{hashlib.sha256(self._key_text.encode()).hexdigest()[:32]}.pt"
+
+    def _load(self) -> bool:
+        path = self.cache_path
+        if path is None or not path.is_file():
+            return False
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # unreadable file: recompute, never trust it
+            warnings.warn(f"ignoring unreadable bank cache {path}: {exc}", RuntimeWarning, stacklevel=3)
+            return False
+        if not isinstance(blob, dict) or blob.get("key") != self._key_text:
+            return False
+        out = blob.get("outputs")
+        if not isinstance(out, torch.Tensor) or out.shape != self._out.shape:
+            return False
+        self._out.copy_(out.to(torch.float64))
+        self._have.fill_(True)
+        self._nfe = blob.get("nfe_total")
+        self.loaded_from_disk = True
+        return True
+
+    def _save(self) -> None:
+        path = self.cache_path
+        if path is None or not self.complete:
+            return
+        _atomic_torch_save({"key": self._key_text, "outputs": self._out.clone(), "nfe_total": self._nfe}, path)
+
+    # -- computing rows ------------------------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        return bool(self._have.all())
+
+    @property
+    def computed_rows(self) -> int:
+        return int(self._have.sum())
+
+    @property
+    def reference_nfe(self) -> float | None:
+        """Mean reference evaluations per sample over the computed rows (None if not counted)."""
+        rows = self.computed_rows
+        return None if self._nfe is None or rows == 0 else self._nfe / rows
+
+    def _compute(self, lo: int, hi: int) -> None:
+        t0 = time.perf_counter()
+        with torch.inference_mode(False), torch.no_grad():
+            for start in range(lo, hi, self.batch_size):
+                stop = min(hi, start + self.batch_size)
+                x = self.reference(self.noise[start:stop])
+                if not isinstance(x, torch.Tensor) or x.shape != (stop - start, *self.shape):
+                    got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                    raise ValueError(f"reference map returned {got} for noise of shape {(stop - start, *self.shape)}")
+                self._out[start:stop] = x.detach().to("cpu", torch.float64)
+                self._have[start:stop] = True
+                nfe = getattr(self.reference, "last_nfe", None)
+                self._nfe = None if nfe is None or self._nfe is None else self._nfe + float(nfe) * (stop - start)
+        self.reference_seconds += time.perf_counter() - t0
+
+    def outputs(self, lo: int, hi: int) -> torch.Tensor:
+        """Reference outputs for bank rows ``[lo, hi)``, computing any missing rows once."""
+        if not (0 <= lo <= hi <= self.n):
+            raise ValueError(f"rows must satisfy 0 <= lo <= hi <= n={self.n}, got lo={lo}, hi={hi}")
+        missing = torch.nonzero(~self._have[lo:hi]).flatten()
+        if missing.numel():
+            self._compute(lo + int(missing[0]), lo + int(missing[-1]) + 1)
+        return self._out[lo:hi].clone()
+
+    def prepare(self, group: Any = None) -> NoiseBank:
+        """Fill the whole bank: from disk if a matching file exists, else by computing it (each
+        rank a shard when distributed, then gathered to every rank); then store it on disk."""
+        if self.complete or self._load():
+            return self
+        info = _resolve_group(group)
+        if info is None:
+            self.outputs(0, self.n)
+        else:
+            grp, rank, world = info
+            lo, hi = shard_range(self.n, rank, world)
+            error = None
+            try:
+                self.outputs(lo, hi)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            mine = (lo, hi, self._out[lo:hi].clone(), None if self._nfe is None else self._nfe, error)
+            parts = _gather(mine, grp, world)
+            for r, p in enumerate(parts):
+                if p[4] is not None:
+                    raise RuntimeError(f"reference bank failed on rank {r}: {p[4]}")
+            nfe: float | None = 0.0
+            for p_lo, p_hi, out, p_nfe, _ in parts:
+                self._out[p_lo:p_hi] = out
+                self._have[p_lo:p_hi] = True
+                nfe = None if nfe is None or p_nfe is None else nfe + p_nfe
+            self._nfe = nfe
+        if is_rank_zero():
+            self._save()
+        return self
+
+    def clear(self) -> None:
+        """Forget every computed row (e.g. after the reference model changed)."""
+        self._have.fill_(False)
+        self._nfe = 0.0
+        self._key_text = None if self.cache_dir is None else self._make_key_text()
+        self.loaded_from_disk = False
+
+    def as_map(self) -> BankMap:
+        """A noise-to-data map serving this bank to :func:`pfd.distance`."""
+        return BankMap(self)
+
+    def _row_index(self) -> dict[bytes, int]:
+        if self._index is None:
+            flat = self.noise.reshape(self.n, -1).contiguous().numpy()
+            self._index = {hashlib.sha1(flat[i].tobytes()).digest(): i for i in range(self.n)}
+        return self._index
+
+    def locate(self, z: torch.Tensor) -> int | None:
+        """The bank row where the noise batch ``z`` starts, if ``z`` is a run of bank rows."""
+        if z.ndim < 2 or tuple(z.shape[1:]) != self.shape or z.shape[0] == 0:
+            return None
+        zc = z.detach().to("cpu", torch.float64)
+        start = self._row_index().get(hashlib.sha1(zc[0].contiguous().numpy().tobytes()).digest())
+        if start is None or start + zc.shape[0] > self.n:
+            return None
+        return start if torch.equal(zc, self.noise[start : start + zc.shape[0]]) else None
+
+
+class BankMap:
+    """Noise-to-data map backed by a :class:`NoiseBank` (made by :meth:`NoiseBank.as_map`)."""
+
+    def __init__(self, bank: NoiseBank) -> None:
+        self.bank = bank
+        self.shape = bank.shape
+        self.last_nfe: float | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        start = self.bank.locate(z)
+        if start is None:  # not bank noise: evaluate the reference itself
+            self.misses += 1
+            out = self.bank.reference(z)
+            self.last_nfe = getattr(self.bank.reference, "last_nfe", None)
+            return out
+        stop = start + z.shape[0]
+        if not bool(self.bank._have[start:stop].all()):
+            self.misses += 1
+        else:
+            self.hits += 1
+        out = self.bank.outputs(start, stop)
+        self.last_nfe = self.bank.reference_nfe
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "NoiseBank", "reference": describe_map(self.bank.reference), "n": self.bank.n,
+                "seed": self.bank.seed, "cache": None if self.bank.cache_path is None else str(self.bank.cache_path)}
+
+    def __repr__(self) -> str:
+        return f"BankMap(n={self.bank.n}, rows={self.bank.computed_rows}, hits={self.hits}, misses={self.misses})"
+
+
+def _as_student_map(student: Any, shape: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+    if isinstance(student, torch.nn.Module):
+        return OneStepMap(student, shape=shape, name=type(student).__name__)
+    if not callable(student):
+        raise TypeError(f"student must be a noise-to-data map or a torch.nn.Module G(z), got {type(student).__name__}")
+    return student
+
+
+def _behind(student: Any) -> list[Any]:
+    """The student and the models inside a pfd map (so that eval_mode reaches them)."""
+    out = [student]
+    for attr in ("denoiser", "fn", "base"):
+        inner = getattr(student, attr, None)
+        if inner is not None and callable(inner):
+            out.append(inner)
+    return out
+
+
+def _repair_tail(path: Path) -> None:
+    """Cut an incomplete last line (left by a crash mid-write) so that new lines start clean."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    if data and not data.endswith(b"\n"):
+        os.truncate(path, data.rfind(b"\n") + 1)
+
+
+def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Records of a monitor's JSONL log; an incomplete last line (a crash mid-write) is skipped.
+
+    A corrupt line anywhere else is skipped with a warning.
+    """
+    records = []
+    with open(path, "rb") as fh:
+        lines = fh.read().split(b"\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                warnings.warn(f"{path}: skipping corrupt line {i + 1}", RuntimeWarning, stacklevel=2)
+    return records
+
+
+class PFDMonitor:
+    """PFD of a student against a fixed reference, evaluated periodically during training.
+
+    The reference map is integrated once on a bank of ``n`` canonical noise vectors of ``seed``
+    (a :class:`NoiseBank`, optionally cached on disk in ``cache_dir``); each evaluation then runs
+    only the student's map. Evaluations put the student in eval mode under
+    ``torch.inference_mode`` and restore its training flags. Under ``torch.distributed`` every
+    rank must call :meth:`maybe_evaluate` (the noise is split across ranks, the value is the
+    single-process value) and only rank 0 writes the log.
+
+    Parameters
+    ----------
+    reference:
+        The reference (teacher) noise-to-data map, e.g. ``pfd.DiffusionMap(teacher)``.
+    n, seed:
+        Size and seed of the noise bank.
+    every:
+        :meth:`maybe_evaluate` evaluates at steps that are multiples of ``every``.
+    log_path:
+        JSONL file to append one record per evaluation to (append-only, fsynced).
+    shape, batch_size, cache_dir, reference_key:
+        See :class:`NoiseBank`. ``batch_size`` never changes the value.
+    descriptor, group:
+        See :func:`pfd.distance`.
+
+    Example
+    -------
+    >>> import torch, pfd
+    >>> teacher = pfd.GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [0.05, 0.05])
+    >>> mon = pfd.PFDMonitor(teacher.flow_map(), n=128, every=10)
+    >>> student = torch.nn.Linear(1, 1)
+    >>> mon.maybe_evaluate(student, step=5) is None
+    True
+    >>> rec = mon.maybe_evaluate(student, step=10)
+    >>> rec["step"], rec["nfe"], rec["n"], len(mon.history), student.training
+    (10, 1.0, 128, 1, True)
+    """
+
+    def __init__(
+        self,
+        reference: Callable[[torch.Tensor], torch.Tensor],
+        n: int = 2048,
+        seed: int = 0,
+        *,
+        every: int = 1000,
+        log_path: str | os.PathLike[str] | None = None,
+        shape: Sequence[int] | None = None,
+        batch_size: int = 1024,
+        cache_dir: str | os.PathLike[str] | None = None,
+        reference_key: str | None = None,
+        descriptor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        group: Any = None,
+        progress: bool = False,
+    ) -> None:
+        self.bank = NoiseBank(reference, n, seed=seed, shape=shape, batch_size=batch_size,
+                              cache_dir=cache_dir, reference_key=reference_key)
+        self.every = check_positive_int(every, "every")
+        if log_path is not None:
+            log_path = Path(log_path)
+            if not log_path.parent.is_dir():
+                raise ValueError(f"log_path: folder {str(log_path.parent)!r} does not exist")
+        self.log_path: Path | None = log_path
+        if descriptor is not None and not callable(descriptor):
+            raise TypeError(f"descriptor must be callable or None, got {type(descriptor).__name__}")
+        self.descriptor = descriptor
+        self.group = group
+        self.progress = bool(progress)
+        self.history: list[dict[str, Any]] = []
+        self._ref_map = self.bank.as_map()
+
+    @property
+    def reference(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return self.bank.reference
+
+    @property
+    def n(self) -> int:
+        return self.bank.n
+
+    @property
+    def seed(self) -> int:
+        return self.bank.seed
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.bank.shape
+
+    def should_evaluate(self, step: int) -> bool:
+        """True at multiples of ``every`` not evaluated yet (e.g. before a resume)."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise TypeError(f"step must be an int >= 0, got {step!r}")
+        return step % self.every == 0 and all(h["step"] != step for h in self.history)
+
+    def maybe_evaluate(self, student: Any, step: int) -> dict[str, Any] | None:
+        """Evaluate ``student`` if ``step`` is due (see :meth:`should_evaluate`), else None."""
+        return self.evaluate(student, step) if self.should_evaluate(step) else None
+
+    def evaluate(self, student: Any, step: int) -> dict[str, Any]:
+        """Evaluate now: a record with step, pfd, stderr, ci, n, nfe (student, per sample),
+        seconds (this call), reference_seconds (reference work done in this call)."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise TypeError(f"step must be an int >= 0, got {step!r}")
+        smap = _as_student_map(student, self.shape)
+        t0 = time.perf_counter()
+        ref_before = self.bank.reference_seconds
+        self.bank.prepare(self.group)
+        with eval_mode(*_behind(student)), torch.inference_mode():
+            res = distance(self._ref_map, smap, n=self.n, seed=self.seed, batch_size=self.bank.batch_size,
+                           descriptor=self.descriptor, progress=self.progress, group=self.group)
+        rec = {
+            "step": step,
+            "pfd": res.value,
+            "stderr": res.stderr,
+            "ci": list(res.ci95),
+            "n": res.n,
+            "nfe": res.nfe[1],
+            "reference_nfe": res.nfe[0],
+            "seconds": time.perf_counter() - t0,
+            "reference_seconds": self.bank.reference_seconds - ref_before,
+            "world_size": res.provenance.get("world_size", 1),
+            "time": time.time(),
+        }
+        self.history.append(rec)
+        if self.log_path is not None and is_rank_zero():
+            _repair_tail(self.log_path)
+            append_jsonl(self.log_path, rec)
+        return rec
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        return self.history[-1] if self.history else None
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return to_jsonable({"n": self.n, "seed": self.seed, "shape": list(self.shape),
+                            "reference": describe_map(self.reference)})
+
+    def state_dict(self) -> dict[str, Any]:
+        """The monitor's state (history and configuration fingerprint), for checkpoints."""
+        return {"version": _STATE_VERSION, "fingerprint": self._fingerprint(),
+                "history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the history of a resumed run; refuses a state of a different configuration."""
+        if not isinstance(state, dict) or "history" not in state or "fingerprint" not in state:
+            raise TypeError("state must be a dict made by PFDMonitor.state_dict()")
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"state version {state.get('version')!r} is not supported (expected {_STATE_VERSION})")
+        if state["fingerprint"] != self._fingerprint():
+            raise ValueError(
+                "state was saved by a monitor with a different n, seed, shape or reference map: "
+                f"{state['fingerprint']} != {self._fingerprint()}"
+            )
+        self.history = [dict(h) for h in state["history"]]
+
+    def __repr__(self) -> str:
+        return f"PFDMonitor(n={self.n}, seed={self.seed}, every={self.every}, evaluations={len(self.history)})"
