@@ -31,6 +31,10 @@ _F64 = torch.float64
 _ISO_CHUNK_ELEMS = 1 << 16
 # elements of the largest (batch x components x dim) temporary in the diag/full path
 _DENSE_CHUNK_ELEMS = 1 << 23
+# elements of the largest (rows x components) temporary in the diagonal matrix-product path
+_GEMM_CHUNK_ELEMS = 1 << 20
+# at most this many distinct noise levels in one call are grouped onto the matrix-product path
+_DIAG_MAX_LEVELS = 16
 
 
 def _as_f64(value: Any, name: str) -> torch.Tensor:
@@ -216,7 +220,10 @@ class GaussianMixture:
                 "mu": self.means.to(device),
                 "cov": self.covs.to(device),
                 "mu_sq": (self.means**2).sum(1).to(device),
+                "center": self.mean().to(device),
             }
+            if self.cov_type == "diag":
+                p["mu_c"] = (self.means - self.mean()).to(device)
             if self.cov_type == "full":
                 p["evals"] = self._evals.to(device)
                 p["evecs"] = self._evecs.to(device)
@@ -242,7 +249,58 @@ class GaussianMixture:
         """
         if self.cov_type == "iso":
             return self._posterior_iso(x, sig2, want_mean)
+        if self.cov_type == "diag" and x.shape[0] > 0:
+            # the PF-ODE calls the denoiser with one sigma per batch: then every term is a
+            # (B x K) matrix product, no (B x K x d) temporaries
+            if bool(sig2.min() == sig2.max()):
+                return self._posterior_diag_uniform(x, float(sig2[0]), want_mean)
+            levels = torch.unique(sig2)
+            if levels.numel() <= _DIAG_MAX_LEVELS:
+                logp = torch.empty(x.shape[0], dtype=_F64, device=x.device)
+                mean = torch.empty_like(x) if want_mean else None
+                for lev in levels.tolist():
+                    idx = torch.nonzero(sig2 == lev).flatten()
+                    lp, mn = self._posterior_diag_uniform(x[idx], lev, want_mean)
+                    logp[idx] = lp
+                    if mean is not None:
+                        mean[idx] = mn
+                return logp, mean
         return self._posterior_dense(x, sig2, want_mean)
+
+    def _posterior_diag_uniform(self, x, s2: float, want_mean):
+        """Diagonal covariances, one noise level s2 for every row, as matrix products.
+
+        With C_k = diag(lam_k) + s2 I and coordinates centred at the mixture mean m,
+        -1/2 (x - mu_k)^T C_k^{-1} (x - mu_k) = -1/2 (x*x) . c_k^{-1} + x . (mu_k / c_k) - 1/2 mu_k . (mu_k / c_k),
+        so the logits are one (B x 2d) @ (2d x K) product; the posterior mean is
+        m + r @ (mu_k (1 - a_k)) + x * (r @ a_k) with a_k = lam_k / c_k. Memory O(rows x K).
+        """
+        p = self._params(x.device)
+        b, d = x.shape
+        k = self.n_components
+        lam = p["cov"]
+        c = lam + s2  # (K,d)
+        inv = 1.0 / c
+        mu = p["mu_c"]
+        const = p["logw"] - 0.5 * (mu * mu * inv).sum(1) - 0.5 * torch.log(c).sum(1)  # (K,)
+        weights = torch.cat([-0.5 * inv, mu * inv], dim=1).T.contiguous()  # (2d, K)
+        if want_mean:
+            a = lam * inv
+            mu_keep = mu * (1.0 - a)
+        rows = max(1, min(b, _GEMM_CHUNK_ELEMS // max(k, 2 * d, 1)))
+        logps, means = [], []
+        for start in range(0, b, rows):
+            xc = x[start : start + rows] - p["center"]
+            logit = torch.addmm(const[None, :], torch.cat([xc * xc, xc], dim=1), weights)  # (rows, K)
+            lp = torch.logsumexp(logit, dim=1)
+            logps.append(lp)
+            if want_mean:
+                r = logit.sub_(lp[:, None]).exp_()
+                means.append(torch.addmm(p["center"][None, :], r, mu_keep).addcmul_(xc, r @ a))
+        logp = torch.cat(logps) if len(logps) > 1 else logps[0]
+        if not want_mean:
+            return logp, None
+        return logp, (torch.cat(means) if len(means) > 1 else means[0])
 
     def _posterior_iso(self, x, sig2, want_mean):
         b = x.shape[0]
