@@ -28,7 +28,7 @@ __all__ = ["GaussianMixture"]
 
 _F64 = torch.float64
 # elements of the largest (batch x components) temporary in the isotropic path
-_ISO_CHUNK_ELEMS = 1 << 16
+_ISO_CHUNK_ELEMS = 1 << 18
 # elements of the largest (batch x components x dim) temporary in the diag/full path
 _DENSE_CHUNK_ELEMS = 1 << 23
 # elements of the largest (rows x components) temporary in the diagonal matrix-product path
