@@ -197,6 +197,28 @@ def test_diag_grouped_and_per_row_sigmas_match_scipy():
         np.testing.assert_allclose(gmm.log_prob(x, sig).numpy(), lp_ref, rtol=1e-11, atol=1e-10)
 
 
+def test_full_fast_path_matches_scipy():
+    g = torch.Generator().manual_seed(13)
+    k, d, n = 4, 5, 30
+    q, _ = torch.linalg.qr(torch.randn(k, d, d, generator=g, dtype=F64))
+    covs = q @ torch.diag_embed(0.01 + torch.rand(k, d, generator=g, dtype=F64)) @ q.transpose(1, 2)
+    w, mus = 0.3 + torch.rand(k, generator=g, dtype=F64), 2.0 * torch.randn(k, d, generator=g, dtype=F64)
+    gmm = pfd.GaussianMixture(w, mus, covs)
+    x = 2.0 * torch.randn(n, d, generator=g, dtype=F64)
+    wn, mn, cn = (w / w.sum()).numpy(), mus.numpy(), covs.numpy()
+    for sigma in (0.002, 0.4, 80.0):
+        want_mean, want_lp = [], []
+        for xi in x.numpy():
+            cs = [c + sigma**2 * np.eye(d) for c in cn]
+            lp = np.log(wn) + np.array([multivariate_normal(m, c).logpdf(xi) for m, c in zip(mn, cs, strict=True)])
+            r = np.exp(lp - logsumexp(lp))
+            post = [m + s @ np.linalg.solve(c, xi - m) for m, s, c in zip(mn, cn, cs, strict=True)]
+            want_mean.append(np.einsum("k,kd->d", r, np.array(post)))
+            want_lp.append(logsumexp(lp))
+        np.testing.assert_allclose(gmm.denoiser(x, sigma).numpy(), np.array(want_mean), rtol=0, atol=1e-10)
+        np.testing.assert_allclose(gmm.log_prob(x, sigma).numpy(), np.array(want_lp), rtol=1e-10, atol=1e-9)
+
+
 # automatic batch size ---------------------------------------------------------------------------
 def test_auto_batch_size_values():
     per_sample = 8 * 16 * 30  # float64 * numel * (2 maps x 12 copies + 6 shared)

@@ -33,6 +33,8 @@ _ISO_CHUNK_ELEMS = 1 << 18
 _DENSE_CHUNK_ELEMS = 1 << 23
 # elements of the largest (rows x components) temporary in the diagonal matrix-product path
 _GEMM_CHUNK_ELEMS = 1 << 20
+# elements of the largest (rows x components x dim) temporary in the full-covariance GEMM path
+_FULL_CHUNK_ELEMS = 1 << 20
 # at most this many distinct noise levels in one call are grouped onto the matrix-product path
 _DIAG_MAX_LEVELS = 16
 
@@ -228,6 +230,9 @@ class GaussianMixture:
                 p["evals"] = self._evals.to(device)
                 p["evecs"] = self._evecs.to(device)
                 p["mu_rot"] = torch.einsum("kd,kde->ke", self.means, self._evecs).to(device)
+                k, d = self.means.shape
+                # all eigenbases side by side: x @ u_all gives every U_k^T x in one GEMM
+                p["u_all"] = self._evecs.permute(1, 0, 2).reshape(d, k * d).contiguous().to(device)
             self._device_cache[device] = p
         return p
 
@@ -265,7 +270,38 @@ class GaussianMixture:
                     if mean is not None:
                         mean[idx] = mn
                 return logp, mean
+        if self.cov_type == "full" and x.shape[0] > 0 and bool(sig2.min() == sig2.max()):
+            return self._posterior_full_uniform(x, float(sig2[0]), want_mean)
         return self._posterior_dense(x, sig2, want_mean)
+
+    def _posterior_full_uniform(self, x, s2: float, want_mean):
+        """Full covariances, one noise level for every row: y_k = U_k^T x - U_k^T mu_k for all k
+        is one (rows x d) @ (d x K d) GEMM, and the posterior correction sum_k r_k U_k (a_k * y_k)
+        another one (rows x K d) @ (K d x d); rows are chunked so temporaries stay bounded."""
+        p = self._params(x.device)
+        b, d = x.shape
+        k = self.n_components
+        c = p["evals"] + s2  # (K,d) eigenvalues of C_k
+        inv = 1.0 / c
+        const = p["logw"] - 0.5 * torch.log(c).sum(1)
+        rows = max(1, min(b, _FULL_CHUNK_ELEMS // (k * d)))
+        u_back = p["u_all"].T if want_mean else None  # (K d, d)
+        a = p["evals"] * inv
+        logps, means = [], []
+        for start in range(0, b, rows):
+            xs = x[start : start + rows]
+            y = (xs @ p["u_all"]).view(-1, k, d).sub_(p["mu_rot"])  # (rows,K,d)
+            logit = torch.einsum("bkd,kd->bk", y * y, inv).mul_(-0.5).add_(const)
+            lp = torch.logsumexp(logit, dim=1)
+            logps.append(lp)
+            if want_mean:
+                r = logit.sub_(lp[:, None]).exp_()
+                shrunk = y.mul_(a).mul_(r[:, :, None]).view(-1, k * d)
+                means.append(torch.addmm(r @ p["mu"], shrunk, u_back))
+        logp = torch.cat(logps) if len(logps) > 1 else logps[0]
+        if not want_mean:
+            return logp, None
+        return logp, (torch.cat(means) if len(means) > 1 else means[0])
 
     def _posterior_diag_uniform(self, x, s2: float, want_mean):
         """Diagonal covariances, one noise level s2 for every row, as matrix products.
