@@ -139,6 +139,29 @@ def bench_denoiser(roof: dict, repeats: int, quick: bool) -> list[dict]:
     return rows
 
 
+def precision_f32() -> list[dict]:
+    """Error of the isotropic mixture denoiser evaluated in float32 (the same expanded-square
+    GEMM formulation as the float64 path) against the float64 denoiser, per noise level."""
+    rows = []
+    for name in ("2d-8modes-narrow", "2d-8modes-wide", "empirical-1000"):
+        gmm = suite()[name][0]
+        for sigma in (0.002, 0.02, 0.2, 2.0, 80.0):
+            x = gmm.sample(4096, seed=5) + sigma * pfd.canonical_noise(4096, gmm.event_shape, seed=6)
+            ref = gmm.denoiser(x, sigma)
+            x32, mu, v, lw = x.float(), gmm.means.float(), gmm.covs.float(), gmm.log_weights.float()
+            c = v + sigma**2
+            sq = ((x32 * x32).sum(1, keepdim=True) - 2 * x32 @ mu.T + (mu * mu).sum(1)).clamp_min(0)
+            logit = lw - 0.5 * sq / c - 0.5 * gmm.dim * torch.log(c)
+            r = torch.softmax(logit, dim=1)
+            d32 = r @ (mu * (1 - v / c)[:, None]) + (r * (v / c)).sum(1, keepdim=True) * x32
+            err = (d32.double() - ref).norm(dim=1)
+            rows.append({"model": name, "sigma": sigma, "f32_max_err": float(err.max()),
+                         "f32_rms_err": float(err.pow(2).mean().sqrt()),
+                         "data_rms": float(ref.pow(2).sum(1).mean().sqrt())})
+            print(f"  float32 {name} sigma={sigma:g}: max err {rows[-1]['f32_max_err']:.2e}", flush=True)
+    return rows
+
+
 # ------------------------------------------------------------------ 3. time to 0.5% PFD
 def time_to_accuracy(solver: str, grid: str, repeats: int, quick: bool, n: int) -> list[dict]:
     target = 0.005
@@ -292,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=2048, help="noise samples in the time-to-accuracy test")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--parts", default="denoiser,accuracy,memory",
+    ap.add_argument("--parts", default="denoiser,precision,accuracy,memory",
                     help="comma list of parts to (re)measure; others are kept from an existing JSON")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: robust on a shared machine)")
     args = ap.parse_args(argv)
@@ -300,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     parts = set(args.parts.split(","))
     data = {}
-    if parts != {"denoiser", "accuracy", "memory"} and (RESULTS / "throughput.json").exists():
+    if parts != {"denoiser", "precision", "accuracy", "memory"} and (RESULTS / "throughput.json").exists():
         data = json.loads((RESULTS / "throughput.json").read_text())
     data.update({"solver": args.solver, "grid": args.grid, "threads": args.threads,
                  "note": "shared machine (2 cores, other helpers' jobs running); 1 torch thread by default"})
@@ -309,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"roofline: {data['roofline']}", flush=True)
     if "denoiser" in parts:
         data["denoiser"] = bench_denoiser(data["roofline"], args.repeats, args.quick)
+    if "precision" in parts:
+        data["float32"] = precision_f32()
     if "accuracy" in parts:
         data["time_to_accuracy"] = time_to_accuracy(args.solver, args.grid, args.repeats, args.quick, args.n)
     if "memory" in parts:
@@ -318,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\nAnalytic denoiser throughput (M sample*NFE/s; medians)")
     print(format_table(data["denoiser"], ["model", "n", "fast_Msample_per_s", "naive_Msample_per_s", "speedup_vs_naive",
                                           "frac_of_bandwidth_bound", "frac_of_roofline"]))
+    if "float32" in data:
+        print("\nIsotropic denoiser in float32 vs float64 (error norms)")
+        print(format_table(data["float32"], ["model", "sigma", "f32_max_err", "f32_rms_err", "data_rms"]))
     print("\nTime to a PFD within 0.5% of the reference (pfd.distance, seconds, medians)")
     print(format_table(data["time_to_accuracy"], ["case", "n", "fast_nfe", "fast_s", "heun_nfe", "heun_s", "dopri5_nfe",
                                                   "dopri5_s", "fast+naive-denoiser_s", "speedup_vs_dopri5",
