@@ -3,7 +3,9 @@
 Measured side by side in one run (medians of repeats; the machine may be shared):
   1. machine roofline: memory bandwidth (large tensor copy) and float64 GEMM rate;
   2. GaussianMixture.denoiser: sample*NFE/s vs n, d, K, covariance type, against a plain
-     per-component loop with (n x K x d) temporaries; fraction of the roofline;
+     per-component loop with (n x K x d) temporaries; fraction of the bandwidth bound
+     (2 x 8 d bytes per sample / bandwidth) and of the roofline max(bandwidth bound,
+     flops / GEMM rate + K exponentials / exp rate);
   3. time to a PFD within 0.5% of a dopri5(1e-10) reference: the fast fixed-grid solver at the
      smallest NFE that reaches it vs torchdiffeq dopri5 at the loosest tolerance that reaches it
      (both through pfd.distance), and the fast solver with the plain-loop denoiser;
@@ -85,15 +87,16 @@ def naive_denoiser(gmm: pfd.GaussianMixture):
     return denoise
 
 
-def denoiser_costs(gmm: pfd.GaussianMixture) -> tuple[float, float]:
-    """(bytes, flops) per sample of one denoiser call, lower bounds used for the roofline."""
+def denoiser_costs(gmm: pfd.GaussianMixture) -> tuple[float, float, float]:
+    """(bytes, flops, exponentials) per sample of one denoiser call: lower bounds of the work
+    the closed form needs, used for the roofline."""
     k, d = gmm.n_components, gmm.dim
     byts = 2 * 8 * d  # read x, write D(x)
     if gmm.cov_type == "full":
         flops = 2 * k * d * d * 2 + 6 * k * d  # rotate x into each eigenbasis, rotate back
     else:
         flops = 2 * k * d * 2 + 2 * k * d + 4 * k  # logits GEMM, mean GEMM(s), softmax
-    return byts, flops
+    return byts, flops, k  # one exponential per component (softmax)
 
 
 def bench_denoiser(roof: dict, repeats: int, quick: bool) -> list[dict]:
@@ -123,9 +126,10 @@ def bench_denoiser(roof: dict, repeats: int, quick: bool) -> list[dict]:
             t_fast = median_time(lambda gmm=gmm, x=x, sig=sig: gmm.denoiser(x, sig), reps)
             naive_ok = n * gmm.n_components <= 1e7 and n * gmm.n_components * gmm.dim <= 2e8
             t_naive = median_time(lambda gmm=gmm, x=x, sig=sig: naive_denoiser(gmm)(x, sig), reps) if naive_ok else None
-            byts, flops = denoiser_costs(gmm)
+            byts, flops, exps = denoiser_costs(gmm)
             t_bw = n * byts / (roof["bandwidth_GBps"] * 1e9)
-            t_fl = n * flops / (roof["gemm_GFLOPs"] * 1e9)
+            # compute bound: GEMM-rate flops plus exponentials at the measured exp rate
+            t_fl = n * flops / (roof["gemm_GFLOPs"] * 1e9) + n * exps / (roof["exp_Gps"] * 1e9)
             rows.append({
                 "model": name, "n": n, "fast_Msample_per_s": n / t_fast / 1e6,
                 "naive_Msample_per_s": None if t_naive is None else n / t_naive / 1e6,

@@ -15,6 +15,7 @@ from pfd import analytic
 from pfd._checks import NonFiniteError
 from pfd._version import __version__
 from pfd.analytic.gmm import GaussianMixture
+from pfd.batching import auto_batch_size
 from pfd.distance import PFDResult, distance
 from pfd.maps import DiffusionMap, NoiseToData, OneStepMap
 from pfd.noise import canonical_noise
@@ -29,6 +30,7 @@ __all__ = [
     "PFDResult",
     "__version__",
     "analytic",
+    "auto_batch_size",
     "canonical_noise",
     "distance",
     "karras_sigmas",
