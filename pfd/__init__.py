@@ -16,6 +16,7 @@ from pfd._checks import NonFiniteError
 from pfd._version import __version__
 from pfd.analysis import bias_variance, generalization_errors
 from pfd.analytic.gmm import GaussianMixture
+from pfd.batching import auto_batch_size
 from pfd.distance import PFDResult, distance
 from pfd.maps import DiffusionMap, NoiseToData, OneStepMap
 from pfd.monitor import PFDMonitor
@@ -34,6 +35,7 @@ __all__ = [
     "adapters",
     "analysis",
     "analytic",
+    "auto_batch_size",
     "bias_variance",
     "canonical_noise",
     "distance",

@@ -227,7 +227,7 @@ def distance(
     n: int | None = None,
     shape: Sequence[int] | None = None,
     seed: int = 0,
-    batch_size: int = 1024,
+    batch_size: int | str = 1024,
     noise: torch.Tensor | None = None,
     descriptor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: bool = True,
@@ -247,7 +247,8 @@ def distance(
     seed:
         Seed of the canonical noise: z_i depends only on (seed, i).
     batch_size:
-        Samples per batch; affects memory and speed, never the value.
+        Samples per batch; affects memory and speed, never the value. ``"auto"`` picks the
+        largest batch that fits a memory budget (:func:`pfd.batching.auto_batch_size`).
     noise:
         An explicit (n, *shape) noise tensor to use instead of canonical noise.
     descriptor:
@@ -277,7 +278,11 @@ def distance(
         raise TypeError(f"b must be a callable noise-to-data map, got {type(b).__name__}")
     if descriptor is not None and not callable(descriptor):
         raise TypeError(f"descriptor must be callable or None, got {type(descriptor).__name__}")
-    check_positive_int(batch_size, "batch_size")
+    auto_batch = isinstance(batch_size, str)
+    if auto_batch and batch_size != "auto":
+        raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
+    if not auto_batch:
+        check_positive_int(batch_size, "batch_size")
     derive_seed(seed)  # validates seed
     if noise is not None:
         if not isinstance(noise, torch.Tensor):
@@ -298,6 +303,10 @@ def distance(
             raise ValueError("shape= is required: neither map declares the shape of a sample")
         source = NoiseSource(seed, sample_shape)
     check_positive_int(n, "n", minimum=2)
+    if auto_batch:
+        from pfd.batching import auto_batch_size
+
+        batch_size = auto_batch_size(sample_shape, a, b, n=n)
 
     from tqdm.auto import tqdm
 

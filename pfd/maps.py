@@ -19,7 +19,8 @@ from pfd._checks import (
     eval_mode,
     find_modules,
 )
-from pfd.schedules import check_sigma_range, karras_sigmas
+from pfd.grids_perf import check_grid, make_grid
+from pfd.schedules import check_sigma_range
 from pfd.solvers import (
     ADAPTIVE_TORCHDIFFEQ,
     fixed_nfe,
@@ -107,14 +108,18 @@ class DiffusionMap:
     sigma_max, sigma_min:
         Integration range, 0 < sigma_min < sigma_max.
     solver:
-        ``"heun"`` (EDM, default), ``"euler"``, ``"midpoint"``, ``"rk4"`` on the Karras grid, or
-        any torchdiffeq method (``"dopri5"``, ``"dopri8"``, ``"bosh3"``, ``"adaptive_heun"``,
+        ``"heun"`` (EDM, default), ``"euler"``, ``"midpoint"``, ``"rk4"``, the multistep
+        exponential integrators ``"dpm2m"``, ``"dpm3m"``, ``"unipc3"`` (one evaluation per
+        step) on the fixed grid, or any torchdiffeq method (``"dopri5"``, ``"dopri8"``, ``"bosh3"``, ``"adaptive_heun"``,
         ``"torchdiffeq:rk4"``, ...) integrating in log sigma.
     steps:
         Grid points from sigma_max to sigma_min for fixed-grid solvers (EDM: 18, i.e.
         17 Heun steps plus the final denoise = 35 evaluations). Ignored by adaptive methods.
     rho:
         Exponent of the Karras grid.
+    grid:
+        Fixed grid: ``"karras"`` (default, EDM) or ``"loglinear"`` (uniform in log sigma, the
+        natural grid of the exponential integrators); see :mod:`pfd.grids_perf`.
     rtol, atol:
         Tolerances of adaptive torchdiffeq methods (defaults 1e-6 and 1e-8).
     shape:
@@ -145,6 +150,7 @@ class DiffusionMap:
         shape: Sequence[int] | None = None,
         model_dtype: torch.dtype | None = None,
         name: str | None = None,
+        grid: str = "karras",
     ) -> None:
         if not callable(denoiser):
             raise TypeError(f"denoiser must be callable D(x, sigma), got {type(denoiser).__name__}")
@@ -162,7 +168,8 @@ class DiffusionMap:
         self.shape = _check_shape_arg(shape) or _infer_shape(denoiser)
         self._model_dtype = _model_dtype(denoiser, model_dtype)
         self.name = name or getattr(denoiser, "__qualname__", type(denoiser).__name__)
-        self.sigmas = karras_sigmas(self.steps, self.sigma_min, self.sigma_max, self.rho)
+        self.grid = check_grid(grid)
+        self.sigmas = make_grid(self.grid, self.steps, self.sigma_min, self.sigma_max, self.rho)
         self.last_nfe: int | None = None
 
     @property
@@ -188,7 +195,9 @@ class DiffusionMap:
         if self.adaptive:
             d.update(rtol=self.rtol, atol=self.atol, variable="log sigma")
         else:
-            d.update(grid="karras", steps=self.steps, rho=self.rho)
+            d.update(grid=self.grid, steps=self.steps)
+            if self.grid == "karras":
+                d["rho"] = self.rho
             if self.backend == "torchdiffeq":
                 d["variable"] = "log sigma"
         if self.nfe_per_sample is not None:
@@ -197,6 +206,8 @@ class DiffusionMap:
 
     def __repr__(self) -> str:
         grid = f"rtol={self.rtol:g}, atol={self.atol:g}" if self.adaptive else f"steps={self.steps}, rho={self.rho:g}"
+        if not self.adaptive and self.grid != "karras":
+            grid = f"steps={self.steps}, grid={self.grid!r}"
         return f"DiffusionMap({self.name}, solver={self.method!r}, {grid}, sigma=[{self.sigma_min:g}, {self.sigma_max:g}])"
 
     def _make_denoise(self, device: torch.device, counter: list[int]):

@@ -28,9 +28,15 @@ __all__ = ["GaussianMixture"]
 
 _F64 = torch.float64
 # elements of the largest (batch x components) temporary in the isotropic path
-_ISO_CHUNK_ELEMS = 1 << 16
+_ISO_CHUNK_ELEMS = 1 << 18
 # elements of the largest (batch x components x dim) temporary in the diag/full path
 _DENSE_CHUNK_ELEMS = 1 << 23
+# elements of the largest (rows x components) temporary in the diagonal matrix-product path
+_GEMM_CHUNK_ELEMS = 1 << 20
+# elements of the largest (rows x components x dim) temporary in the full-covariance GEMM path
+_FULL_CHUNK_ELEMS = 1 << 20
+# at most this many distinct noise levels in one call are grouped onto the matrix-product path
+_DIAG_MAX_LEVELS = 16
 
 
 def _as_f64(value: Any, name: str) -> torch.Tensor:
@@ -216,11 +222,17 @@ class GaussianMixture:
                 "mu": self.means.to(device),
                 "cov": self.covs.to(device),
                 "mu_sq": (self.means**2).sum(1).to(device),
+                "center": self.mean().to(device),
             }
+            if self.cov_type == "diag":
+                p["mu_c"] = (self.means - self.mean()).to(device)
             if self.cov_type == "full":
                 p["evals"] = self._evals.to(device)
                 p["evecs"] = self._evecs.to(device)
                 p["mu_rot"] = torch.einsum("kd,kde->ke", self.means, self._evecs).to(device)
+                k, d = self.means.shape
+                # all eigenbases side by side: x @ u_all gives every U_k^T x in one GEMM
+                p["u_all"] = self._evecs.permute(1, 0, 2).reshape(d, k * d).contiguous().to(device)
             self._device_cache[device] = p
         return p
 
@@ -242,7 +254,89 @@ class GaussianMixture:
         """
         if self.cov_type == "iso":
             return self._posterior_iso(x, sig2, want_mean)
+        if self.cov_type == "diag" and x.shape[0] > 0:
+            # the PF-ODE calls the denoiser with one sigma per batch: then every term is a
+            # (B x K) matrix product, no (B x K x d) temporaries
+            if bool(sig2.min() == sig2.max()):
+                return self._posterior_diag_uniform(x, float(sig2[0]), want_mean)
+            levels = torch.unique(sig2)
+            if levels.numel() <= _DIAG_MAX_LEVELS:
+                logp = torch.empty(x.shape[0], dtype=_F64, device=x.device)
+                mean = torch.empty_like(x) if want_mean else None
+                for lev in levels.tolist():
+                    idx = torch.nonzero(sig2 == lev).flatten()
+                    lp, mn = self._posterior_diag_uniform(x[idx], lev, want_mean)
+                    logp[idx] = lp
+                    if mean is not None:
+                        mean[idx] = mn
+                return logp, mean
+        if self.cov_type == "full" and x.shape[0] > 0 and bool(sig2.min() == sig2.max()):
+            return self._posterior_full_uniform(x, float(sig2[0]), want_mean)
         return self._posterior_dense(x, sig2, want_mean)
+
+    def _posterior_full_uniform(self, x, s2: float, want_mean):
+        """Full covariances, one noise level for every row: y_k = U_k^T x - U_k^T mu_k for all k
+        is one (rows x d) @ (d x K d) GEMM, and the posterior correction sum_k r_k U_k (a_k * y_k)
+        another one (rows x K d) @ (K d x d); rows are chunked so temporaries stay bounded."""
+        p = self._params(x.device)
+        b, d = x.shape
+        k = self.n_components
+        c = p["evals"] + s2  # (K,d) eigenvalues of C_k
+        inv = 1.0 / c
+        const = p["logw"] - 0.5 * torch.log(c).sum(1)
+        rows = max(1, min(b, _FULL_CHUNK_ELEMS // (k * d)))
+        u_back = p["u_all"].T if want_mean else None  # (K d, d)
+        a = p["evals"] * inv
+        logps, means = [], []
+        for start in range(0, b, rows):
+            xs = x[start : start + rows]
+            y = (xs @ p["u_all"]).view(-1, k, d).sub_(p["mu_rot"])  # (rows,K,d)
+            logit = torch.einsum("bkd,kd->bk", y * y, inv).mul_(-0.5).add_(const)
+            lp = torch.logsumexp(logit, dim=1)
+            logps.append(lp)
+            if want_mean:
+                r = logit.sub_(lp[:, None]).exp_()
+                shrunk = y.mul_(a).mul_(r[:, :, None]).view(-1, k * d)
+                means.append(torch.addmm(r @ p["mu"], shrunk, u_back))
+        logp = torch.cat(logps) if len(logps) > 1 else logps[0]
+        if not want_mean:
+            return logp, None
+        return logp, (torch.cat(means) if len(means) > 1 else means[0])
+
+    def _posterior_diag_uniform(self, x, s2: float, want_mean):
+        """Diagonal covariances, one noise level s2 for every row, as matrix products.
+
+        With C_k = diag(lam_k) + s2 I and coordinates centred at the mixture mean m,
+        -1/2 (x - mu_k)^T C_k^{-1} (x - mu_k) = -1/2 (x*x) . c_k^{-1} + x . (mu_k / c_k) - 1/2 mu_k . (mu_k / c_k),
+        so the logits are one (B x 2d) @ (2d x K) product; the posterior mean is
+        m + r @ (mu_k (1 - a_k)) + x * (r @ a_k) with a_k = lam_k / c_k. Memory O(rows x K).
+        """
+        p = self._params(x.device)
+        b, d = x.shape
+        k = self.n_components
+        lam = p["cov"]
+        c = lam + s2  # (K,d)
+        inv = 1.0 / c
+        mu = p["mu_c"]
+        const = p["logw"] - 0.5 * (mu * mu * inv).sum(1) - 0.5 * torch.log(c).sum(1)  # (K,)
+        weights = torch.cat([-0.5 * inv, mu * inv], dim=1).T.contiguous()  # (2d, K)
+        if want_mean:
+            a = lam * inv
+            mu_keep = mu * (1.0 - a)
+        rows = max(1, min(b, _GEMM_CHUNK_ELEMS // max(k, 2 * d, 1)))
+        logps, means = [], []
+        for start in range(0, b, rows):
+            xc = x[start : start + rows] - p["center"]
+            logit = torch.addmm(const[None, :], torch.cat([xc * xc, xc], dim=1), weights)  # (rows, K)
+            lp = torch.logsumexp(logit, dim=1)
+            logps.append(lp)
+            if want_mean:
+                r = logit.sub_(lp[:, None]).exp_()
+                means.append(torch.addmm(p["center"][None, :], r, mu_keep).addcmul_(xc, r @ a))
+        logp = torch.cat(logps) if len(logps) > 1 else logps[0]
+        if not want_mean:
+            return logp, None
+        return logp, (torch.cat(means) if len(means) > 1 else means[0])
 
     def _posterior_iso(self, x, sig2, want_mean):
         b = x.shape[0]
