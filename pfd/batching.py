@@ -70,6 +70,8 @@ def auto_batch_size(
     n:
         Total samples; the batch never exceeds it.
 
+    Notes
+    -----
     Batches of at least 1024 samples are rounded down to a multiple of 1024 (whole noise
     blocks); the result is at most :data:`MAX_AUTO_BATCH` and at least 1.
     """

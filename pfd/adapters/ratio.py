@@ -335,6 +335,8 @@ class RatioCorrectedMap(DiffusionMap):
     **kwargs:
         :class:`pfd.DiffusionMap` options (solver, steps, sigma_max, sigma_min, ...).
 
+    Examples
+    --------
     >>> import torch, pfd
     >>> p = pfd.GaussianMixture([1.0], [[0.0, 0.0]], [1.0])
     >>> q = pfd.GaussianMixture([1.0], [[0.5, 0.0]], [1.0])

@@ -162,6 +162,8 @@ class FlowMapStudent:
         Extra factor on the start state (e.g. 1 / sigma for a flow-matching time where
         x_1 = z: pass ``sigma_of_time=lambda t: 1.0``).
 
+    Examples
+    --------
     >>> import torch, pfd
     >>> mu = torch.tensor([1.0, 0.0], dtype=torch.float64)
     >>> def exact_jump(x, t, s):  # the exact flow map of N(mu, 0.3 I) in EDM time

@@ -151,6 +151,8 @@ def train_diffratio(
     updates (batch ``batch_size`` student + ``batch_size`` reference, Adam lr, betas (0.5, 0.99)),
     then one generator update through grad r (weight w = sigma, Adam lr, betas (0, 0.99)).
 
+    Examples
+    --------
     >>> import pfd
     >>> from pfd.distill.diffratio import train_diffratio
     >>> data = pfd.GaussianMixture([1.0], [[2.0, 0.0]], [0.1]).sample(4096, seed=0)
