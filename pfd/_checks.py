@@ -76,6 +76,19 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     return value
 
 
+def check_shape(shape: Any, name: str = "shape") -> tuple[int, ...]:
+    """A sample shape as a non-empty tuple of positive ints (an int is a 1-tuple)."""
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        out = tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a tuple of positive ints, got {shape!r}") from None
+    if not out or any(s < 1 for s in out):
+        raise ValueError(f"{name} must be a non-empty tuple of positive ints, got {shape!r}")
+    return out
+
+
 def check_positive_float(value: Any, name: str, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")

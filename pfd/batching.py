@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pfd._checks import check_positive_int
+from pfd._checks import check_positive_int, check_shape
 
 __all__ = ["DEFAULT_BUDGET_BYTES", "MAX_AUTO_BATCH", "auto_batch_size", "default_budget_bytes"]
 
@@ -75,14 +75,7 @@ def auto_batch_size(
     Batches of at least 1024 samples are rounded down to a multiple of 1024 (whole noise
     blocks); the result is at most :data:`MAX_AUTO_BATCH` and at least 1.
     """
-    if isinstance(shape, int):
-        shape = (shape,)
-    try:
-        dims = tuple(int(s) for s in shape)
-    except TypeError:
-        raise TypeError(f"shape must be a tuple of positive ints, got {shape!r}") from None
-    if not dims or any(s < 1 for s in dims):
-        raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
+    dims = check_shape(shape)
     budget = default_budget_bytes() if budget_bytes is None else check_positive_int(budget_bytes, "budget_bytes")
     numel = math.prod(dims)
     per_sample = 8 * numel * (_STATE_COPIES_PER_MAP * max(len(maps), 2) + _SHARED_COPIES)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pfd._checks import NonFiniteError, check_positive_int
+from pfd._checks import NonFiniteError, check_positive_int, check_shape
 from pfd.maps import describe_map, map_shape
 from pfd.noise import BLOCK, NoiseSource, derive_seed
 
@@ -149,14 +149,7 @@ def _resolve_shape(a: Any, b: Any, shape: Sequence[int] | None) -> tuple[int, ..
         raise ValueError(f"maps a and b have different sample shapes: a {sa}, b {sb}")
     inferred = sa or sb
     if shape is not None:
-        if isinstance(shape, int):
-            shape = (shape,)
-        try:
-            shape = tuple(int(s) for s in shape)
-        except TypeError:
-            raise TypeError(f"shape must be a tuple of positive ints, got {shape!r}") from None
-        if not shape or any(s < 1 for s in shape):
-            raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
+        shape = check_shape(shape)
         if inferred is not None and inferred != shape:
             raise ValueError(f"shape={shape} does not match the maps' sample shape {inferred}")
         return shape

@@ -16,6 +16,7 @@ from pfd._checks import (
     check_finite,
     check_positive_float,
     check_positive_int,
+    check_shape,
     eval_mode,
     find_modules,
 )
@@ -64,15 +65,7 @@ def _model_device(fn: Callable[..., Any]) -> torch.device | None:
 def _check_shape_arg(shape: Sequence[int] | None) -> tuple[int, ...] | None:
     if shape is None:
         return None
-    if isinstance(shape, int):
-        shape = (shape,)
-    try:
-        out = tuple(int(s) for s in shape)
-    except TypeError:
-        raise TypeError(f"shape must be a tuple of positive ints, got {shape!r}") from None
-    if not out or any(s < 1 for s in out):
-        raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
-    return out
+    return check_shape(shape)
 
 
 def _infer_shape(fn: Callable[..., Any]) -> tuple[int, ...] | None:

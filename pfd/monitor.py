@@ -26,7 +26,7 @@ from pfd.distance import _gather, _resolve_group, distance, shard_range
 from pfd.integrations.distributed import is_rank_zero
 from pfd.maps import CachedMap, OneStepMap, describe_map, map_shape
 from pfd.noise import BLOCK, NoiseSource, derive_seed
-from pfd.report import append_jsonl, to_jsonable
+from pfd.report import append_jsonl, atomic_write, to_jsonable
 
 __all__ = ["NoiseBank", "PFDMonitor", "read_log", "reference_identity"]
 
@@ -91,21 +91,7 @@ def reference_identity(reference: Callable[..., Any], reference_key: str | None 
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 class NoiseBank:

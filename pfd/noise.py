@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from pfd._checks import check_positive_int
+from pfd._checks import check_positive_int, check_shape
 
 __all__ = ["BLOCK", "NoiseSource", "canonical_noise", "derive_seed"]
 
@@ -33,16 +33,6 @@ def derive_seed(seed: int, *keys: int) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0])
 
 
-def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    if isinstance(shape, int):
-        shape = (shape,)
-    try:
-        out = tuple(int(s) for s in shape)
-    except TypeError:
-        raise TypeError(f"shape must be a tuple of positive ints, got {shape!r}") from None
-    if len(out) == 0 or any(s < 1 for s in out):
-        raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
-    return out
 
 
 class NoiseSource:
@@ -56,7 +46,7 @@ class NoiseSource:
     def __init__(self, seed: int, shape: Sequence[int]) -> None:
         self.seed = seed
         derive_seed(seed)  # validates
-        self.shape = _check_shape(shape)
+        self.shape = check_shape(shape)
         self._cached: tuple[int, torch.Tensor] | None = None
 
     def _block(self, b: int) -> torch.Tensor:

@@ -6,11 +6,11 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-__all__ = ["append_jsonl", "format_table", "to_jsonable", "write_json"]
+__all__ = ["append_jsonl", "atomic_write", "format_table", "to_jsonable", "write_json"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -33,13 +33,22 @@ def write_json(path: str | os.PathLike[str], data: Any, *, indent: int = 2) -> P
     """
     path = Path(path)
     text = json.dumps(to_jsonable(data), indent=indent, sort_keys=False) + "\n"
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) -> Path:
+    """Call ``write(fh)`` on a temporary binary file in the folder of ``path``, fsync, then rename
+    it onto ``path``. A crash or an exception in ``write`` leaves the previous file (or none) and
+    no temporary file behind.
+    """
+    path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise ValueError(f"path: folder {str(parent)!r} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
