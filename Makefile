@@ -14,7 +14,7 @@ test-slow:
 	$(PYTHON) -m pytest -q -m slow
 
 lint:
-	$(PYTHON) -m ruff check pfd tests benchmarks
+	$(PYTHON) -m ruff check pfd tests benchmarks examples
 
 docs:
 	$(PYTHON) -m mkdocs build --strict
