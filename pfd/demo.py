@@ -105,7 +105,7 @@ def run_demo(n: int = 4096, seed: int = 0, batch_size: int = 1024, progress: boo
         rows.append(row)
 
     # the teacher's own map under practical samplers: pure discretisation error
-    for solver, steps in (("heun", 18), ("heun", 8), ("euler", 18)):
+    for solver, steps in (("heun", 18), ("unipc3", 35), ("heun", 8), ("euler", 18)):
         score(f"teacher, {solver}/{steps}", gmm.flow_map(solver=solver, steps=steps), f"{solver}, {steps} grid pts")
     # a slightly wrong distribution, solved as accurately as the teacher
     score("wrong mixture (+5% means, +20% covs)", _perturbed(gmm).flow_map(**REFERENCE), "dopri5 reference")

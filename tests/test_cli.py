@@ -25,7 +25,7 @@ def test_demo_json_matches_library(tmp_path):
     report = json.loads(out.stdout)
     assert json.loads(path.read_text()) == report
     rows = {r["student"]: r for r in report["rows"]}
-    assert len(rows) == 8
+    assert len(rows) == 9
     # recompute one row independently through the library
     gmm = demo_teacher()
     res = pfd.distance(gmm.flow_map(**REFERENCE), gmm.flow_map(solver="heun", steps=8), n=128, progress=False)
@@ -33,6 +33,9 @@ def test_demo_json_matches_library(tmp_path):
     assert rows["teacher, heun/8"]["nfe"] == 15
     # the finer sampler is closer to the teacher than the coarse one, and more data memorizes closer
     assert rows["teacher, heun/18"]["pfd"] < rows["teacher, heun/8"]["pfd"]
+    # same 35 model calls, higher-order multistep integrator: closer to the reference
+    assert rows["teacher, unipc3/35"]["nfe"] == 35
+    assert rows["teacher, unipc3/35"]["pfd"] < rows["teacher, heun/18"]["pfd"]
     assert rows["memorizing, N=4096"]["pfd"] < rows["memorizing, N=16"]["pfd"]
     for r in report["rows"]:
         lo, hi = r["ci95"]
