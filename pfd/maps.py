@@ -20,8 +20,7 @@ from pfd._checks import (
     eval_mode,
     find_modules,
 )
-from pfd.grids_perf import check_grid, make_grid
-from pfd.schedules import check_sigma_range
+from pfd.schedules import check_grid, check_sigma_range, make_grid
 from pfd.solvers import (
     ADAPTIVE_TORCHDIFFEQ,
     fixed_nfe,
@@ -112,7 +111,7 @@ class DiffusionMap:
         Exponent of the Karras grid.
     grid:
         Fixed grid: ``"karras"`` (default, EDM) or ``"loglinear"`` (uniform in log sigma, the
-        natural grid of the exponential integrators); see :mod:`pfd.grids_perf`.
+        natural grid of the exponential integrators); see :func:`pfd.schedules.make_grid`.
     rtol, atol:
         Tolerances of adaptive torchdiffeq methods (defaults 1e-6 and 1e-8).
     shape:

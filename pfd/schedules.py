@@ -24,12 +24,15 @@ from pfd._checks import check_positive_float, check_positive_int
 __all__ = [
     "GRID_KINDS",
     "PROCESSES",
+    "SIGMA_GRIDS",
     "Process",
+    "check_grid",
     "check_sigma_range",
     "check_time_range",
     "get_process",
     "karras_sigmas",
     "loglinear_sigmas",
+    "make_grid",
     "time_grid",
 ]
 
@@ -80,6 +83,39 @@ def loglinear_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80
 # ---------------------------------------------------------------------------------------------
 
 _ArrayLike = float | np.ndarray
+
+
+SIGMA_GRIDS = ("karras", "loglinear")
+
+
+def check_grid(grid: str) -> str:
+    """Validate a noise-level grid name (case-insensitive) and return it in canonical form.
+
+    ``"karras"``: EDM's grid, sigma_i^{1/rho} uniform (dense at low noise); ``"loglinear"``:
+    uniform in log sigma, i.e. uniform steps h in lambda = -log sigma, the natural grid of the
+    exponential integrators (``"dpm2m"``, ``"dpm3m"``, ``"unipc3"``), whose local error is a
+    function of h alone.
+    """
+    if not isinstance(grid, str):
+        raise TypeError(f"grid must be a string, one of {list(SIGMA_GRIDS)}, got {type(grid).__name__}")
+    name = grid.strip().lower()
+    if name not in SIGMA_GRIDS:
+        raise ValueError(f"grid must be one of {list(SIGMA_GRIDS)}, got {grid!r}")
+    return name
+
+
+def make_grid(grid: str, steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+    """``steps`` float64 noise levels from sigma_max down to sigma_min on the named grid
+    (``rho`` is used by ``"karras"`` only).
+
+    >>> g = make_grid("loglinear", 5, 0.01, 100.0)
+    >>> [round(float(v), 6) for v in g]
+    [100.0, 10.0, 1.0, 0.1, 0.01]
+    """
+    name = check_grid(grid)
+    if name == "karras":
+        return karras_sigmas(steps, sigma_min, sigma_max, rho)
+    return loglinear_sigmas(steps, sigma_min, sigma_max)
 
 
 def _as_times(t: Any, name: str = "t") -> np.ndarray:

@@ -15,7 +15,7 @@ from scipy.stats import multivariate_normal, norm
 
 import pfd
 from pfd.batching import MAX_AUTO_BATCH, auto_batch_size
-from pfd.grids_perf import make_grid
+from pfd.schedules import make_grid
 from pfd.solvers import _phi_weights, integrate_multistep
 
 MULTISTEP = ("dpm2m", "dpm3m", "unipc3")
