@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["append_jsonl", "atomic_write", "format_table", "to_jsonable", "write_json"]
+__all__ = ["append_jsonl", "atomic_write", "format_table", "progress_range", "to_jsonable", "write_json"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -104,3 +105,10 @@ def _numeric(s: str) -> bool:
         return True
     except (ValueError, IndexError):
         return s == "-"
+
+
+def progress_range(n: int, desc: str, progress: bool = True) -> Iterable[int]:
+    """``range(n)`` with a tqdm progress bar on stderr (none when ``progress`` is false)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(range(n), desc=desc, unit="step", disable=not progress, leave=False, file=sys.stderr)

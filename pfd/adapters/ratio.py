@@ -28,6 +28,7 @@ import torch
 from pfd._checks import as_sigma, check_positive_float, check_positive_int
 from pfd.maps import DiffusionMap
 from pfd.noise import derive_seed
+from pfd.report import progress_range
 from pfd.schedules import check_sigma_range
 
 
@@ -187,6 +188,7 @@ def fit_ratio(
     betas: tuple[float, float] = (0.5, 0.99),
     lr_schedule: str = "constant",
     num_threads: int | None = 1,
+    progress: bool = True,
 ) -> RatioFit:
     """Fit the log ratio r_sigma = log q_sigma - log p_sigma between a black-box sampler and reference
     samples with a time-conditioned classifier (balanced logistic loss, sigma log-uniform in
@@ -199,7 +201,7 @@ def fit_ratio(
     capacity). Pass ``net`` to continue training an existing ratio network (e.g. DiffRatio's).
     Adam with ``betas``; ``lr_schedule="cosine"`` anneals the learning rate to 0 (a sharper fit of
     small ratios at high sigma). ``num_threads`` (default 1) is torch's thread count during the
-    fit (restored after).
+    fit (restored after). ``progress=False`` hides the progress bar (stderr).
 
     >>> import torch, pfd
     >>> p = pfd.GaussianMixture([1.0], [[0.0]], [1.0])
@@ -236,17 +238,17 @@ def fit_ratio(
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(betas))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if lr_schedule == "cosine" else None
     with torch_threads(num_threads):
-        return _train_ratio(net, opt, sched, tq, tp, vq, vp, lo, hi, steps, batch_size, g, seed)
+        return _train_ratio(net, opt, sched, tq, tp, vq, vp, lo, hi, steps, batch_size, g, seed, progress)
 
 
 def _train_ratio(net: RatioNet, opt: torch.optim.Optimizer, sched: Any, tq: torch.Tensor, tp: torch.Tensor, vq: torch.Tensor,
                  vp: torch.Tensor, lo: float, hi: float, steps: int, batch_size: int, g: torch.Generator,
-                 seed: int) -> RatioFit:
+                 seed: int, progress: bool = True) -> RatioFit:
     t0 = time.perf_counter()
     net.train()
     dt = net.freqs.dtype
     ema = None
-    for _ in range(steps):
+    for _ in progress_range(steps, "fit_ratio", progress):
         iq = torch.randint(0, tq.shape[0], (batch_size,), generator=g)
         ip = torch.randint(0, tp.shape[0], (batch_size,), generator=g)
         sq, sp = _log_uniform(batch_size, lo, hi, g), _log_uniform(batch_size, lo, hi, g)

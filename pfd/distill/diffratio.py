@@ -33,6 +33,7 @@ import torch
 from pfd._checks import check_positive_float, check_positive_int
 from pfd.adapters.ratio import RatioFit, RatioNet, _as_pool, _log_uniform, fit_ratio, grad_log_ratio, ratio_loss, torch_threads
 from pfd.noise import canonical_noise, derive_seed
+from pfd.report import progress_range
 from pfd.schedules import check_sigma_range
 
 __all__ = [
@@ -144,6 +145,7 @@ def train_diffratio(
     seed: int = 0,
     log_every: int = 500,
     num_threads: int | None = 1,
+    progress: bool = True,
 ) -> DiffRatioResult:
     """Train a one-step DiffRatio student on reference (data / teacher) samples.
 
@@ -185,7 +187,8 @@ def train_diffratio(
 
     with torch_threads(num_threads):
         r_ema = g_ema = None
-        for step in range(1, steps + 1):
+        for step in progress_range(steps, "diffratio", progress):
+            step += 1
             for _ in range(ratio_steps):
                 with torch.no_grad():
                     xq = gen(torch.randn((b, dim), generator=g))
@@ -241,7 +244,7 @@ class ScoreNet(torch.nn.Module):
 
 def fit_score_net(samples: Any, *, sigma_min: float = 0.02, sigma_max: float = 5.0, steps: int = 2000,
                   batch_size: int = 512, hidden: int = 128, depth: int = 3, lr: float = 1e-3, seed: int = 0,
-                  n_samples: int = 65536, num_threads: int | None = 1) -> ScoreNet:
+                  n_samples: int = 65536, num_threads: int | None = 1, progress: bool = True) -> ScoreNet:
     """Fit a score network to samples by denoising score matching (EDM loss weighting), sigma
     log-uniform in [sigma_min, sigma_max]; the VSD/DMD baseline fits one for each distribution."""
     lo, hi = check_sigma_range(sigma_min, sigma_max)
@@ -255,7 +258,7 @@ def fit_score_net(samples: Any, *, sigma_min: float = 0.02, sigma_max: float = 5
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.99))
     g = torch.Generator().manual_seed(derive_seed(seed, 23))
     with torch_threads(num_threads):
-        for _ in range(steps):
+        for _ in progress_range(steps, "fit_score_net", progress):
             x0 = data[torch.randint(0, data.shape[0], (batch_size,), generator=g)]
             s = _log_uniform(batch_size, lo, hi, g).float()
             x = x0 + s[:, None] * torch.randn((batch_size, dim), generator=g)

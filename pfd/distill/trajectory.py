@@ -35,6 +35,7 @@ from pfd._checks import check_positive_float, check_positive_int
 from pfd.analytic.exact import exact_map, exact_method
 from pfd.analytic.gmm import GaussianMixture
 from pfd.noise import derive_seed
+from pfd.report import progress_range
 from pfd.schedules import Process, get_process
 
 __all__ = ["ExactFlowMap", "TrajectoryMap", "TrajectoryStudent", "exact_pairs", "train_trajectory_student"]
@@ -282,13 +283,15 @@ def train_trajectory_student(
     time_conditioned: bool = False,
     seed: int = 0,
     pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    progress: bool = True,
 ) -> tuple[TrajectoryStudent, dict[str, Any]]:
     """Train a :class:`TrajectoryStudent` on ``grid`` by regression on exact segment pairs.
 
     Budget: ``steps`` Adam steps (cosine-decayed ``lr``); every step draws one minibatch of
     ``batch_size`` pairs for every segment from a pool of ``n_train`` exact pairs per segment
     (or the given ``pairs`` from :func:`exact_pairs`). Returns the student (in eval mode) and a
-    history dict (final training loss per segment, seconds, parameters).
+    history dict (final training loss per segment, seconds, parameters). ``progress=False`` hides
+    the progress bar (stderr).
     """
     if not isinstance(gmm, GaussianMixture):
         raise TypeError(f"gmm must be a pfd.GaussianMixture, got {type(gmm).__name__}")
@@ -310,7 +313,7 @@ def train_trajectory_student(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and immune to oversubscription
     try:
-        last = _fit(student, X, Y, steps, batch_size, lr, seed)
+        last = _fit(student, X, Y, steps, batch_size, lr, seed, progress)
     finally:
         torch.set_num_threads(threads)
     student.eval()
@@ -320,7 +323,7 @@ def train_trajectory_student(
 
 
 def _fit(student: TrajectoryStudent, X: torch.Tensor, Y: torch.Tensor, steps: int, batch_size: int, lr: float,
-         seed: int) -> torch.Tensor:
+         seed: int, progress: bool = True) -> torch.Tensor:
     K = student.K
     dtype = student.weights[0].dtype
     Xd, Rd = X.to(dtype), (Y - X).to(dtype)
@@ -331,7 +334,7 @@ def _fit(student: TrajectoryStudent, X: torch.Tensor, Y: torch.Tensor, steps: in
     ar = torch.arange(K)[:, None]
     student.train()
     last = torch.zeros(K, dtype=_F64)
-    for _ in range(steps):
+    for _ in progress_range(steps, "trajectory student", progress):
         idx = torch.randint(0, n, (K, min(batch_size, n)), generator=gen)
         xb, rb = Xd[ar, idx], Rd[ar, idx]
         pred = student.segments_forward(xb) - xb
