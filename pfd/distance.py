@@ -291,6 +291,9 @@ def distance(
         if n is not None and n != noise.shape[0]:
             raise ValueError(f"n={n} does not match the {noise.shape[0]} rows of noise")
         n = int(noise.shape[0])
+        declared = _resolve_shape(a, b, shape)
+        if declared is not None and tuple(noise.shape[1:]) != declared:
+            raise ValueError(f"noise must have shape (n, *{declared}) to match the maps, got {tuple(noise.shape)}")
         sample_shape = _resolve_shape(a, b, shape if shape is not None else tuple(noise.shape[1:]))
         if tuple(noise.shape[1:]) != sample_shape:
             raise ValueError(f"noise must have shape (n, *{sample_shape}), got {tuple(noise.shape)}")
