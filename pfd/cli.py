@@ -292,8 +292,8 @@ def _add_score_parser(sub) -> None:
     from pfd.spec import ADAPTERS
 
     s = sub.add_parser("score", help="PFD between a reference model and a student stored on disk",
-                       description="Score a student against a reference (teacher): load both from their SPECs, wrap "
-                       "them with the declared adapter types, and estimate PFD with a 95%% confidence interval on "
+                       description="Score a student against a reference (teacher): load both from their SPECs, wrap\n"
+                       "them with the declared adapter types, and estimate PFD with a 95% confidence interval on\n"
                        "shared canonical noise. Progress on stderr, result (table or JSON with provenance) on stdout.",
                        epilog=SCORE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     for role in ("reference", "student"):

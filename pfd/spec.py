@@ -26,6 +26,7 @@ consistency   ``f(x, sigma) -> x0`` in one step from sigma_max           :class:
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -128,7 +129,7 @@ def _import_module(module: str, label: str) -> Any:
         path = Path(module)
         if not path.is_file():
             raise ValueError(f"{label}: no such Python file {module!r}")
-        modname = f"pfd_spec_{abs(hash(str(path.resolve())))}"
+        modname = "pfd_spec_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
         spec = importlib.util.spec_from_file_location(modname, path)
         if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has a loader
             raise ValueError(f"{label}: cannot import {module!r}")
@@ -379,10 +380,10 @@ class LabelledMap:
 
     >>> import torch
     >>> m = LabelledMap(lambda z: z[:, :1] @ torch.ones(2, 2), "--student")
-    >>> m(torch.ones(3, 2))
+    >>> m(torch.ones(3, 2))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    RuntimeError: --student: the model raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (3x1 and 2x2)
+    RuntimeError: --student: the model raised RuntimeError: mat1 and mat2 shapes cannot be multiplied ...
     """
 
     def __init__(self, base: Callable[[torch.Tensor], torch.Tensor], label: str) -> None:

@@ -187,3 +187,15 @@ def test_flow_map_and_consistency_students_match_closed_forms(tmp_path, monkeypa
     assert torch.allclose(cm(z), exact, atol=1e-12) and cm.nfe_per_sample == 1
     with pytest.warns(pfd.adapters.CouplingWarning, match="measures the coupling"):
         load_map("fmap_user:cm", adapter="consistency", kind="distribution", schedule={"sigma_max": 40}, shape=(2,))
+
+
+def test_help_lists_spec_forms_and_adapter_types(capsys):
+    from pfd.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["score", "--help"])
+    text = capsys.readouterr().out
+    assert info.value.code == 0
+    assert "gmm:<mixture.json>" in text and "TorchScript" in text and "95% confidence" in text
+    for adapter in pfd.spec.ADAPTERS:
+        assert adapter in text
