@@ -402,15 +402,16 @@ def _run_score(args: argparse.Namespace) -> int:
             raise ValueError("--shape is required: neither model declares the shape of a sample (e.g. --shape 3,32,32)")
         res = pfd.distance(maps["reference"], maps["student"], n=args.n, shape=args.shape, seed=args.seed,
                            batch_size=args.batch_size, progress=not args.no_progress)
-    seen = set()
+    notes: list[str] = []
     for w in caught:
         if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)):
             continue
-        text = " ".join(str(w.message).split())
-        if text not in seen:
-            seen.add(text)
-            print(f"pfd score: warning: {w.category.__name__}: {text}", file=sys.stderr)
+        text = f"{w.category.__name__}: {' '.join(str(w.message).split())}"
+        if text not in notes:
+            notes.append(text)
+            print(f"pfd score: warning: {text}", file=sys.stderr)
     report = _score_report(args, res, kv)
+    report = {**{k: v for k, v in report.items() if k != "timing"}, "warnings": notes, "timing": report["timing"]}
     if args.out:
         write_json(args.out, report)
     if args.json:

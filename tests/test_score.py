@@ -199,3 +199,19 @@ def test_help_lists_spec_forms_and_adapter_types(capsys):
     assert "gmm:<mixture.json>" in text and "TorchScript" in text and "95% confidence" in text
     for adapter in pfd.spec.ADAPTERS:
         assert adapter in text
+
+
+def test_distribution_student_warning_is_in_the_json(models, monkeypatch, capsys):
+    from pfd.cli import main
+
+    monkeypatch.chdir(models)
+    rc = main(["score", "--reference", "gmm:teacher.json", "--student", "user_models.py:student", "--student-type",
+               "one-step", "--student-arg", "width=4", "--student-arg", "seed=2", "--kind", "distribution", "--n", "64",
+               "--steps", "4", "--json", "--no-progress"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    report = json.loads(out.out)
+    assert report["kind"] == "distribution" and len(report["warnings"]) == 1
+    assert report["warnings"][0].startswith("CouplingWarning: user_models.py:student is a distribution-matching")
+    assert report["student"]["args"] == {"width": 4, "seed": 2} and report["student"]["schedule"] == {}
+    assert list(report)[-1] == "timing"
