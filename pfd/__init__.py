@@ -11,7 +11,7 @@ two noise-to-data maps and take the root-mean-square distance of the outputs.
 True
 """
 
-from pfd import adapters, analysis, analytic, stability
+from pfd import adapters, analysis, analytic, spec, stability
 from pfd._checks import NonFiniteError
 from pfd._version import __version__
 from pfd.analysis import bias_variance, generalization_errors
@@ -41,5 +41,6 @@ __all__ = [
     "distance",
     "generalization_errors",
     "karras_sigmas",
+    "spec",
     "stability",
 ]

@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--rate", default="sum", choices=["sum", "plus"], help="rate of the reported dLambda (default sum)")
     grid.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_analysis_parsers(sub)
+    _add_score_parser(sub)
     return parser
 
 
@@ -270,6 +271,162 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+SCORE_EPILOG = """SPEC: module:function (a factory; dotted module on PYTHONPATH or path/to/file.py), a TorchScript file
+(*.pt, *.ts) or gmm:<mixture.json>. Examples:
+  pfd score --reference gmm:teacher.json --student models.py:make_student --student-type one-step --shape 2
+  pfd score --reference teacher.pt --student student.pt --student-type consistency --shape 3,32,32 --json --out s.json
+"""
+
+
+def _score_shape(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers such as 3,32,32, got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers such as 3,32,32, got {text!r}")
+    return vals
+
+
+def _add_score_parser(sub) -> None:
+    from pfd.spec import ADAPTERS
+
+    s = sub.add_parser("score", help="PFD between a reference model and a student stored on disk",
+                       description="Score a student against a reference (teacher): load both from their SPECs, wrap\n"
+                       "them with the declared adapter types, and estimate PFD with a 95% confidence interval on\n"
+                       "shared canonical noise. Progress on stderr, result (table or JSON with provenance) on stdout.",
+                       epilog=SCORE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for role in ("reference", "student"):
+        s.add_argument(f"--{role}", required=True, metavar="SPEC", help=f"the {role} model (see SPEC below)")
+        s.add_argument(f"--{role}-type", default="denoiser", choices=ADAPTERS, metavar="TYPE",
+                       help=f"adapter type of the {role}: {', '.join(ADAPTERS)} (default denoiser)")
+        s.add_argument(f"--{role}-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"keyword argument of the {role} factory (repeatable; VALUE parsed as JSON, else a string)")
+        s.add_argument(f"--{role}-schedule", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"adapter parameter of the {role} (repeatable): sigma_max, sigma_min, beta_start, beta_end, "
+                       "train_steps, beta_schedule, process, time, t_scale, grid, signature, ... (see docs/quickstart.md)")
+    s.add_argument("--kind", default="trajectory", choices=["trajectory", "distribution"],
+                   help="what the student was trained to match (default trajectory); distribution students are "
+                   "scored by their raw map with a coupling warning")
+    s.add_argument("--n", type=int, default=10_000, help="noise samples (default 10000)")
+    s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    s.add_argument("--solver", default="heun", help="PF-ODE solver of diffusion models (default heun)")
+    s.add_argument("--steps", type=int, default=18, help="grid points of fixed-grid solvers (default 18)")
+    s.add_argument("--batch-size", type=int, default=1024, help="samples per batch (value-neutral)")
+    s.add_argument("--shape", type=_score_shape, help="shape of one sample, e.g. 2 or 3,32,32 (needed unless a model "
+                   "declares it)")
+    s.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    s.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    s.add_argument("--out", help="also write the JSON result to this file (atomically; nothing is written on error)")
+    s.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    def one_line_error(message: str) -> None:  # argparse's default prints the whole usage first
+        s.exit(2, f"pfd score: error: {message} (see pfd score --help)\n")
+
+    s.error = one_line_error  # type: ignore[method-assign]
+
+
+def _score_report(args: argparse.Namespace, res, kv: dict) -> dict:
+    import pfd
+
+    roles = {}
+    for role, label in (("reference", "a"), ("student", "b")):
+        roles[role] = {"spec": getattr(args, role), "type": getattr(args, f"{role}_type"), "args": kv[f"{role}_arg"],
+                       "schedule": kv[f"{role}_schedule"], "map": res.provenance[label]}
+    prov = {k: v for k, v in res.provenance.items() if k not in ("a", "b")}
+    return {
+        "command": "score",
+        "value": res.value,
+        "stderr": res.stderr,
+        "ci95": list(res.ci95),
+        "n": res.n,
+        "mean_sq": res.mean_sq,
+        "nfe": {"reference": res.nfe[0], "student": res.nfe[1]},
+        "kind": args.kind,
+        "reference": roles["reference"],
+        "student": roles["student"],
+        "settings": {"seed": args.seed, "solver": args.solver, "steps": args.steps, "batch_size": args.batch_size,
+                     "device": args.device, "shape": list(prov.get("shape") or [])},
+        "provenance": {**prov, "pfd_version": pfd.__version__},
+        "timing": {"seconds": res.seconds},
+    }
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    try:
+        return _run_score(args)
+    except (ValueError, TypeError, OSError, ArithmeticError, RuntimeError, ImportError) as exc:
+        print(f"pfd score: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    import warnings
+
+    import pfd
+    from pfd.maps import map_shape
+    from pfd.report import check_writable, format_table, to_jsonable, write_json
+    from pfd.solvers import resolve_solver
+    from pfd.spec import LabelledMap, load_map, parse_assignments, resolve_device
+
+    if args.n < 2:
+        raise ValueError(f"--n must be >= 2 (a confidence interval needs two samples), got {args.n}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.steps < 2:
+        raise ValueError(f"--steps must be >= 2, got {args.steps}")
+    try:
+        resolve_solver(args.solver)
+    except ValueError as exc:
+        raise ValueError(f"--solver: {exc}") from None
+    resolve_device(args.device, name="--device")
+    if args.out:
+        check_writable(args.out, "--out")
+    kv = {f"{role}_{what}": parse_assignments(getattr(args, f"{role}_{what}"), f"--{role}-{what}")
+          for role in ("reference", "student") for what in ("arg", "schedule")}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        maps = {}
+        for role in ("reference", "student"):
+            maps[role] = LabelledMap(load_map(getattr(args, role), adapter=getattr(args, f"{role}_type"),
+                                              args=kv[f"{role}_arg"], schedule=kv[f"{role}_schedule"],
+                                              kind=args.kind if role == "student" else "trajectory",
+                                              solver=args.solver, steps=args.steps, shape=args.shape,
+                                              device=args.device, label=f"--{role}"), f"--{role}")
+        sa, sb = map_shape(maps["reference"]), map_shape(maps["student"])
+        if sa is not None and sb is not None and sa != sb:
+            raise ValueError(f"--reference and --student have different sample shapes: {sa} vs {sb}")
+        if sa is None and sb is None and args.shape is None:
+            raise ValueError("--shape is required: neither model declares the shape of a sample (e.g. --shape 3,32,32)")
+        res = pfd.distance(maps["reference"], maps["student"], n=args.n, shape=args.shape, seed=args.seed,
+                           batch_size=args.batch_size, progress=not args.no_progress)
+    notes: list[str] = []
+    for w in caught:
+        if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)):
+            continue
+        text = f"{w.category.__name__}: {' '.join(str(w.message).split())}"
+        if text not in notes:
+            notes.append(text)
+            print(f"pfd score: warning: {text}", file=sys.stderr)
+    report = _score_report(args, res, kv)
+    report = {**{k: v for k, v in report.items() if k != "timing"}, "warnings": notes, "timing": report["timing"]}
+    if args.out:
+        write_json(args.out, report)
+    if args.json:
+        print(json.dumps(to_jsonable(report), indent=2))
+        return 0
+    print(res)
+    rows = [{"role": role, "spec": r["spec"], "type": r["type"], "NFE": report["nfe"][role],
+             "solver": r["map"].get("solver", "-")} for role, r in (("reference", report["reference"]),
+                                                                  ("student", report["student"]))]
+    print(format_table(rows, ["role", "spec", "type", "NFE", "solver"]))
+    print(f"kind {args.kind}  seed {args.seed}  shape {report['settings']['shape']}  pfd {pfd.__version__}"
+          + (f"  wrote {args.out}" if args.out else ""))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -287,6 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_dynamics(args)
         if args.command == "bias-variance":
             return _cmd_bias_variance(args)
+        if args.command == "score":
+            return _cmd_score(args)
     except (ValueError, TypeError, OSError) as exc:
         print(f"pfd {args.command}: error: {exc}", file=sys.stderr)
         return 2

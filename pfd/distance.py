@@ -282,9 +282,18 @@ def distance(
             raise TypeError(f"noise must be a torch.Tensor of shape (n, *shape), got {type(noise).__name__}")
         if noise.ndim < 2 or not noise.dtype.is_floating_point:
             raise ValueError(f"noise must be a floating tensor of shape (n, *shape), got {tuple(noise.shape)} {noise.dtype}")
+        if noise.device.type == "meta":
+            raise ValueError("noise must hold values (a CPU or CUDA tensor), got a meta tensor")
+        finite = torch.isfinite(noise.reshape(noise.shape[0], -1)).all(1)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten().tolist()
+            raise ValueError(f"noise must be finite; rows {bad[:10]}{' ...' if len(bad) > 10 else ''} contain NaN or inf")
         if n is not None and n != noise.shape[0]:
             raise ValueError(f"n={n} does not match the {noise.shape[0]} rows of noise")
         n = int(noise.shape[0])
+        declared = _resolve_shape(a, b, shape)
+        if declared is not None and tuple(noise.shape[1:]) != declared:
+            raise ValueError(f"noise must have shape (n, *{declared}) to match the maps, got {tuple(noise.shape)}")
         sample_shape = _resolve_shape(a, b, shape if shape is not None else tuple(noise.shape[1:]))
         if tuple(noise.shape[1:]) != sample_shape:
             raise ValueError(f"noise must have shape (n, *{sample_shape}), got {tuple(noise.shape)}")

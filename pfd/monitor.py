@@ -26,7 +26,7 @@ from pfd.distance import _gather, _resolve_group, distance, shard_range
 from pfd.integrations.distributed import is_rank_zero
 from pfd.maps import CachedMap, OneStepMap, describe_map, map_shape
 from pfd.noise import BLOCK, NoiseSource, derive_seed
-from pfd.report import append_jsonl, atomic_write, to_jsonable
+from pfd.report import append_jsonl, atomic_write, check_writable, to_jsonable
 
 __all__ = ["NoiseBank", "PFDMonitor", "read_log", "reference_identity"]
 
@@ -447,9 +447,7 @@ class PFDMonitor:
                               cache_dir=cache_dir, reference_key=reference_key)
         self.every = check_positive_int(every, "every")
         if log_path is not None:
-            log_path = Path(log_path)
-            if not log_path.parent.is_dir():
-                raise ValueError(f"log_path: folder {str(log_path.parent)!r} does not exist")
+            log_path = check_writable(log_path, "log_path")
         self.log_path: Path | None = log_path
         if descriptor is not None and not callable(descriptor):
             raise TypeError(f"descriptor must be callable or None, got {type(descriptor).__name__}")

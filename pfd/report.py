@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["append_jsonl", "atomic_write", "format_table", "progress_range", "to_jsonable", "write_json"]
+__all__ = ["append_jsonl", "atomic_write", "check_writable", "format_table", "progress_range", "to_jsonable", "write_json"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -46,6 +46,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any])
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise ValueError(f"path: folder {str(parent)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"path: {str(path)!r} is a folder, expected a file name")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -59,6 +61,41 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any])
         except FileNotFoundError:
             pass
         raise
+    return path
+
+
+def check_writable(path: str | os.PathLike[str], name: str = "path") -> Path:
+    """Fail early, with a message naming ``name``, unless a file can be written at ``path``.
+
+    Checks that the folder exists, that ``path`` is not a folder, that an existing file can be
+    opened for appending (nothing is written to it) and that a file can be created in the folder
+    (by creating and removing an empty temporary file). Call it before a long computation whose
+    result goes to ``path``.
+
+    >>> import tempfile, os
+    >>> folder = tempfile.mkdtemp()
+    >>> check_writable(os.path.join(folder, "out.json"), "--out").name
+    'out.json'
+    >>> check_writable(os.path.join(folder, "missing", "out.json"), "--out")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: --out: folder '...missing' does not exist
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"{name}: folder {str(parent)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{name}: {str(path)!r} is a folder, expected a file name")
+    try:
+        if path.exists():
+            with open(path, "ab"):
+                pass
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".check", dir=parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ValueError(f"{name}: {str(path)!r} is not writable ({exc.strerror or exc})") from None
     return path
 
 

@@ -1,0 +1,411 @@
+"""Models stored on disk as noise-to-data maps: the SPEC strings of ``pfd score``.
+
+A SPEC names a model the way users keep them:
+
+* ``module:function`` -- a Python factory, imported and called with keyword arguments
+  (``module`` is a dotted module on ``sys.path`` or a path to a ``.py`` file);
+* ``path/to/model.pt`` or ``.ts`` -- a TorchScript file (``torch.jit.load``);
+* ``gmm:path/to/mixture.json`` -- an analytic :class:`pfd.GaussianMixture`
+  (``{"weights", "means", "covs"}`` or ``{"points"}``, see :meth:`pfd.GaussianMixture.to_dict`).
+
+The loaded object is wrapped by the adapter named by ``adapter`` (the existing classes of
+:mod:`pfd.adapters`; nothing is guessed) and returned as a map ``z -> x``:
+
+============  =========================================================  ======================
+adapter       the model is called as                                     map
+============  =========================================================  ======================
+denoiser      ``D(x, sigma) -> x0`` (EDM)                                :class:`pfd.DiffusionMap`
+eps, v, x0    ``model(x_vp, t)`` on a DDPM alpha-bar schedule            :class:`pfd.adapters.GridMap`
+velocity      ``v(x_t, t)`` flow matching                                :class:`pfd.DiffusionMap`
+score         ``s(x_t, t)`` of a VE / VP / OU process                    :class:`pfd.DiffusionMap`
+one-step      ``G(z) -> x``                                              :class:`pfd.adapters.GeneratorStudent`
+flow-map      ``G(x, t, s)`` composed over a grid                        :class:`pfd.adapters.FlowMapStudent`
+consistency   ``f(x, sigma) -> x0`` in one step from sigma_max           :class:`pfd.adapters.ConsistencyStudent`
+============  =========================================================  ======================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import sys
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pfd._checks import NonFiniteError, check_positive_int, check_shape
+from pfd.maps import describe_map, map_shape
+
+__all__ = ["ADAPTERS", "TORCHSCRIPT_SUFFIXES", "LabelledMap", "load_map", "load_object", "parse_assignments",
+           "resolve_device"]
+
+ADAPTERS = ("denoiser", "eps", "v", "x0", "velocity", "score", "one-step", "flow-map", "consistency")
+"""Adapter types a SPEC can be wrapped in."""
+
+TORCHSCRIPT_SUFFIXES = (".pt", ".ts")
+
+_VP_PREDICTION = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
+_RANGE = ("sigma_max", "sigma_min")
+SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
+    "denoiser": _RANGE,
+    "eps": ("beta_schedule", "beta_start", "beta_end", "train_steps", "timesteps", "start", *_RANGE),
+    "velocity": ("time", "t_scale", *_RANGE),
+    "score": ("process", "beta_min", "beta_max", *_RANGE),
+    "one-step": (),
+    "flow-map": ("grid", "signature", "start_scale"),
+    "consistency": ("sigma_max",),
+}
+SCHEDULE_KEYS["v"] = SCHEDULE_KEYS["x0"] = SCHEDULE_KEYS["eps"]
+# the DDPM schedule (Ho et al. 2020), used when a VP model's schedule is not given
+DDPM_SCHEDULE = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "train_steps": 1000}
+
+
+def parse_assignments(items: Sequence[str] | None, option: str) -> dict[str, Any]:
+    """Parse ``["key=value", ...]`` (repeatable command-line options) into a dict.
+
+    Values are parsed as JSON when possible (numbers, booleans, lists, ``null``), else kept
+    as strings.
+
+    >>> parse_assignments(["width=16", "name=tiny", "grid=[80, 1, 0]", "ema=true"], "--student-arg")
+    {'width': 16, 'name': 'tiny', 'grid': [80, 1, 0], 'ema': True}
+    """
+    out: dict[str, Any] = {}
+    for item in items or ():
+        if not isinstance(item, str) or "=" not in item:
+            raise ValueError(f"{option} must be KEY=VALUE, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if not key.isidentifier():
+            raise ValueError(f"{option}: {key!r} is not a valid keyword name (in {item!r})")
+        if key in out:
+            raise ValueError(f"{option}: {key!r} given twice")
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
+    return out
+
+
+def resolve_device(device: Any, name: str = "device") -> torch.device:
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a torch.device; a clear error when CUDA is absent.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str):
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"{name} must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}") from None
+    else:
+        raise TypeError(f"{name} must be a str such as 'cpu' or 'cuda', got {type(device).__name__}")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            built = torch.version.cuda
+            why = ("this torch build has no CUDA support" if built is None
+                   else f"no CUDA GPU is visible (torch built for CUDA {built})")
+            raise ValueError(f"{name} {device!r} requested but CUDA is not available: {why}; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return dev
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _import_module(module: str, label: str) -> Any:
+    if module.endswith(".py"):
+        path = Path(module)
+        if not path.is_file():
+            raise ValueError(f"{label}: no such Python file {module!r}")
+        modname = "pfd_spec_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+        spec = importlib.util.spec_from_file_location(modname, path)
+        if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has a loader
+            raise ValueError(f"{label}: cannot import {module!r}")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except Exception as exc:
+            sys.modules.pop(modname, None)
+            raise ValueError(f"{label}: importing {module!r} raised {_one_line(exc)}") from None
+        return mod
+    if not all(part.isidentifier() for part in module.split(".")):
+        raise ValueError(f"{label}: {module!r} is neither a dotted module name nor a path to a .py file")
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ValueError(f"{label}: cannot import module {module!r} ({_one_line(exc)}); "
+                         "is its folder on PYTHONPATH?") from None
+    except Exception as exc:
+        raise ValueError(f"{label}: importing module {module!r} raised {_one_line(exc)}") from None
+
+
+def load_object(spec: str, *, args: Mapping[str, Any] | None = None, device: Any = "cpu", label: str = "spec") -> Any:
+    """The model a SPEC names: the factory's return value, a TorchScript module, or a
+    :class:`pfd.GaussianMixture`. Torch modules are moved to ``device``.
+
+    Every failure is a ValueError / TypeError starting with ``label``.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"{label} must be a SPEC string, got {type(spec).__name__}")
+    spec = spec.strip()
+    if not spec:
+        raise ValueError(f"{label} must be a non-empty SPEC")
+    if args is not None and not isinstance(args, Mapping):
+        raise TypeError(f"{label}: args must be a mapping of keyword arguments, got {type(args).__name__}")
+    args = dict(args or {})
+    dev = resolve_device(device, name=f"{label}: device")
+    if spec.startswith("gmm:"):
+        from pfd.analytic.gmm import GaussianMixture
+
+        path = Path(spec[4:])
+        if args:
+            raise ValueError(f"{label}: a gmm:<file> SPEC takes no factory arguments, got {sorted(args)}")
+        if not path.is_file():
+            raise ValueError(f"{label}: no such mixture file {str(path)!r}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{label}: {str(path)!r} is not valid JSON ({_one_line(exc)})") from None
+        try:
+            return GaussianMixture.from_dict(data)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{label}: {str(path)!r} is not a valid mixture: {exc}") from None
+    if spec.endswith(TORCHSCRIPT_SUFFIXES):
+        path = Path(spec)
+        if args:
+            raise ValueError(f"{label}: a TorchScript SPEC takes no factory arguments, got {sorted(args)}")
+        if not path.is_file():
+            raise ValueError(f"{label}: no such TorchScript file {spec!r}")
+        try:
+            with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript deprecated; loading still works
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.load(str(path), map_location=dev)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{label}: {spec!r} is not a loadable TorchScript file "
+                             f"(save it with torch.jit.save; torch said: {first})") from None
+    if ":" not in spec:
+        raise ValueError(f"{label}: {spec!r} is not a SPEC; expected module:function, path/to/file.py:function, "
+                         f"a TorchScript file ({', '.join('*' + s for s in TORCHSCRIPT_SUFFIXES)}) or gmm:<file.json>")
+    module, attr = spec.rsplit(":", 1)
+    if not module or not attr:
+        raise ValueError(f"{label}: {spec!r} must be module:function with both parts non-empty")
+    obj: Any = _import_module(module, label)
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"{label}: {module!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{label}: {spec} is not callable (a factory function returning the model is expected)")
+    try:
+        model = obj(**args)
+    except Exception as exc:
+        raise ValueError(f"{label}: the factory {spec}({', '.join(sorted(args))}) raised {_one_line(exc)}") from None
+    if model is None or not callable(model):
+        raise TypeError(f"{label}: the factory {spec} must return a callable model, got {type(model).__name__}")
+    if isinstance(model, torch.nn.Module):
+        model.to(dev)
+    return model
+
+
+def _vp_alphas_cumprod(sched: dict[str, Any], label: str) -> torch.Tensor:
+    kind = sched.get("beta_schedule", DDPM_SCHEDULE["beta_schedule"])
+    t = check_positive_int(sched.get("train_steps", DDPM_SCHEDULE["train_steps"]), f"{label}: train_steps", minimum=2)
+    b0 = float(sched.get("beta_start", DDPM_SCHEDULE["beta_start"]))
+    b1 = float(sched.get("beta_end", DDPM_SCHEDULE["beta_end"]))
+    if not 0 < b0 < 1 or not 0 < b1 < 1:
+        raise ValueError(f"{label}: beta_start and beta_end must lie in (0, 1), got {b0}, {b1}")
+    if kind == "linear":
+        betas = torch.linspace(b0, b1, t, dtype=torch.float64)
+    elif kind == "scaled_linear":  # Stable Diffusion: linear in sqrt(beta)
+        betas = torch.linspace(b0**0.5, b1**0.5, t, dtype=torch.float64) ** 2
+    else:
+        raise ValueError(f"{label}: beta_schedule must be 'linear' or 'scaled_linear', got {kind!r}")
+    return torch.cumprod(1.0 - betas, 0)
+
+
+def load_map(
+    spec: str,
+    *,
+    adapter: str = "denoiser",
+    args: Mapping[str, Any] | None = None,
+    schedule: Mapping[str, Any] | None = None,
+    kind: str = "trajectory",
+    solver: str = "heun",
+    steps: int = 18,
+    shape: Sequence[int] | None = None,
+    device: Any = "cpu",
+    label: str = "spec",
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Load the model a SPEC names and wrap it as a noise-to-data map.
+
+    Parameters
+    ----------
+    spec:
+        ``module:function`` (dotted module or ``path/to/file.py``), a TorchScript file
+        (``*.pt``, ``*.ts``) or ``gmm:<file.json>``.
+    adapter:
+        One of :data:`ADAPTERS` (see the module docstring); a ``gmm:`` SPEC is a denoiser.
+    args:
+        Keyword arguments of the factory (``module:function`` only).
+    schedule:
+        Adapter parameters: ``sigma_max``/``sigma_min`` (denoiser, velocity, score; default 80
+        and 0.002), ``beta_schedule`` (``linear``/``scaled_linear``), ``beta_start``,
+        ``beta_end``, ``train_steps``, ``timesteps``, ``start`` (eps / v / x0; default the DDPM
+        schedule 1e-4..0.02 over 1000 steps), ``time``, ``t_scale`` (velocity), ``process``
+        (score: ``ve``/``vp``/``ou``, required), ``beta_min``, ``beta_max``, ``grid`` (flow-map:
+        required), ``signature``, ``start_scale`` (flow-map), ``sigma_max`` (consistency).
+    kind:
+        ``"trajectory"`` or ``"distribution"``: what a raw-map student (one-step, flow-map,
+        consistency) was trained to match. A distribution student issues a
+        :class:`pfd.adapters.CouplingWarning`: its raw map measures the coupling.
+    solver, steps:
+        PF-ODE solver and grid points of the diffusion adapters (see :class:`pfd.DiffusionMap`).
+    shape:
+        Shape of one sample; default: the mixture's, or the model's ``event_shape`` attribute.
+    device:
+        ``"cpu"`` or ``"cuda"``: where torch modules are moved (TorchScript: ``map_location``).
+    label:
+        Prefix of every error message (``pfd score`` passes ``--reference`` / ``--student``).
+
+    Examples
+    --------
+    >>> import json, os, tempfile, pfd
+    >>> folder = tempfile.mkdtemp()
+    >>> path = os.path.join(folder, "teacher.json")
+    >>> with open(path, "w") as fh:
+    ...     json.dump(pfd.GaussianMixture([1.0], [[0.0, 1.0]], [0.5]).to_dict(), fh)
+    >>> teacher = pfd.spec.load_map(f"gmm:{path}", steps=8)
+    >>> student = pfd.spec.load_map("torch.nn:Identity", adapter="one-step", shape=(2,))
+    >>> res = pfd.distance(teacher, student, n=64, progress=False)
+    >>> teacher.last_nfe, student.last_nfe, res.n
+    (15, 1, 64)
+    >>> pfd.spec.load_map("no_such_module:make", label="--student")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: --student: cannot import module 'no_such_module' (ModuleNotFoundError: ...); is its folder on PYTHONPATH?
+    """
+    if adapter not in ADAPTERS:
+        raise ValueError(f"{label}: adapter type must be one of {ADAPTERS}, got {adapter!r}")
+    from pfd.adapters.students import check_kind
+
+    try:
+        check_kind(kind)
+    except ValueError as exc:
+        raise ValueError(f"{label}: {exc}") from None
+    if schedule is not None and not isinstance(schedule, Mapping):
+        raise TypeError(f"{label}: schedule must be a mapping, got {type(schedule).__name__}")
+    sched = dict(schedule or {})
+    unknown = sorted(set(sched) - set(SCHEDULE_KEYS[adapter]))
+    if unknown:
+        allowed = ", ".join(SCHEDULE_KEYS[adapter]) or "none"
+        raise ValueError(f"{label}: schedule key(s) {unknown} do not apply to adapter type {adapter!r} (allowed: {allowed})")
+    try:
+        shp = check_shape(shape, "shape") if shape is not None else None
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"{label}: {exc}") from None
+    obj = load_object(spec, args=args, device=device, label=label)
+    try:
+        return _wrap(obj, spec.strip(), adapter, sched, kind, solver, steps, shp, label)
+    except (ValueError, TypeError) as exc:
+        if str(exc).startswith(label):
+            raise
+        raise type(exc)(f"{label}: {exc}") from None
+
+
+def _wrap(obj: Any, spec: str, adapter: str, sched: dict[str, Any], kind: str, solver: str, steps: int,
+          shape: tuple[int, ...] | None, label: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    from pfd import adapters as ad
+    from pfd.analytic.gmm import GaussianMixture
+    from pfd.maps import DiffusionMap
+
+    if isinstance(obj, GaussianMixture):
+        if adapter != "denoiser":
+            raise ValueError(f"a Gaussian mixture is an analytic denoiser; use adapter type 'denoiser', not {adapter!r}")
+        if shape is not None and shape != obj.event_shape:
+            raise ValueError(f"shape {shape} does not match the mixture's sample shape {obj.event_shape}")
+        return obj.flow_map(solver=solver, steps=steps, name=spec, **sched)
+    if shape is None:
+        declared = getattr(obj, "event_shape", None)
+        if declared is not None:
+            shape = check_shape(tuple(declared), "the model's event_shape")
+    rng = {k: sched.pop(k) for k in _RANGE if k in sched}
+    if adapter in ("denoiser", "velocity", "score"):
+        if adapter == "denoiser":
+            den: Any = ad.EDMDenoiser(obj)
+        elif adapter == "velocity":
+            den = ad.FlowMatchingDenoiser(obj, **sched)
+        else:
+            if "process" not in sched:
+                raise ValueError("a score model needs its forward process: schedule key process=ve|vp|ou")
+            den = ad.ScoreDenoiser(obj, **sched)
+        return DiffusionMap(den, solver=solver, steps=steps, shape=shape, name=spec, **rng)
+    if adapter in _VP_PREDICTION:
+        abar = _vp_alphas_cumprod(sched, label)
+        opts = {"timesteps": sched.get("timesteps", "continuous")}
+        den = ad.VPDenoiser(obj, abar, _VP_PREDICTION[adapter], name=f"VPDenoiser({adapter})", **opts)
+        return den.flow_map(solver=solver, steps=steps, start=sched.get("start", "vp"), shape=shape, name=spec, **rng)
+    if kind == "distribution" and adapter != "one-step":  # GeneratorStudent warns on its own
+        from pfd.adapters.students import COUPLING_MESSAGE, CouplingWarning
+
+        warnings.warn(COUPLING_MESSAGE.format(name=spec), CouplingWarning, stacklevel=3)
+    if adapter == "one-step":
+        return ad.GeneratorStudent(obj, kind=kind, shape=shape, name=spec)
+    if adapter == "flow-map":
+        if "grid" not in sched:
+            raise ValueError("a flow-map student needs its time grid: schedule key grid=[t_0, ..., t_K] (noise to data)")
+        return ad.FlowMapStudent(obj, sched.pop("grid"), kind=kind, shape=shape, name=spec, **sched)
+    return ad.ConsistencyStudent(obj, kind=kind, shape=shape, name=spec, **rng, **sched)
+
+
+class LabelledMap:
+    """A map whose failures name the argument it came from (e.g. ``--student``).
+
+    Non-finite outputs stay :class:`pfd.NonFiniteError` (indices and sigma kept); a
+    ValueError/TypeError keeps its type; any other exception raised inside the model (a torch
+    RuntimeError, ...) becomes a one-line RuntimeError. Shape, NFE and provenance pass through.
+
+    >>> import torch
+    >>> m = LabelledMap(lambda z: z[:, :1] @ torch.ones(2, 2), "--student")
+    >>> m(torch.ones(3, 2))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    RuntimeError: --student: the model raised RuntimeError: mat1 and mat2 shapes cannot be multiplied ...
+    """
+
+    def __init__(self, base: Callable[[torch.Tensor], torch.Tensor], label: str) -> None:
+        if not callable(base):
+            raise TypeError(f"{label} must be a callable map, got {type(base).__name__}")
+        self.base = base
+        self.label = label
+        self.shape = map_shape(base)
+
+    @property
+    def last_nfe(self) -> Any:
+        return getattr(self.base, "last_nfe", None)
+
+    def describe(self) -> dict[str, Any]:
+        return describe_map(self.base)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.base(z)
+        except NonFiniteError as exc:
+            raise NonFiniteError(exc.indices, exc.sigma, f"{self.label} ({exc.where})") from None
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{self.label}: {' '.join(str(exc).split())}") from None
+        except Exception as exc:
+            raise RuntimeError(f"{self.label}: the model raised {_one_line(exc)}") from None
