@@ -37,17 +37,23 @@ def write_json(path: str | os.PathLike[str], data: Any, *, indent: int = 2) -> P
     return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
+def _file_target(path: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
+    """``path`` and its folder, checked: the folder exists and ``path`` is not itself a folder."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"{name}: folder {str(parent)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{name}: {str(path)!r} is a folder, expected a file name")
+    return path, parent
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) -> Path:
     """Call ``write(fh)`` on a temporary binary file in the folder of ``path``, fsync, then rename
     it onto ``path``. A crash or an exception in ``write`` leaves the previous file (or none) and
     no temporary file behind.
     """
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ValueError(f"path: folder {str(parent)!r} does not exist")
-    if path.is_dir():
-        raise ValueError(f"path: {str(path)!r} is a folder, expected a file name")
+    path, parent = _file_target(path, "path")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -81,12 +87,7 @@ def check_writable(path: str | os.PathLike[str], name: str = "path") -> Path:
     ...
     ValueError: --out: folder '...missing' does not exist
     """
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ValueError(f"{name}: folder {str(parent)!r} does not exist")
-    if path.is_dir():
-        raise ValueError(f"{name}: {str(path)!r} is a folder, expected a file name")
+    path, parent = _file_target(path, name)
     try:
         if path.exists():
             with open(path, "ab"):
