@@ -116,14 +116,20 @@ def _check_points(gmm: GaussianMixture, x: Any) -> torch.Tensor:
     return gmm._check_x(x).to(_F64)
 
 
-def hessian_log_prob(gmm: GaussianMixture, x: torch.Tensor, t: float, process: str | Process = "ou") -> torch.Tensor:
-    """Hessian of log p_t at x (B, d) in process coordinates, (B, d, d)."""
+def _at(gmm: Any, x: Any, t: Any, process: str | Process):
+    """Validated (gmm, x, process, t, alpha(t)) and the VE score / Hessian terms at x / alpha."""
     gmm = _check_gmm(gmm)
     proc = get_process(process)
     t = _check_t_scalar(t)
     x = _check_points(gmm, x)
     a = float(proc.alpha(t))
-    _, H = _ve_terms(gmm, x / a, float(proc.rho(t)))
+    score_ve, H = _ve_terms(gmm, x / a, float(proc.rho(t)))
+    return gmm, x, proc, t, a, score_ve, H
+
+
+def hessian_log_prob(gmm: GaussianMixture, x: torch.Tensor, t: float, process: str | Process = "ou") -> torch.Tensor:
+    """Hessian of log p_t at x (B, d) in process coordinates, (B, d, d)."""
+    *_, a, _, H = _at(gmm, x, t, process)
     return H / (a * a)
 
 
@@ -135,23 +141,13 @@ def velocity(gmm: GaussianMixture, x: torch.Tensor, t: float, process: str | Pro
     >>> abs(float(pfd.stability.velocity(g, torch.tensor([[0.7]]), 0.5))) < 1e-14
     True
     """
-    gmm = _check_gmm(gmm)
-    proc = get_process(process)
-    t = _check_t_scalar(t)
-    x = _check_points(gmm, x)
-    a = float(proc.alpha(t))
-    score_ve, _ = _ve_terms(gmm, x / a, float(proc.rho(t)))
+    _, x, proc, t, a, score_ve, _ = _at(gmm, x, t, process)
     return float(proc.f(t)) * x - 0.5 * a * float(proc.drho(t)) * score_ve
 
 
 def velocity_jacobian(gmm: GaussianMixture, x: torch.Tensor, t: float, process: str | Process = "ou") -> torch.Tensor:
     """Exact Jacobian J(x, t) = d v / d x of the PF-ODE velocity, (B, d, d), float64."""
-    gmm = _check_gmm(gmm)
-    proc = get_process(process)
-    t = _check_t_scalar(t)
-    x = _check_points(gmm, x)
-    a = float(proc.alpha(t))
-    _, H = _ve_terms(gmm, x / a, float(proc.rho(t)))
+    gmm, _, proc, t, _, _, H = _at(gmm, x, t, process)
     eye = torch.eye(gmm.dim, dtype=_F64)
     return float(proc.f(t)) * eye - 0.5 * float(proc.drho(t)) * H
 
