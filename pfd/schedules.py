@@ -37,13 +37,17 @@ __all__ = [
 ]
 
 
+def _check_range(lo: Any, hi: Any, lo_name: str, hi_name: str) -> tuple[float, float]:
+    lo = check_positive_float(lo, lo_name)
+    hi = check_positive_float(hi, hi_name)
+    if not lo < hi:
+        raise ValueError(f"{lo_name} must be < {hi_name}, got {lo_name}={lo}, {hi_name}={hi}")
+    return lo, hi
+
+
 def check_sigma_range(sigma_min: float, sigma_max: float) -> tuple[float, float]:
     """Validate 0 < sigma_min < sigma_max and return them as floats."""
-    lo = check_positive_float(sigma_min, "sigma_min")
-    hi = check_positive_float(sigma_max, "sigma_max")
-    if not lo < hi:
-        raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={lo}, sigma_max={hi}")
-    return lo, hi
+    return _check_range(sigma_min, sigma_max, "sigma_min", "sigma_max")
 
 
 def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
@@ -283,11 +287,7 @@ def get_process(process: str | Process = "ou") -> Process:
 
 def check_time_range(t_min: float, t_max: float) -> tuple[float, float]:
     """Validate 0 < t_min < t_max and return them as floats."""
-    lo = check_positive_float(t_min, "t_min")
-    hi = check_positive_float(t_max, "t_max")
-    if not lo < hi:
-        raise ValueError(f"t_min must be < t_max, got t_min={lo}, t_max={hi}")
-    return lo, hi
+    return _check_range(t_min, t_max, "t_min", "t_max")
 
 
 GRID_KINDS = ("uniform", "logsnr", "edm")
