@@ -294,9 +294,7 @@ def distance(
         declared = _resolve_shape(a, b, shape)
         if declared is not None and tuple(noise.shape[1:]) != declared:
             raise ValueError(f"noise must have shape (n, *{declared}) to match the maps, got {tuple(noise.shape)}")
-        sample_shape = _resolve_shape(a, b, shape if shape is not None else tuple(noise.shape[1:]))
-        if tuple(noise.shape[1:]) != sample_shape:
-            raise ValueError(f"noise must have shape (n, *{sample_shape}), got {tuple(noise.shape)}")
+        sample_shape = check_shape(tuple(noise.shape[1:]), "noise.shape[1:]")
         source = None
     else:
         n = 10_000 if n is None else n
