@@ -433,24 +433,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    commands = {"demo": _cmd_demo, "grid": _cmd_grid, "mtog": _cmd_mtog, "dynamics": _cmd_dynamics,
+                "bias-variance": _cmd_bias_variance, "score": _cmd_score}
     try:
-        if args.command == "demo":
-            return _cmd_demo(args)
-        if args.command == "grid":
-            return _cmd_grid(args)
-        if args.command == "mtog":
-            return _cmd_mtog(args)
-        if args.command == "dynamics":
-            return _cmd_dynamics(args)
-        if args.command == "bias-variance":
-            return _cmd_bias_variance(args)
-        if args.command == "score":
-            return _cmd_score(args)
+        return commands[args.command](args)
     except (ValueError, TypeError, OSError) as exc:
         print(f"pfd {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    parser.error(f"unknown command {args.command!r}")  # pragma: no cover
-    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -187,8 +187,8 @@ def train_diffratio(
 
     with torch_threads(num_threads):
         r_ema = g_ema = None
-        for step in progress_range(steps, "diffratio", progress):
-            step += 1
+        for i in progress_range(steps, "diffratio", progress):
+            step = i + 1
             for _ in range(ratio_steps):
                 with torch.no_grad():
                     xq = gen(torch.randn((b, dim), generator=g))
