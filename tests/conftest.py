@@ -8,6 +8,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread: tiny tensors on a shared 2-core machine run far faster without intra-op
+    threading, and CPU-time measurements are fair only without OpenMP threads spinning."""
+    from pfd.adapters.ratio import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture
 def two_modes():
     import pfd
 

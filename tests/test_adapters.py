@@ -29,13 +29,7 @@ from pfd.adapters import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions on a shared 2-core machine: one thread is ~20x faster than two."""
-    from pfd.adapters.ratio import torch_threads
-
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convolutions: one thread is ~20x faster than two
 
 
 @pytest.fixture(scope="module")

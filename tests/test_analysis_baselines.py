@@ -15,14 +15,7 @@ from pfd.analysis import data_copying_ct, frechet_distance, knn_distances, memor
 from pfd.analysis.baselines import _mann_whitney_u, median_bandwidth
 from pfd.noise import derive_seed
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: tiny tensors, and oversubscribed cores make intra-op threading far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rng(seed):

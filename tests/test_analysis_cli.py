@@ -3,18 +3,10 @@
 import json
 
 import pytest
-import torch
 
 from pfd.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: tiny tensors, and oversubscribed cores make intra-op threading far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = ["--depth", "1", "--n-eval", "32", "--no-progress", "--teacher", "hexagon2d"]

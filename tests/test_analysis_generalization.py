@@ -9,14 +9,7 @@ import pfd
 from pfd.analysis import bias_variance, compare_metrics, generalization_errors, reference_maps
 from pfd.maps import CachedMap
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: tiny tensors, and oversubscribed cores make intra-op threading far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -20,14 +20,7 @@ from pfd.analysis import (
 )
 from pfd.analysis._runs import epochs_for_steps, get_teacher
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: tiny tensors, and oversubscribed cores make intra-op threading far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -57,15 +57,6 @@ def test_monitor_value_equals_direct_distance_and_reference_runs_once(two_modes)
     assert r0["reference_seconds"] > 0 and r1["reference_seconds"] == 0
 
 
-@pytest.fixture
-def one_thread():
-    """CPU time is only a fair cost measure without OpenMP threads spinning on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_second_call_costs_only_the_student(one_thread):
     """Both maps cost the same: a monitored evaluation must be >= 1.8x cheaper than recomputing both."""
     t, s = _mixtures(k=128, d=16)
