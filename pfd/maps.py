@@ -29,7 +29,7 @@ from pfd.solvers import (
     resolve_solver,
 )
 
-__all__ = ["CachedMap", "DiffusionMap", "NoiseToData", "OneStepMap", "describe_map", "map_shape"]
+__all__ = ["CachedMap", "DiffusionMap", "NoiseToData", "OneStepMap", "describe_map", "is_conditional", "map_shape"]
 
 DEFAULT_RTOL = 1e-6
 DEFAULT_ATOL = 1e-8
@@ -143,6 +143,7 @@ class DiffusionMap:
         model_dtype: torch.dtype | None = None,
         name: str | None = None,
         grid: str = "karras",
+        conditional: bool = False,
     ) -> None:
         if not callable(denoiser):
             raise TypeError(f"denoiser must be callable D(x, sigma), got {type(denoiser).__name__}")
@@ -162,6 +163,7 @@ class DiffusionMap:
         self.name = name or getattr(denoiser, "__qualname__", type(denoiser).__name__)
         self.grid = check_grid(grid)
         self.sigmas = make_grid(self.grid, self.steps, self.sigma_min, self.sigma_max, self.rho)
+        self.conditional = _check_conditional(conditional)
         self.last_nfe: int | None = None
 
     @property
@@ -184,6 +186,8 @@ class DiffusionMap:
             "model_dtype": str(self._model_dtype).replace("torch.", ""),
             "final_step": "denoise at sigma_min",
         }
+        if self.conditional:
+            d["conditional"] = True
         if self.adaptive:
             d.update(rtol=self.rtol, atol=self.atol, variable="log sigma")
         else:
@@ -202,15 +206,16 @@ class DiffusionMap:
             grid = f"steps={self.steps}, grid={self.grid!r}"
         return f"DiffusionMap({self.name}, solver={self.method!r}, {grid}, sigma=[{self.sigma_min:g}, {self.sigma_max:g}])"
 
-    def _make_denoise(self, device: torch.device, counter: list[int]):
+    def _make_denoise(self, device: torch.device, counter: list[int], labels: torch.Tensor | None = None):
         fn = self.denoiser
         mdtype = self._model_dtype
         where = f"denoiser of {self.name}"
+        extra = () if labels is None else (labels,)
 
         def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
             counter[0] += 1
             sig = torch.full((x.shape[0],), sigma, dtype=mdtype, device=device)
-            out = fn(x.to(mdtype), sig)
+            out = fn(x.to(mdtype), sig, *extra)
             if not isinstance(out, torch.Tensor):
                 raise TypeError(f"{where} must return a torch.Tensor, got {type(out).__name__}")
             if out.shape != x.shape:
@@ -221,13 +226,16 @@ class DiffusionMap:
 
         return denoise
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        """Map noise z (n, *shape) to data (n, *shape), float64."""
+    def __call__(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Map noise z (n, *shape) to data (n, *shape), float64; a conditional map also takes
+        one condition per row (``labels``: (n,) class ids or (n, ...) embeddings), passed to the
+        denoiser as its third argument ``D(x, sigma, labels)``."""
         z = _check_z(z, self.shape, "DiffusionMap")
         device = _model_device(self.denoiser) or z.device
+        labels = _check_call_labels(labels, self.conditional, z.shape[0], device, self.name)
         x = self.sigma_max * z.to(device=device, dtype=torch.float64)
         counter = [0]
-        denoise = self._make_denoise(device, counter)
+        denoise = self._make_denoise(device, counter, labels)
         with torch.no_grad(), eval_mode(self.denoiser):
             if self.backend == "builtin":
                 x = integrate_fixed(denoise, x, self.sigmas, self.method)
@@ -259,10 +267,12 @@ class OneStepMap:
         shape: Sequence[int] | None = None,
         model_dtype: torch.dtype | None = None,
         name: str | None = None,
+        conditional: bool = False,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable fn(z) -> x, got {type(fn).__name__}")
         self.fn = fn
+        self.conditional = _check_conditional(conditional)
         self.shape = _check_shape_arg(shape)
         self._model_dtype = _model_dtype(fn, model_dtype)
         self.name = name or getattr(fn, "__qualname__", type(fn).__name__)
@@ -270,17 +280,22 @@ class OneStepMap:
         self.nfe_per_sample = 1
 
     def describe(self) -> dict[str, Any]:
-        return {"type": "OneStepMap", "name": self.name, "nfe": 1,
-                "model_dtype": str(self._model_dtype).replace("torch.", "")}
+        d = {"type": "OneStepMap", "name": self.name, "nfe": 1,
+             "model_dtype": str(self._model_dtype).replace("torch.", "")}
+        if self.conditional:
+            d["conditional"] = True
+        return d
 
     def __repr__(self) -> str:
         return f"OneStepMap({self.name})"
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+    def __call__(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         z = _check_z(z, self.shape, "OneStepMap")
         device = _model_device(self.fn) or z.device
+        labels = _check_call_labels(labels, self.conditional, z.shape[0], device, self.name)
+        extra = () if labels is None else (labels,)
         with torch.no_grad(), eval_mode(self.fn):
-            out = self.fn(z.to(device=device, dtype=self._model_dtype))
+            out = self.fn(z.to(device=device, dtype=self._model_dtype), *extra)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"OneStepMap {self.name} must return a torch.Tensor, got {type(out).__name__}")
         if out.shape != z.shape:
@@ -313,6 +328,7 @@ class CachedMap:
         if not callable(base):
             raise TypeError(f"base must be a callable map, got {type(base).__name__}")
         self.base = base
+        self.conditional = is_conditional(base)
         self.shape = map_shape(base)
         self.name = getattr(base, "name", type(base).__name__)
         self._store: dict[tuple[str, tuple[int, ...]], tuple[torch.Tensor, int | None]] = {}
@@ -321,20 +337,24 @@ class CachedMap:
         self.last_nfe: int | None = None
 
     @staticmethod
-    def _key(z: torch.Tensor) -> tuple[str, tuple[int, ...]]:
+    def _key(z: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[str, tuple[int, ...]]:
         import hashlib
 
-        arr = z.detach().to("cpu", torch.float64).contiguous().numpy()
-        return hashlib.sha1(arr.tobytes()).hexdigest(), tuple(z.shape)
+        h = hashlib.sha1(z.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+        if labels is not None:
+            h.update(b"labels")
+            h.update(str(labels.dtype).encode())
+            h.update(labels.detach().to("cpu").contiguous().numpy().tobytes())
+        return h.hexdigest(), tuple(z.shape)
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        key = self._key(z)
+    def __call__(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        key = self._key(z, labels)
         hit = self._store.get(key)
         if hit is not None:
             self.hits += 1
             self.last_nfe = hit[1]
             return hit[0].clone()
-        out = self.base(z)
+        out = self.base(z) if labels is None else self.base(z, labels)
         self.misses += 1
         nfe = getattr(self.base, "last_nfe", None)
         self._store[key] = (out.detach().clone(), nfe)
@@ -349,6 +369,33 @@ class CachedMap:
 
     def __repr__(self) -> str:
         return f"CachedMap({self.base!r}, entries={len(self._store)})"
+
+
+def is_conditional(m: Callable[..., Any]) -> bool:
+    """Whether a map takes a condition: ``m(z, labels)`` (its ``conditional`` attribute)."""
+    return bool(getattr(m, "conditional", False)) and not isinstance(m, torch.Tensor)
+
+
+def _check_conditional(flag: Any) -> bool:
+    if not isinstance(flag, bool):
+        raise TypeError(f"conditional must be a bool, got {type(flag).__name__}")
+    return flag
+
+
+def _check_call_labels(labels: Any, conditional: bool, n: int, device: torch.device, who: str) -> torch.Tensor | None:
+    if labels is None:
+        if conditional:
+            raise ValueError(f"{who} is conditional: call it as m(z, labels) with one condition per row "
+                             "(pfd.distance(..., labels=...) does this)")
+        return None
+    if not conditional:
+        raise ValueError(f"{who} is not conditional (it maps z -> x); labels were given. "
+                         "Build it with conditional=True if its model takes a condition")
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{who}: labels must be a torch.Tensor of shape ({n}, ...), got {type(labels).__name__}")
+    if labels.ndim < 1 or labels.shape[0] != n:
+        raise ValueError(f"{who}: labels must have one row per noise sample, shape ({n}, ...), got {tuple(labels.shape)}")
+    return labels.to(device)
 
 
 def map_shape(m: Callable[..., Any]) -> tuple[int, ...] | None:

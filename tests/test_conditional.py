@@ -94,3 +94,34 @@ def test_from_classes_round_trip():
     assert cg.class_probs.tolist() == pytest.approx([0.75, 0.25])
     x = torch.randn(8, 2, dtype=torch.float64)
     torch.testing.assert_close(cg.denoiser(x, 0.4, labels=3), a.denoiser(x, 0.4))
+
+
+def test_guided_flow_maps_match_submixture_and_unconditional_maps():
+    cg = _cgmm()
+    z = pfd.canonical_noise(64, (3,), seed=4)
+    lab = pfd.noise.canonical_labels(64, cg.class_probs, seed=4)
+    cond = cg.flow_map(guidance=0.0, solver="heun", steps=24)
+    assert cond.conditional
+    x = cond(z, lab)
+    for c in cg.classes:
+        idx = lab == c
+        ref = cg.class_mixture(c).flow_map(solver="heun", steps=24)(z[idx])
+        torch.testing.assert_close(x[idx], ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(cg.flow_map(labels=c, steps=24)(z[idx]), ref, rtol=1e-12, atol=1e-12)
+    unc = cg.flow_map(guidance=-1.0, steps=24)(z, lab)
+    torch.testing.assert_close(unc, cg.mixture.flow_map(steps=24)(z), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="is conditional"):
+        cond(z)
+    with pytest.raises(ValueError, match="not conditional"):
+        cg.mixture.flow_map()(z, lab)
+
+
+def test_canonical_labels_do_not_depend_on_chunking():
+    src = pfd.noise.LabelSource(seed=5, probs=[0.1, 0.6, 0.3])
+    full = src.get(0, 3000)
+    parts = torch.cat([src.get(a, min(a + 700, 3000)) for a in range(0, 3000, 700)])
+    assert torch.equal(full, parts)
+    freq = torch.bincount(full, minlength=3).double() / 3000
+    torch.testing.assert_close(freq, torch.tensor([0.1, 0.6, 0.3], dtype=torch.float64), atol=0.03, rtol=0)
+    with pytest.raises(ValueError, match="sum to 1"):
+        pfd.noise.LabelSource(0, [0.5, 0.6])
