@@ -117,6 +117,10 @@ class DiffusionMap:
     shape:
         Shape of one sample; inferred when the denoiser is a bound method of an object with
         ``event_shape`` (e.g. :class:`pfd.GaussianMixture`).
+    conditional:
+        The denoiser takes a condition, ``D(x, sigma, labels)``, and the map is called as
+        ``m(z, labels)`` (one condition per row: class ids or embeddings). Default: the
+        denoiser's own ``conditional`` attribute (set by conditional adapters), else False.
 
     Example
     -------
@@ -143,7 +147,7 @@ class DiffusionMap:
         model_dtype: torch.dtype | None = None,
         name: str | None = None,
         grid: str = "karras",
-        conditional: bool = False,
+        conditional: bool | None = None,
     ) -> None:
         if not callable(denoiser):
             raise TypeError(f"denoiser must be callable D(x, sigma), got {type(denoiser).__name__}")
@@ -163,7 +167,7 @@ class DiffusionMap:
         self.name = name or getattr(denoiser, "__qualname__", type(denoiser).__name__)
         self.grid = check_grid(grid)
         self.sigmas = make_grid(self.grid, self.steps, self.sigma_min, self.sigma_max, self.rho)
-        self.conditional = _check_conditional(conditional)
+        self.conditional = is_conditional(denoiser) if conditional is None else _check_conditional(conditional)
         self.last_nfe: int | None = None
 
     @property

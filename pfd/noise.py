@@ -97,7 +97,8 @@ def _check_probs(probs: Any) -> torch.Tensor:
     try:
         p = torch.as_tensor(np.asarray(probs.detach().cpu() if isinstance(probs, torch.Tensor) else probs, dtype=np.float64))
     except (TypeError, ValueError):
-        raise TypeError(f"probs must be a number of classes or a sequence of class probabilities, got {type(probs).__name__}") from None
+        what = type(probs).__name__
+        raise TypeError(f"probs must be a number of classes or a sequence of class probabilities, got {what}") from None
     if p.ndim != 1 or p.shape[0] < 1:
         raise ValueError(f"probs must be a 1-D sequence of class probabilities, got shape {tuple(p.shape)}")
     if not bool(torch.isfinite(p).all()) or bool((p < 0).any()) or float(p.sum()) <= 0:

@@ -68,19 +68,77 @@ def _check_callable(fn: Any, name: str, sig: str) -> None:
 
 
 class _Adapter(torch.nn.Module):
-    """Common part: holds the model (as a submodule when it is one) and validates inputs."""
+    """Common part: holds the model (as a submodule when it is one), validates inputs and passes
+    a condition (with optional classifier-free guidance) to the model.
 
-    def __init__(self, model: Callable[..., Any], name: str) -> None:
+    Subclasses implement ``_denoise(x, sigma, cond)`` where ``cond`` holds the keyword arguments
+    for the model call. With ``condition="class_labels"`` (diffusers' class-conditional
+    ``UNet2DModel``) or ``condition="encoder_hidden_states"`` (``UNet2DConditionModel``) the
+    adapter is conditional: ``D(x, sigma, labels)`` calls ``model(..., **{condition: labels})``.
+    With ``guidance=w`` (needs ``null_condition``, the unconditional input: the null class id or
+    the empty-prompt embedding) it returns the two-call classifier-free-guided denoiser
+    D_w = D(null) + (1 + w) (D(labels) - D(null)) (w = 0: plain conditional).
+    """
+
+    def __init__(self, model: Callable[..., Any], name: str, *, condition: str | None = None,
+                 guidance: float = 0.0, null_condition: Any = None) -> None:
         super().__init__()
         if isinstance(model, torch.nn.Module):
             self.model = model
         else:
             self._fn = model
         self.name = name
+        if condition is not None and (not isinstance(condition, str) or not condition.isidentifier()):
+            raise TypeError(f"condition must be the name of the model's keyword argument for the condition "
+                            f"(e.g. 'class_labels'), got {condition!r}")
+        from pfd.analytic.conditional import check_guidance
+
+        self.condition = condition
+        self.guidance = check_guidance(guidance)
+        if self.guidance != 0.0 and condition is None:
+            raise ValueError("guidance needs a conditional model: pass condition='class_labels' (or the model's keyword)")
+        if self.guidance != 0.0 and null_condition is None:
+            raise ValueError("guidance != 0 needs null_condition: the unconditional input of the model "
+                             "(the null class id, or the empty-prompt embedding of shape (1, ...))")
+        self.null_condition = null_condition
 
     @property
     def fn(self) -> Callable[..., Any]:
         return self.model if "model" in self._modules else self._fn
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model takes a condition (``D(x, sigma, labels)``)."""
+        return self.condition is not None
+
+    def _null(self, labels: torch.Tensor) -> torch.Tensor:
+        null = self.null_condition
+        if not isinstance(null, torch.Tensor):
+            fill = float(null) if labels.dtype.is_floating_point else int(null)
+            return torch.full_like(labels, fill)
+        null = null.to(labels.device)
+        if null.ndim == labels.ndim and null.shape[0] == 1:
+            return null.expand(labels.shape[0], *null.shape[1:])
+        if null.ndim == labels.ndim - 1:
+            return null.unsqueeze(0).expand(labels.shape[0], *null.shape)
+        raise ValueError(f"{self.name}: null_condition of shape {tuple(null.shape)} does not fit "
+                         f"labels of shape {tuple(labels.shape)}")
+
+    def forward(self, x: torch.Tensor, sigma: Any, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is None:
+            if self.condition is not None:
+                raise ValueError(f"{self.name} is conditional ({self.condition}=...): call it as D(x, sigma, labels)")
+            return self._denoise(x, sigma, {})
+        if self.condition is None:
+            raise ValueError(f"{self.name} is not conditional; build it with condition='<the model keyword>' to pass labels")
+        d = self._denoise(x, sigma, {self.condition: labels})
+        if self.guidance == 0.0:
+            return d
+        d_u = self._denoise(x, sigma, {self.condition: self._null(labels)})
+        return d_u + (1.0 + self.guidance) * (d - d_u)
+
+    def _denoise(self, x: torch.Tensor, sigma: Any, cond: dict[str, Any]) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
 
     def _prep(self, x: torch.Tensor, sigma: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
@@ -93,6 +151,8 @@ class _Adapter(torch.nn.Module):
     @staticmethod
     def _bcast(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return s.reshape(-1, *([1] * (x.ndim - 1)))
+
+
 
 
 class EDMDenoiser(_Adapter):
@@ -109,17 +169,18 @@ class EDMDenoiser(_Adapter):
     True
     """
 
-    def __init__(self, net: Callable[..., Any], *, name: str | None = None, **cond: Any) -> None:
+    def __init__(self, net: Callable[..., Any], *, name: str | None = None, condition: str | None = None,
+                 guidance: float = 0.0, null_condition: Any = None, **cond: Any) -> None:
         _check_callable(net, "net", "net(x, sigma, **cond)")
-        super().__init__(net, name or "EDMDenoiser")
+        super().__init__(net, name or "EDMDenoiser", condition=condition, guidance=guidance, null_condition=null_condition)
         self.cond = cond
 
-    def forward(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
+    def _denoise(self, x: torch.Tensor, sigma: Any, cond: dict[str, Any]) -> torch.Tensor:
         x64, s = self._prep(x, sigma)
         dt = _param_dtype(self.fn)
         rs = getattr(self.fn, "round_sigma", None)
         s_in = rs(s) if callable(rs) else s
-        out = _unwrap(self.fn(x64.to(dt), s_in.to(dt), **self.cond), self.name)
+        out = _unwrap(self.fn(x64.to(dt), s_in.to(dt), **self.cond, **cond), self.name)
         return out.to(_F64).to(x.dtype)
 
 
@@ -167,13 +228,17 @@ class VPDenoiser(_Adapter):
         *,
         timesteps: str = "continuous",
         name: str | None = None,
+        condition: str | None = None,
+        guidance: float = 0.0,
+        null_condition: Any = None,
     ) -> None:
         _check_callable(model, "model", "model(x_vp, t)")
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if timesteps not in ("continuous", "nearest"):
             raise ValueError(f"timesteps must be 'continuous' or 'nearest', got {timesteps!r}")
-        super().__init__(model, name or f"VPDenoiser({prediction})")
+        super().__init__(model, name or f"VPDenoiser({prediction})", condition=condition, guidance=guidance,
+                         null_condition=null_condition)
         self.prediction = prediction
         self.timesteps = timesteps
         self.register_buffer("log_sigmas", vp_sigmas(alphas_cumprod).log(), persistent=False)
@@ -202,14 +267,14 @@ class VPDenoiser(_Adapter):
         w = (u - ls[i - 1]) / (ls[i] - ls[i - 1])
         return (i - 1).to(_F64) + w
 
-    def forward(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
+    def _denoise(self, x: torch.Tensor, sigma: Any, cond: dict[str, Any]) -> torch.Tensor:
         x64, s = self._prep(x, sigma)
         t = self.sigma_to_t(s)
         t_in = t.round().long() if self.timesteps == "nearest" else t
         sb = self._bcast(s, x64)
         c = 1.0 / torch.sqrt(1.0 + sb * sb)  # sqrt(abar)
         dt = _param_dtype(self.fn)
-        out = _unwrap(self.fn((c * x64).to(dt), t_in if self.timesteps == "nearest" else t_in.to(dt)), self.name)
+        out = _unwrap(self.fn((c * x64).to(dt), t_in if self.timesteps == "nearest" else t_in.to(dt), **cond), self.name)
         if out.shape != x.shape:
             raise ValueError(f"{self.name}: model returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
         out = out.to(_F64)
@@ -237,16 +302,22 @@ class VPDenoiser(_Adapter):
         return GridMap(self, karras_sigmas(steps, lo, hi, rho), solver=solver, start=start, **kw)
 
 
-def diffusers_denoiser(unet: torch.nn.Module, scheduler: Any, *, timesteps: str = "continuous") -> VPDenoiser:
+def diffusers_denoiser(unet: torch.nn.Module, scheduler: Any, *, timesteps: str = "continuous", condition: str | None = None,
+                       guidance: float = 0.0, null_condition: Any = None) -> VPDenoiser:
     """A diffusers ``UNet2DModel`` + scheduler (``alphas_cumprod``, ``config.prediction_type``) as a
-    :class:`VPDenoiser` (the prediction type is read from the scheduler's config, not guessed)."""
+    :class:`VPDenoiser` (the prediction type is read from the scheduler's config, not guessed).
+
+    Conditional UNets: ``condition="class_labels"`` for a class-conditional ``UNet2DModel``
+    (``num_class_embeds``), ``condition="encoder_hidden_states"`` for a ``UNet2DConditionModel``;
+    ``guidance`` and ``null_condition`` give a two-call classifier-free-guided teacher."""
     abar = getattr(scheduler, "alphas_cumprod", None)
     if abar is None:
         raise TypeError("scheduler must have alphas_cumprod (a diffusers DDPM/DDIM-style scheduler)")
     pred = getattr(getattr(scheduler, "config", None), "prediction_type", None)
     if pred is None:
         raise TypeError("scheduler.config.prediction_type is missing; use VPDenoiser(..., prediction=...) instead")
-    return VPDenoiser(unet, abar, pred, timesteps=timesteps, name=f"diffusers:{type(unet).__name__}({pred})")
+    return VPDenoiser(unet, abar, pred, timesteps=timesteps, name=f"diffusers:{type(unet).__name__}({pred})",
+                      condition=condition, guidance=guidance, null_condition=null_condition)
 
 
 class FlowMatchingDenoiser(_Adapter):
@@ -269,22 +340,24 @@ class FlowMatchingDenoiser(_Adapter):
     """
 
     def __init__(self, velocity: Callable[..., Any], *, time: str = "noise_at_1", t_scale: float = 1.0,
-                 name: str | None = None) -> None:
+                 name: str | None = None, condition: str | None = None, guidance: float = 0.0,
+                 null_condition: Any = None) -> None:
         _check_callable(velocity, "velocity", "velocity(x_t, t)")
         if time not in ("noise_at_1", "data_at_1"):
             raise ValueError(f"time must be 'noise_at_1' or 'data_at_1', got {time!r}")
-        super().__init__(velocity, name or f"FlowMatchingDenoiser({time})")
+        super().__init__(velocity, name or f"FlowMatchingDenoiser({time})", condition=condition, guidance=guidance,
+                         null_condition=null_condition)
         self.time = time
         self.t_scale = check_positive_float(t_scale, "t_scale")
 
-    def forward(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
+    def _denoise(self, x: torch.Tensor, sigma: Any, cond: dict[str, Any]) -> torch.Tensor:
         x64, s = self._prep(x, sigma)
         t = s / (1.0 + s)  # noise fraction
         tb = self._bcast(t, x64)
         xt = x64 / (1.0 + self._bcast(s, x64))
         dt = _param_dtype(self.fn)
         t_model = t if self.time == "noise_at_1" else 1.0 - t
-        v = _unwrap(self.fn(xt.to(dt), (t_model * self.t_scale).to(dt)), self.name).to(_F64)
+        v = _unwrap(self.fn(xt.to(dt), (t_model * self.t_scale).to(dt), **cond), self.name).to(_F64)
         if v.shape != x.shape:
             raise ValueError(f"{self.name}: model returned shape {tuple(v.shape)} for input {tuple(x.shape)}")
         if self.time == "data_at_1":
@@ -303,11 +376,13 @@ class ScoreDenoiser(_Adapter):
     """
 
     def __init__(self, score: Callable[..., Any], process: str, *, beta_min: float = 0.1, beta_max: float = 20.0,
-                 name: str | None = None) -> None:
+                 name: str | None = None, condition: str | None = None, guidance: float = 0.0,
+                 null_condition: Any = None) -> None:
         _check_callable(score, "score", "score(x_t, t)")
         if process not in ("ve", "ou", "vp"):
             raise ValueError(f"process must be 've', 'ou' or 'vp', got {process!r}")
-        super().__init__(score, name or f"ScoreDenoiser({process})")
+        super().__init__(score, name or f"ScoreDenoiser({process})", condition=condition, guidance=guidance,
+                         null_condition=null_condition)
         self.process = process
         self.beta_min = check_positive_float(beta_min, "beta_min", allow_zero=True)
         self.beta_max = check_positive_float(beta_max, "beta_max")
@@ -324,18 +399,18 @@ class ScoreDenoiser(_Adapter):
         a, b = 0.5 * (self.beta_max - self.beta_min), self.beta_min  # a t^2 + b t = big
         return 2.0 * big / (b + torch.sqrt(b * b + 4.0 * a * big))
 
-    def forward(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
+    def _denoise(self, x: torch.Tensor, sigma: Any, cond: dict[str, Any]) -> torch.Tensor:
         x64, s = self._prep(x, sigma)
         t = self.time_of_sigma(s)
         sb = self._bcast(s, x64)
         dt = _param_dtype(self.fn)
         if self.process == "ve":
-            sc = _unwrap(self.fn(x64.to(dt), t.to(dt)), self.name).to(_F64)
+            sc = _unwrap(self.fn(x64.to(dt), t.to(dt), **cond), self.name).to(_F64)
             d = x64 + sb * sb * sc
         else:
             alpha = 1.0 / torch.sqrt(1.0 + sb * sb)
             xp = alpha * x64
-            sc = _unwrap(self.fn(xp.to(dt), t.to(dt)), self.name).to(_F64)
+            sc = _unwrap(self.fn(xp.to(dt), t.to(dt), **cond), self.name).to(_F64)
             d = (xp + (1.0 - alpha * alpha) * sc) / alpha
         if d.shape != x.shape:
             raise ValueError(f"{self.name}: model returned shape {tuple(d.shape)} for input {tuple(x.shape)}")
@@ -359,7 +434,7 @@ class GridMap(DiffusionMap):
 
     def __init__(self, denoiser: Callable[..., Any], sigmas: Sequence[float] | torch.Tensor, solver: str = "euler",
                  *, start: str = "ve", kind: str = "trajectory", shape: Sequence[int] | None = None,
-                 model_dtype: torch.dtype | None = None, name: str | None = None) -> None:
+                 model_dtype: torch.dtype | None = None, name: str | None = None, conditional: bool | None = None) -> None:
         from pfd.adapters.students import check_kind
 
         grid = torch.as_tensor(sigmas, dtype=_F64).detach().flatten().cpu()
@@ -374,7 +449,7 @@ class GridMap(DiffusionMap):
         hi = float(grid[0])
         lo = float(grid[-1]) if grid.numel() > 1 else hi / 2.0
         super().__init__(denoiser, sigma_max=hi, sigma_min=lo, solver=solver, steps=max(2, grid.numel()),
-                         shape=shape, model_dtype=model_dtype, name=name)
+                         shape=shape, model_dtype=model_dtype, name=name, conditional=conditional)
         self.sigmas = grid
         self.start = start
         self.kind = check_kind(kind)
@@ -391,19 +466,20 @@ class GridMap(DiffusionMap):
         d.pop("steps", None)
         return d
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+    def __call__(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         z = _check_z(z, self.shape, "GridMap")
         s0 = float(self.sigmas[0])
         if self.start == "vp":
             z = z * (math.sqrt(1.0 + s0 * s0) / s0)
         if self.sigmas.numel() > 1:
-            return super().__call__(z)
+            return super().__call__(z, labels)
         from pfd._checks import eval_mode
-        from pfd.maps import _model_device
+        from pfd.maps import _check_call_labels, _model_device
 
         device = _model_device(self.denoiser) or z.device
+        labels = _check_call_labels(labels, self.conditional, z.shape[0], device, self.name)
         counter = [0]
-        denoise = self._make_denoise(device, counter)
+        denoise = self._make_denoise(device, counter, labels)
         with torch.no_grad(), eval_mode(self.denoiser):
             x = denoise(s0 * z.to(device=device, dtype=_F64), s0)
         self.last_nfe = counter[0]

@@ -112,7 +112,9 @@ class ConditionalGaussianMixture:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_classes(cls, mixtures: Sequence[GaussianMixture], class_probs: Any, labels: Sequence[int] | None = None) -> ConditionalGaussianMixture:
+    def from_classes(
+        cls, mixtures: Sequence[GaussianMixture], class_probs: Any, labels: Sequence[int] | None = None
+    ) -> ConditionalGaussianMixture:
         """Build from one :class:`pfd.GaussianMixture` per class and the class frequencies.
 
         ``labels`` names the classes (default 0..C-1). Every mixture must have the same dimension
@@ -161,7 +163,8 @@ class ConditionalGaussianMixture:
         return len(self.classes)
 
     def __repr__(self) -> str:
-        return f"ConditionalGaussianMixture(K={self.mixture.n_components}, classes={self.n_classes}, d={self.dim}, covs={self.mixture.cov_type})"
+        m = self.mixture
+        return f"ConditionalGaussianMixture(K={m.n_components}, classes={self.n_classes}, d={self.dim}, covs={m.cov_type})"
 
     def class_mixture(self, c: int) -> GaussianMixture:
         """The class-c distribution: the sub-mixture of class c's components, renormalised."""
