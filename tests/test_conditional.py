@@ -213,3 +213,27 @@ def test_text_conditional_unet_takes_encoder_hidden_states():
         d_c, d_u = plain(x, 2.0, emb), plain(x, 2.0, null.expand(3, 5, 12))
     torch.testing.assert_close(d, d_u + 2.5 * (d_c - d_u))
     assert float((d_c - d_u).abs().max()) > 1e-4
+
+
+def test_conditional_students_take_the_condition():
+    """One Gaussian per class: the exact class flow map is affine, so conditional students are exact."""
+    mu = torch.tensor([[-2.0, 0.0], [2.0, 1.0], [0.0, -3.0]], dtype=torch.float64)
+    v = torch.tensor([0.2, 0.5, 0.1], dtype=torch.float64)
+    cg = ConditionalGaussianMixture([0.3, 0.3, 0.4], mu, v, labels=[0, 1, 2])
+
+    def jump(x, t, s, c):
+        m, var = mu[c], v[c][:, None]
+        return m + (x - m) * ((var + s[:, None] ** 2) / (var + t[:, None] ** 2)).sqrt()
+
+    fm = pfd.adapters.FlowMapStudent(jump, grid=[80.0, 2.0, 0.0], shape=(2,), conditional=True)
+    z = pfd.canonical_noise(30, (2,), seed=3)
+    lab = pfd.noise.canonical_labels(30, 3, seed=3)
+    exact = mu[lab] + (80.0 * z - mu[lab]) * (v[lab][:, None] / (v[lab][:, None] + 6400.0)).sqrt()
+    torch.testing.assert_close(fm(z, lab), exact, rtol=1e-12, atol=1e-12)
+    assert fm.describe()["conditional"] is True
+    cm = pfd.adapters.ConsistencyStudent(lambda x, s, c: cg.denoiser(x, s, labels=c), 80.0, shape=(2,), conditional=True)
+    torch.testing.assert_close(cm(z, lab), cg.denoiser(80.0 * z, 80.0, labels=lab))
+    g = pfd.adapters.GeneratorStudent(lambda z, c: mu[c] + z, kind="trajectory", shape=(2,), conditional=True)
+    torch.testing.assert_close(g(z, lab), mu[lab] + z)
+    with pytest.raises(ValueError, match="is conditional"):
+        fm(z)

@@ -17,7 +17,15 @@ from typing import Any
 import torch
 
 from pfd._checks import check_finite, check_positive_float, eval_mode
-from pfd.maps import OneStepMap, _check_shape_arg, _check_z, _model_device, _model_dtype
+from pfd.maps import (
+    OneStepMap,
+    _check_call_labels,
+    _check_conditional,
+    _check_shape_arg,
+    _check_z,
+    _model_device,
+    _model_dtype,
+)
 
 __all__ = [
     "KINDS",
@@ -72,8 +80,9 @@ class GeneratorStudent(OneStepMap):
     """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], *, kind: str, shape: Sequence[int] | None = None,
-                 model_dtype: torch.dtype | None = None, name: str | None = None, warn: bool | str = True) -> None:
-        super().__init__(fn, shape=shape, model_dtype=model_dtype, name=name)
+                 model_dtype: torch.dtype | None = None, name: str | None = None, warn: bool | str = True,
+                 conditional: bool = False) -> None:
+        super().__init__(fn, shape=shape, model_dtype=model_dtype, name=name, conditional=conditional)
         self.kind = check_kind(kind)
         if warn not in (True, False, "always"):
             raise ValueError(f"warn must be True, False or 'always', got {warn!r}")
@@ -87,11 +96,11 @@ class GeneratorStudent(OneStepMap):
             d["note"] = "raw map of a distribution-matching student: measures the coupling"
         return d
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+    def __call__(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.kind == "distribution" and self.warn and (self.warn == "always" or not self._warned):
             warnings.warn(COUPLING_MESSAGE.format(name=self.name), CouplingWarning, stacklevel=2)
             self._warned = True
-        return super().__call__(z)
+        return super().__call__(z, labels)
 
 
 class ConsistencyStudent:
@@ -107,10 +116,11 @@ class ConsistencyStudent:
 
     def __init__(self, f: Callable[..., torch.Tensor], sigma_max: float = 80.0, *, kind: str = "trajectory",
                  shape: Sequence[int] | None = None, model_dtype: torch.dtype | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, conditional: bool = False) -> None:
         if not callable(f):
             raise TypeError(f"f must be callable f(x, sigma), got {type(f).__name__}")
         self.f = f
+        self.conditional = _check_conditional(conditional)
         self.sigma_max = check_positive_float(sigma_max, "sigma_max")
         self.kind = check_kind(kind)
         self.shape = _check_shape_arg(shape)
@@ -120,16 +130,21 @@ class ConsistencyStudent:
         self.nfe_per_sample = 1
 
     def describe(self) -> dict[str, Any]:
-        return {"type": "ConsistencyStudent", "name": self.name, "sigma_max": self.sigma_max, "nfe": 1,
-                "kind": self.kind, "model_dtype": str(self._model_dtype).replace("torch.", "")}
+        d = {"type": "ConsistencyStudent", "name": self.name, "sigma_max": self.sigma_max, "nfe": 1,
+             "kind": self.kind, "model_dtype": str(self._model_dtype).replace("torch.", "")}
+        if self.conditional:
+            d["conditional"] = True
+        return d
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+    def __call__(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         z = _check_z(z, self.shape, "ConsistencyStudent")
         device = _model_device(self.f) or z.device
+        labels = _check_call_labels(labels, self.conditional, z.shape[0], device, self.name)
+        extra = () if labels is None else (labels,)
         x = (self.sigma_max * z.to(device=device, dtype=_F64)).to(self._model_dtype)
         sig = torch.full((z.shape[0],), self.sigma_max, dtype=self._model_dtype, device=device)
         with torch.no_grad(), eval_mode(self.f):
-            out = self.f(x, sig)
+            out = self.f(x, sig, *extra)
         if not isinstance(out, torch.Tensor) or out.shape != z.shape:
             raise ValueError(f"ConsistencyStudent {self.name} must return a tensor of shape {tuple(z.shape)}")
         out = out.to(_F64)
@@ -180,7 +195,7 @@ class FlowMapStudent:
     def __init__(self, G: Callable[..., torch.Tensor], grid: Sequence[float] | torch.Tensor, *, signature: str = "x,t,s",
                  kind: str = "trajectory", sigma_of_time: Callable[[float], float] | None = None,
                  start_scale: float = 1.0, shape: Sequence[int] | None = None,
-                 model_dtype: torch.dtype | None = None, name: str | None = None) -> None:
+                 model_dtype: torch.dtype | None = None, name: str | None = None, conditional: bool = False) -> None:
         if not callable(G):
             raise TypeError(f"G must be a callable flow map, got {type(G).__name__}")
         if signature not in _SIGNATURES:
@@ -193,6 +208,7 @@ class FlowMapStudent:
         if float(g[0]) <= 0:
             raise ValueError("grid[0] (the noise end) must be > 0")
         self.G = G
+        self.conditional = _check_conditional(conditional)
         self.grid = g
         self.signature = signature
         self.kind = check_kind(kind)
@@ -208,26 +224,31 @@ class FlowMapStudent:
         return self.grid.numel() - 1
 
     def describe(self) -> dict[str, Any]:
-        return {"type": "FlowMapStudent", "name": self.name, "signature": self.signature, "grid": self.grid.tolist(),
-                "segments": self.nfe_per_sample, "nfe": self.nfe_per_sample, "kind": self.kind,
-                "model_dtype": str(self._model_dtype).replace("torch.", "")}
+        d = {"type": "FlowMapStudent", "name": self.name, "signature": self.signature, "grid": self.grid.tolist(),
+             "segments": self.nfe_per_sample, "nfe": self.nfe_per_sample, "kind": self.kind,
+             "model_dtype": str(self._model_dtype).replace("torch.", "")}
+        if self.conditional:
+            d["conditional"] = True
+        return d
 
-    def _jump(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def _jump(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, extra: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
         sig = self.signature
         if sig == "x,t,s":
-            return self.G(x, t, s)
+            return self.G(x, t, s, *extra)
         if sig == "x,s,t":
-            return self.G(x, s, t)
+            return self.G(x, s, t, *extra)
         if sig == "t,s,x":
-            return self.G(t, s, x)
+            return self.G(t, s, x, *extra)
         if sig == "s,t,x":
-            return self.G(s, t, x)
-        u = self.G(x, s, t)  # meanflow: u(z, r, t), r the target time
+            return self.G(s, t, x, *extra)
+        u = self.G(x, s, t, *extra)  # meanflow: u(z, r, t), r the target time
         return x - (t - s).reshape(-1, *([1] * (x.ndim - 1))) * u
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+    def __call__(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         z = _check_z(z, self.shape, "FlowMapStudent")
         device = _model_device(self.G) or z.device
+        labels = _check_call_labels(labels, self.conditional, z.shape[0], device, self.name)
+        extra = () if labels is None else (labels,)
         dt = self._model_dtype
         x = float(self.sigma_of_time(float(self.grid[0]))) * self.start_scale * z.to(device=device, dtype=_F64)
         b = z.shape[0]
@@ -235,7 +256,7 @@ class FlowMapStudent:
             for i in range(self.grid.numel() - 1):
                 t = torch.full((b,), float(self.grid[i]), dtype=dt, device=device)
                 s = torch.full((b,), float(self.grid[i + 1]), dtype=dt, device=device)
-                out = self._jump(x.to(dt), t, s)
+                out = self._jump(x.to(dt), t, s, extra)
                 if not isinstance(out, torch.Tensor) or out.shape != z.shape:
                     raise ValueError(f"FlowMapStudent {self.name}: G must return a tensor of shape {tuple(z.shape)}")
                 x = out.to(_F64)
