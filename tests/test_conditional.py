@@ -237,3 +237,17 @@ def test_conditional_students_take_the_condition():
     torch.testing.assert_close(g(z, lab), mu[lab] + z)
     with pytest.raises(ValueError, match="is conditional"):
         fm(z)
+
+
+def test_digits_conditional_teacher():
+    cg = pfd.analytic.digits_conditional_teacher()
+    y = pfd.analytic.digits_labels()
+    freq = torch.bincount(y, minlength=10).double() / y.numel()
+    torch.testing.assert_close(cg.class_probs, freq, rtol=1e-12, atol=1e-12)
+    x = pfd.analytic.digits_images()
+    # each image is far more likely under its own class than on average under the others
+    logp = torch.stack([cg.class_mixture(c).log_prob(x[:300]) for c in range(10)], 1)
+    acc = float((logp.argmax(1) == y[:300]).double().mean())
+    assert acc > 0.95
+    s = cg.sample(8, seed=0, labels=torch.arange(8))
+    assert s.shape == (8, 1, 8, 8)

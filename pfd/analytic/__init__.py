@@ -1,14 +1,22 @@
 """Analytic ground truth: Gaussian mixtures with closed-form denoisers, scores and maps."""
 
 from pfd.analytic.conditional import ConditionalGaussianMixture
-from pfd.analytic.digits import digits_images, digits_split, digits_teacher
+from pfd.analytic.digits import (
+    digits_conditional_teacher,
+    digits_images,
+    digits_labels,
+    digits_split,
+    digits_teacher,
+)
 from pfd.analytic.exact import exact_map, exact_method
 from pfd.analytic.gmm import GaussianMixture
 
 __all__ = [
     "ConditionalGaussianMixture",
     "GaussianMixture",
+    "digits_conditional_teacher",
     "digits_images",
+    "digits_labels",
     "digits_split",
     "digits_teacher",
     "exact_map",

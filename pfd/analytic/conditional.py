@@ -70,7 +70,7 @@ class ConditionalGaussianMixture:
 
     Parameters
     ----------
-    weights, means, covs:
+    weights, means, covs, event_shape:
         As for :class:`pfd.GaussianMixture` (weights are normalised over all components; the
         class frequencies are P(c) = sum of the weights of class c's components).
     labels:
@@ -91,8 +91,8 @@ class ConditionalGaussianMixture:
     True
     """
 
-    def __init__(self, weights: Any, means: Any, covs: Any, labels: Any) -> None:
-        self.mixture = GaussianMixture(weights, means, covs)
+    def __init__(self, weights: Any, means: Any, covs: Any, labels: Any, *, event_shape: Sequence[int] | None = None) -> None:
+        self.mixture = GaussianMixture(weights, means, covs, event_shape=event_shape)
         k = self.mixture.n_components
         lab = torch.as_tensor(np.asarray(labels))
         if lab.dtype.is_floating_point or lab.dtype == torch.bool or lab.ndim != 1 or lab.shape[0] != k:
@@ -137,9 +137,7 @@ class ConditionalGaussianMixture:
         mu = torch.cat([m.means for m in mixtures])
         cov = torch.cat([m.covs for m in mixtures])
         lab = torch.cat([torch.full((m.n_components,), c, dtype=torch.long) for c, m in zip(names, mixtures, strict=True)])
-        out = cls(w, mu, cov, lab)
-        out.event_shape = tuple(getattr(mixtures[0], "event_shape", (mixtures[0].dim,)))
-        return out
+        return cls(w, mu, cov, lab, event_shape=mixtures[0].event_shape)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -149,14 +147,7 @@ class ConditionalGaussianMixture:
     @property
     def event_shape(self) -> tuple[int, ...]:
         """Shape of one sample."""
-        return getattr(self, "_event_shape", None) or tuple(getattr(self.mixture, "event_shape", (self.dim,)))
-
-    @event_shape.setter
-    def event_shape(self, shape: Sequence[int]) -> None:
-        shape = tuple(int(s) for s in shape)
-        if int(np.prod(shape)) != self.dim:
-            raise ValueError(f"event_shape {shape} does not hold {self.dim} values")
-        self._event_shape = shape
+        return self.mixture.event_shape
 
     @property
     def n_classes(self) -> int:
@@ -229,7 +220,8 @@ class ConditionalGaussianMixture:
         out = torch.empty(n, self.dim, dtype=torch.float64)
         for c in torch.unique(lab).tolist():
             idx = torch.nonzero(lab == c).flatten()
-            out[idx] = self.class_mixture(c).sample(idx.numel(), seed=derive_seed(seed, _STREAM_CLASS_SAMPLE, c))
+            draw = self.class_mixture(c).sample(idx.numel(), seed=derive_seed(seed, _STREAM_CLASS_SAMPLE, c))
+            out[idx] = draw.reshape(idx.numel(), self.dim)
         return out.reshape(n, *self.event_shape)
 
     def flow_map(self, *, labels: int | None = None, guidance: float = 0.0, **solver_options: Any):

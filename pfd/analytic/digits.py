@@ -17,7 +17,7 @@ from pfd._checks import check_positive_int
 from pfd.analytic.gmm import GaussianMixture
 from pfd.noise import derive_seed
 
-__all__ = ["digits_images", "digits_split", "digits_teacher"]
+__all__ = ["digits_conditional_teacher", "digits_images", "digits_labels", "digits_split", "digits_teacher"]
 
 DIGITS_SHAPE = (1, 8, 8)
 
@@ -84,3 +84,55 @@ def digits_teacher(n_components: int = 10, seed: int = 0, *, reg: float = 1e-3, 
     if not (isinstance(holdout, (int, float)) and not isinstance(holdout, bool) and 0.0 <= holdout < 1.0):
         raise ValueError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
     return _teacher(k, int(seed), float(reg), float(holdout))
+
+
+@functools.lru_cache(maxsize=1)
+def _labels() -> torch.Tensor:
+    from sklearn.datasets import load_digits
+
+    return torch.as_tensor(load_digits().target, dtype=torch.long)
+
+
+def digits_labels() -> torch.Tensor:
+    """The class (0..9) of each of the 1,797 digits, aligned with :func:`digits_images`.
+
+    >>> digits_labels()[:5].tolist()
+    [0, 1, 2, 3, 4]
+    """
+    return _labels().clone()
+
+
+@functools.lru_cache(maxsize=8)
+def _conditional_teacher(n_components: int, seed: int, reg: float):
+    from pfd.analytic.conditional import ConditionalGaussianMixture
+
+    x, y = _digits(), _labels()
+    mixtures, freqs = [], []
+    for c in range(10):
+        xc = x[y == c]
+        mixtures.append(GaussianMixture.fit(xc, n_components, covariance="full", reg=reg, seed=derive_seed(seed, c) % (2**31)))
+        freqs.append(xc.shape[0] / x.shape[0])
+    return ConditionalGaussianMixture.from_classes(mixtures, freqs)
+
+
+def digits_conditional_teacher(n_components: int = 1, seed: int = 0, *, reg: float = 1e-3):
+    """Class-conditional digits teacher: each digit class 0..9 its own full-covariance mixture
+    (``n_components`` per class) fitted to that class's images, with the digit frequencies of the
+    data set as class weights. Event shape (1, 8, 8); a
+    :class:`pfd.analytic.ConditionalGaussianMixture` with exact conditional, unconditional and
+    guided denoisers.
+
+    One component per class is the default because it generalizes best: held-out mean
+    log-likelihood log p(x | c) on a 20% split is 30.9 per image for one full-covariance Gaussian
+    per class (reg 1e-3), 11.6 for two and -34 for three (they overfit the ~145 training images
+    of a class), against 29.4 for log p(x) of the unconditional 10-component teacher.
+
+    >>> import pfd
+    >>> cg = pfd.analytic.digits_conditional_teacher()
+    >>> cg.event_shape, cg.classes == list(range(10)), round(float(cg.class_probs.sum()), 6)
+    ((1, 8, 8), True, 1.0)
+    """
+    k = check_positive_int(n_components, "n_components")
+    if not (isinstance(reg, (int, float)) and not isinstance(reg, bool) and reg >= 0):
+        raise ValueError(f"reg must be a number >= 0, got {reg!r}")
+    return _conditional_teacher(k, int(seed), float(reg))
