@@ -141,7 +141,7 @@ def plot(cost: list[dict], example: dict, path: Path) -> None:
     a.legend(fontsize=8)
     curve = example["curve"]
     b.plot([c["step"] for c in curve], [c["pfd"] for c in curve], "o-", ms=3)
-    b.fill_between([c["step"] for c in curve], [c["ci"][0] for c in curve], [c["ci"][1] for c in curve], alpha=0.3)
+    b.fill_between([c["step"] for c in curve], [c["ci95"][0] for c in curve], [c["ci95"][1] for c in curve], alpha=0.3)
     b.set_yscale("log")
     b.set_xlabel("training step")
     b.set_ylabel("PFD")

@@ -366,7 +366,7 @@ def _run_score(args: argparse.Namespace) -> int:
     import pfd
     from pfd.maps import map_shape
     from pfd.report import check_writable, format_table, to_jsonable, write_json
-    from pfd.solvers import resolve_solver
+    from pfd.solvers import get_solver
     from pfd.spec import LabelledMap, load_map, parse_assignments, resolve_device
 
     if args.n < 2:
@@ -378,7 +378,7 @@ def _run_score(args: argparse.Namespace) -> int:
     if args.steps < 2:
         raise ValueError(f"--steps must be >= 2, got {args.steps}")
     try:
-        resolve_solver(args.solver)
+        get_solver(args.solver)
     except ValueError as exc:
         raise ValueError(f"--solver: {exc}") from None
     resolve_device(args.device, name="--device")

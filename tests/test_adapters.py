@@ -255,7 +255,7 @@ def test_flow_map_student_composition_equals_direct_map(signature, grid):
 def test_flow_map_student_on_mixture_reproduces_teacher(two_modes):
     """Segments computed by a fine RK4 integration of the mixture's ODE; K = 3 composed."""
     from pfd.schedules import loglinear_sigmas
-    from pfd.solvers import integrate_fixed
+    from pfd.solvers import SOLVERS
 
     def denoise(x, s):
         return two_modes.denoiser(x, s)
@@ -263,7 +263,7 @@ def test_flow_map_student_on_mixture_reproduces_teacher(two_modes):
     def jump(x, t, s):
         t0, s0 = float(t[0]), float(s[0])
         lo = max(s0, 0.002)
-        y = integrate_fixed(denoise, x.double(), loglinear_sigmas(200, lo, t0), "rk4")
+        y = SOLVERS["rk4"].integrate(denoise, x.double(), loglinear_sigmas(200, lo, t0))
         return denoise(y, lo) if s0 == 0.0 else y
 
     fm = FlowMapStudent(jump, [80.0, 3.0, 0.3, 0.0], shape=(2,))

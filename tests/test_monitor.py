@@ -52,7 +52,7 @@ def test_monitor_value_equals_direct_distance_and_reference_runs_once(two_modes)
     r1 = mon.evaluate(other.flow_map(steps=8), 1)
     assert den.calls == calls_after_first  # later evaluations never touch the reference
     assert r0["pfd"] == r1["pfd"] == direct.value  # bit-identical to the plain estimator
-    assert r0["stderr"] == direct.stderr and r0["ci"] == list(direct.ci95)
+    assert r0["stderr"] == direct.stderr and r0["ci95"] == list(direct.ci95)
     assert r0["nfe"] == 15.0 and r0["reference_nfe"] == 15.0
     assert r0["reference_seconds"] > 0 and r1["reference_seconds"] == 0
 

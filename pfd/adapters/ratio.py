@@ -16,40 +16,22 @@ local ``enable_grad`` (and outside inference mode), so evaluation works inside `
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from pfd._checks import as_sigma, check_positive_float, check_positive_int
+from pfd._train import as_pool, log_uniform, torch_threads
 from pfd.maps import DiffusionMap
 from pfd.noise import derive_seed
 from pfd.report import progress_range
 from pfd.schedules import check_sigma_range
 
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op thread count (``None``: leave it). Small MLP training on
-    a busy CPU is fastest, by far, single-threaded."""
-    if n is None:
-        yield
-        return
-    check_positive_int(n, "num_threads")
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-__all__ = ["RatioCorrectedMap", "RatioFit", "RatioNet", "fit_ratio", "grad_log_ratio", "ratio_heldout_loss", "ratio_loss",
-           "torch_threads"]
+__all__ = ["RatioCorrectedMap", "RatioFit", "RatioNet", "fit_ratio", "grad_log_ratio", "ratio_heldout_loss", "ratio_loss"]
 
 _F64 = torch.float64
 CHANCE_LOSS = 2.0 * math.log(2.0)
@@ -107,27 +89,6 @@ def ratio_loss(r: Callable[..., torch.Tensor], x_student: torch.Tensor, s_studen
     return f(-r(x_student, s_student)).mean() + f(r(x_ref, s_ref)).mean()
 
 
-def _log_uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
-    return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(n, generator=g, dtype=_F64))
-
-
-def _as_pool(sampler: Any, n: int, seed: int, name: str) -> torch.Tensor:
-    if isinstance(sampler, torch.Tensor):
-        pool = sampler.detach()
-    elif callable(sampler):
-        with torch.no_grad():
-            pool = sampler(n, seed)
-        if not isinstance(pool, torch.Tensor):
-            raise TypeError(f"{name}(n, seed) must return a torch.Tensor, got {type(pool).__name__}")
-    else:
-        raise TypeError(f"{name} must be a tensor of samples (N, d) or a callable sampler(n, seed) -> (n, d)")
-    if pool.ndim != 2 or pool.shape[0] < 2:
-        raise ValueError(f"{name} must give samples of shape (N, d) with N >= 2, got {tuple(pool.shape)}")
-    if not bool(torch.isfinite(pool).all()):
-        raise ValueError(f"{name} gave non-finite samples")
-    return pool.to("cpu", _F64)
-
-
 @dataclass
 class RatioFit:
     """A fitted log-ratio network and how well it separates the classes on held-out data."""
@@ -151,7 +112,7 @@ class RatioFit:
 def _heldout(net: RatioNet, xq: torch.Tensor, xp: torch.Tensor, lo: float, hi: float, seed: int,
              bands: int = 4) -> tuple[float, list[dict[str, float]]]:
     g = torch.Generator().manual_seed(derive_seed(seed, 0x4E1D))
-    sq, sp = _log_uniform(xq.shape[0], lo, hi, g), _log_uniform(xp.shape[0], lo, hi, g)
+    sq, sp = log_uniform(xq.shape[0], lo, hi, g), log_uniform(xp.shape[0], lo, hi, g)
     nq = xq + sq[:, None] * torch.randn(xq.shape, generator=g, dtype=_F64)
     np_ = xp + sp[:, None] * torch.randn(xp.shape, generator=g, dtype=_F64)
     f = torch.nn.functional.softplus
@@ -217,8 +178,8 @@ def fit_ratio(
     lr = check_positive_float(lr, "lr")
     if not isinstance(holdout, float) or not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout must be a float in (0, 1), got {holdout!r}")
-    xq = _as_pool(sampler, n_samples, derive_seed(seed, 1), "sampler")
-    xp = _as_pool(reference_sampler, n_samples, derive_seed(seed, 2), "reference_sampler")
+    xq = as_pool(sampler, n_samples, derive_seed(seed, 1), "sampler")
+    xp = as_pool(reference_sampler, n_samples, derive_seed(seed, 2), "reference_sampler")
     if xq.shape[1:] != xp.shape[1:]:
         raise ValueError(
             f"sampler and reference_sampler give different sample shapes: {tuple(xq.shape[1:])} vs {tuple(xp.shape[1:])}"
@@ -251,7 +212,7 @@ def _train_ratio(net: RatioNet, opt: torch.optim.Optimizer, sched: Any, tq: torc
     for _ in progress_range(steps, "fit_ratio", progress):
         iq = torch.randint(0, tq.shape[0], (batch_size,), generator=g)
         ip = torch.randint(0, tp.shape[0], (batch_size,), generator=g)
-        sq, sp = _log_uniform(batch_size, lo, hi, g), _log_uniform(batch_size, lo, hi, g)
+        sq, sp = log_uniform(batch_size, lo, hi, g), log_uniform(batch_size, lo, hi, g)
         nq = tq[iq] + sq[:, None] * torch.randn((batch_size, tq.shape[1]), generator=g, dtype=_F64)
         np_ = tp[ip] + sp[:, None] * torch.randn((batch_size, tp.shape[1]), generator=g, dtype=_F64)
         loss = ratio_loss(net, nq.to(dt), sq.to(dt), np_.to(dt), sp.to(dt))
@@ -274,8 +235,8 @@ def ratio_heldout_loss(log_ratio: RatioNet, student_samples: torch.Tensor, refer
     """Balanced logistic loss of a ratio network on (held-out) samples, sigma log-uniform in the range,
     noise fixed by ``seed``; also per quarter of the log-sigma range. Chance level: 2 log 2."""
     lo, hi = check_sigma_range(sigma_min, sigma_max)
-    xq = _as_pool(student_samples, 0, 0, "student_samples")
-    xp = _as_pool(reference_samples, 0, 0, "reference_samples")
+    xq = as_pool(student_samples, 0, 0, "student_samples")
+    xp = as_pool(reference_samples, 0, 0, "reference_samples")
     return _heldout(log_ratio, xq, xp, lo, hi, seed)
 
 

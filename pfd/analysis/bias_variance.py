@@ -6,7 +6,7 @@ m(z) = (1/K) sum_k Psi(Phi_k(z)):
     E_bias^2 = E_z ||Psi Phi_data(z) - m(z)||^2,   E_var = (1/K) sum_k E_z ||Psi Phi_k(z) - m(z)||^2,
     (1/K) sum_k E_gen,k^2 = E_bias^2 + E_var     (exactly: the cross term sums to zero over k).
 
-Everything is evaluated on one canonical noise bank; sums are exact (:class:`pfd.distance.ExactSum`).
+Everything is evaluated on one canonical noise bank; sums are exact (the reduction core's exact sums, as in :func:`pfd.distance`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from pfd._checks import check_positive_int
-from pfd.distance import ExactSum, summarize
+from pfd._reduce import ExactSum, SquaredDistances
 from pfd.maps import map_shape
 from pfd.noise import NoiseSource
 
@@ -91,8 +91,7 @@ def bias_variance(
     src = NoiseSource(seed, shp)
     k = len(students)
     bias, var = ExactSum(), ExactSum()
-    g2 = [ExactSum() for _ in range(k)]
-    g4 = [ExactSum() for _ in range(k)]
+    gen = [SquaredDistances() for _ in range(k)]
     for start in range(0, n, batch_size):
         z = src.get(start, min(n, start + batch_size))
         b = z.shape[0]
@@ -102,11 +101,9 @@ def bias_variance(
         bias.add_many((t - mean).pow(2).sum(1))
         var.add_many((outs - mean).pow(2).sum(2).reshape(-1))
         for j in range(k):
-            d2 = (outs[j] - t).pow(2).sum(1)
-            g2[j].add_many(d2)
-            g4[j].add_many(d2 * d2)
-    stats = [summarize(g2[j].value, g4[j].value, n) for j in range(k)]
-    mean_gen2 = ExactSum([g.value for g in g2]).value / (k * n)
+            gen[j].add(outs[j], t)
+    stats = [g.summary(n) for g in gen]
+    mean_gen2 = ExactSum([g.s2.value for g in gen]).value / (k * n)
     return BiasVariance(bias.value / n, var.value / (k * n), mean_gen2, [s[0] for s in stats], [s[2] for s in stats], n, k,
                         {"seed": seed})
 

@@ -146,9 +146,9 @@ def training_dynamics(
         rows.append({"epoch": trainer.epoch, "step": trainer.step, **err.to_dict(), "epoch_loss": epoch_loss,
                      "train_loss": trainer.fixed_loss(data, seed=seed), "heldout_loss": trainer.fixed_loss(heldout, seed=seed)})
         if ckpt is not None:
-            from pfd.analysis.students import _atomic_torch_save
+            from pfd._train import atomic_torch_save
 
-            _atomic_torch_save({"trainer": trainer.state_dict(), "rows": rows}, ckpt)
+            atomic_torch_save({"trainer": trainer.state_dict(), "rows": rows}, ckpt)
 
     if not rows:
         evaluate(tr, None)  # epoch 0: the untrained network

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from pfd._checks import check_positive_float, check_positive_int
+from pfd._train import atomic_torch_save
 from pfd.noise import derive_seed
 
 __all__ = ["DSMTrainer", "DenoiserMLP", "dsm_loss"]
@@ -94,17 +94,6 @@ def dsm_loss(model: DenoiserMLP, y: torch.Tensor, sigma: torch.Tensor, eps: torc
     weight = (s * s + sd2) / (s * model.sigma_data) ** 2
     out = model(y + s * eps, sigma)
     return (weight * (out - y).pow(2)).sum(1).mean() / y.shape[1]
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class DSMTrainer:
@@ -256,7 +245,7 @@ class DSMTrainer:
         path = Path(path)
         if not path.parent.is_dir():
             raise ValueError(f"path: folder {str(path.parent)!r} does not exist")
-        _atomic_torch_save(self.state_dict(), path)
+        atomic_torch_save(self.state_dict(), path)
         return path
 
     def load(self, path: str | os.PathLike[str]) -> None:

@@ -31,7 +31,8 @@ from typing import Any
 import torch
 
 from pfd._checks import check_positive_float, check_positive_int
-from pfd.adapters.ratio import RatioFit, RatioNet, _as_pool, _log_uniform, fit_ratio, grad_log_ratio, ratio_loss, torch_threads
+from pfd._train import as_pool, log_uniform, torch_threads
+from pfd.adapters.ratio import RatioFit, RatioNet, fit_ratio, grad_log_ratio, ratio_loss
 from pfd.noise import canonical_noise, derive_seed
 from pfd.report import progress_range
 from pfd.schedules import check_sigma_range
@@ -170,7 +171,7 @@ def train_diffratio(
     lr = check_positive_float(lr, "lr")
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    data = _as_pool(reference, n_samples, derive_seed(seed, 11), "reference").float()
+    data = as_pool(reference, n_samples, derive_seed(seed, 11), "reference").float()
     dim = data.shape[1]
     sigma_data = float(data.std(0).mean())
     gen = make_generator(dim, hidden, depth, seed=derive_seed(seed, 12))
@@ -183,7 +184,7 @@ def train_diffratio(
     b = batch_size
 
     def noise_levels(n: int) -> torch.Tensor:
-        return _log_uniform(n, lo, hi, g).float()
+        return log_uniform(n, lo, hi, g).float()
 
     with torch_threads(num_threads):
         r_ema = g_ema = None
@@ -251,7 +252,7 @@ def fit_score_net(samples: Any, *, sigma_min: float = 0.02, sigma_max: float = 5
     check_positive_int(steps, "steps")
     check_positive_int(batch_size, "batch_size")
     lr = check_positive_float(lr, "lr")
-    data = _as_pool(samples, n_samples, derive_seed(seed, 21), "samples").float()
+    data = as_pool(samples, n_samples, derive_seed(seed, 21), "samples").float()
     dim = data.shape[1]
     sd = float(data.std(0).mean())
     net = ScoreNet(dim, hidden, depth, sigma_data=sd, seed=derive_seed(seed, 22))
@@ -260,7 +261,7 @@ def fit_score_net(samples: Any, *, sigma_min: float = 0.02, sigma_max: float = 5
     with torch_threads(num_threads):
         for _ in progress_range(steps, "fit_score_net", progress):
             x0 = data[torch.randint(0, data.shape[0], (batch_size,), generator=g)]
-            s = _log_uniform(batch_size, lo, hi, g).float()
+            s = log_uniform(batch_size, lo, hi, g).float()
             x = x0 + s[:, None] * torch.randn((batch_size, dim), generator=g)
             lam = (s * s + sd * sd) / (s * sd) ** 2
             loss = (lam[:, None] * (net.denoiser(x, s) - x0) ** 2).sum(1).mean()
