@@ -164,7 +164,7 @@ def main() -> None:
                                 "final_loss": hist["loss"][-1] if hist["loss"] else None})
         print(f"w={w:g}: student PFD {r.value:.4f} ± {r.stderr:.2g}; per class "
               + " ".join(f"{c}:{v['value']:.3f}" for c, v in r.by_label.items()))
-    student, teacher, r0, m0 = students[0.0]
+    student, teacher = students[0.0][:2]
     for name, m in [("trained (w=0)", student), ("collapse", broken(student, cg, "collapse")),
                     ("mirror", broken(student, cg, "mirror"))]:
         r = pfd.distance(m, teacher, n=cfg["n_eval"], seed=cfg["eval_seed"], labels=probs, by_label=True)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from pfd._checks import NonFiniteError, check_positive_int, check_shape
+from pfd._labels import Conditions, call_map, resolve_labels
 from pfd._reduce import ExactSum, SquaredDistances, gather_or_raise, resolve_group, shard_range, summarize
 from pfd._version import __version__
 from pfd.maps import describe_map, map_shape
@@ -63,10 +64,11 @@ class PFDResult:
     seconds: float
     mean_sq: float
     provenance: dict[str, Any] = field(default_factory=dict)
+    by_label: dict[int, dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of every field."""
-        return {
+        d = {
             "value": self.value,
             "stderr": self.stderr,
             "ci95": list(self.ci95),
@@ -76,6 +78,9 @@ class PFDResult:
             "mean_sq": self.mean_sq,
             "provenance": self.provenance,
         }
+        if self.by_label is not None:
+            d["by_label"] = {str(k): dict(v, ci95=list(v["ci95"])) for k, v in self.by_label.items()}
+        return d
 
     def __str__(self) -> str:
         lo, hi = self.ci95
@@ -95,9 +100,10 @@ def _resolve_shape(a: Any, b: Any, shape: Sequence[int] | None) -> tuple[int, ..
     return inferred
 
 
-def _run_map(m: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, label: str, start: int) -> torch.Tensor:
+def _run_map(m: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, label: str, start: int,
+             lab: torch.Tensor | None = None) -> torch.Tensor:
     try:
-        out = m(z)
+        out = call_map(m, z, lab)
     except NonFiniteError as exc:
         raise exc.shifted(start) from None
     if not isinstance(out, torch.Tensor):
@@ -123,6 +129,8 @@ def distance(
     descriptor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: bool = True,
     group: Any = None,
+    labels: Any = None,
+    by_label: bool = False,
 ) -> PFDResult:
     """Probability flow distance between two noise-to-data maps on shared noise.
 
@@ -153,6 +161,16 @@ def distance(
         bit-identical to the single-process value for any world size. Every rank of the group
         must call ``distance`` with the same arguments. A ``ProcessGroup`` selects the group;
         ``False`` forces a local, single-process evaluation. NFE and counts are summed over ranks.
+    labels:
+        Conditions for conditional maps (``m(z, labels)``), one per noise index and shared by
+        both maps: an int K (classes 0..K-1, uniform) or a sequence of class probabilities —
+        canonical, label i depends only on (seed, i) — or an explicit integer tensor of class
+        ids (n,), or a float tensor of embeddings (n, ...). An unconditional map of the pair is
+        called as ``m(z)``. Required when a map is conditional.
+    by_label:
+        Also break the result down by class (class-id labels only): ``result.by_label[c]`` holds
+        value, stderr, ci95, n and mean_sq of the samples with label c. The overall value is
+        the same number with or without the breakdown, and sum_c n_c mean_sq_c = n mean_sq.
 
     Example
     -------
@@ -201,6 +219,13 @@ def distance(
             raise ValueError("shape= is required: neither map declares the shape of a sample")
         source = NoiseSource(seed, sample_shape)
     check_positive_int(n, "n", minimum=2)
+    conds = resolve_labels(labels, seed, (a, b))
+    if conds is not None and conds.n is not None and conds.n != n:
+        raise ValueError(f"labels has {conds.n} rows but n = {n}: give one label per noise row")
+    if not isinstance(by_label, bool):
+        raise TypeError(f"by_label must be a bool, got {type(by_label).__name__}")
+    if by_label and (conds is None or not conds.class_ids):
+        raise ValueError("by_label=True needs class-id labels (an int, class probabilities or an integer tensor)")
     if auto_batch:
         from pfd.batching import auto_batch_size
 
@@ -210,11 +235,12 @@ def distance(
     lo, hi = (0, n) if dist_info is None else shard_range(n, dist_info[1], dist_info[2])
     show = progress and (dist_info is None or dist_info[1] == 0)
     sums, nfe_tot = SquaredDistances(), [0.0, 0.0]
+    groups: dict[int, tuple[SquaredDistances, int]] = {}
     t0 = time.perf_counter()
     error: BaseException | None = None
     try:
         rows = source.get if source is not None else (lambda start, stop: noise[start:stop])
-        sums, nfe_tot = _accumulate((a, b), rows, lo, hi, batch_size, descriptor, show)
+        sums, nfe_tot, groups = _accumulate((a, b), rows, lo, hi, batch_size, descriptor, show, conds, by_label)
     except Exception as exc:
         if dist_info is None:
             raise
@@ -223,15 +249,20 @@ def distance(
     if dist_info is not None:
         grp, _, world = dist_info
         key = (n, seed if source is not None else None, sample_shape)
-        parts = gather_or_raise((key, sums.s2.partials, sums.s4.partials, nfe_tot), error, grp, world)
+        mine_groups = {c: (g.s2.partials, g.s4.partials, k) for c, (g, k) in groups.items()}
+        parts = gather_or_raise((key, sums.s2.partials, sums.s4.partials, nfe_tot, mine_groups), error, grp, world)
         if any(p[0] != key for p in parts):
             got = sorted({f"n={p[0][0]}, seed={p[0][1]}, shape={p[0][2]}" for p in parts})
             raise ValueError(f"every rank must call distance with the same n, seed and shape; got {got}")
-        sums, nfe_tot = SquaredDistances(), [0.0, 0.0]
-        for _, p2, p4, p_nfe in parts:
+        sums, nfe_tot, groups = SquaredDistances(), [0.0, 0.0], {}
+        for _, p2, p4, p_nfe, p_groups in parts:
             sums.merge(SquaredDistances(p2, p4))
             for j in (0, 1):
                 nfe_tot[j] = None if nfe_tot[j] is None or p_nfe[j] is None else nfe_tot[j] + p_nfe[j]
+            for c, (g2, g4, k) in p_groups.items():
+                acc, k0 = groups.get(c, (SquaredDistances(), 0))
+                acc.merge(SquaredDistances(g2, g4))
+                groups[c] = (acc, k0 + k)
     seconds = time.perf_counter() - t0
     value, stderr, ci95, mean_sq = sums.summary(n)
     nfe = tuple(None if t is None else t / n for t in nfe_tot)
@@ -250,7 +281,16 @@ def distance(
         "world_size": world,
         "versions": versions(),
     }
-    return PFDResult(value, stderr, ci95, n, nfe, seconds, mean_sq, provenance)  # type: ignore[arg-type]
+    if conds is not None:
+        provenance["labels"] = conds.provenance
+    breakdown = None
+    if by_label:
+        breakdown = {}
+        for c in sorted(groups):
+            acc, k = groups[c]
+            v, se, ci, ms = acc.summary(k)
+            breakdown[c] = {"value": v, "stderr": se, "ci95": ci, "n": k, "mean_sq": ms}
+    return PFDResult(value, stderr, ci95, n, nfe, seconds, mean_sq, provenance, breakdown)  # type: ignore[arg-type]
 
 
 def _accumulate(
@@ -261,20 +301,25 @@ def _accumulate(
     batch_size: int,
     descriptor: Callable[[torch.Tensor], torch.Tensor] | None,
     show: bool,
-) -> tuple[SquaredDistances, list[float | None]]:
+    conds: Conditions | None = None,
+    by_label: bool = False,
+) -> tuple[SquaredDistances, list[float | None], dict[int, tuple[SquaredDistances, int]]]:
     """The exact sums of d^2, d^4 over noise rows [lo, hi) (``rows(start, stop)`` gives the noise)
-    and the NFE totals of both maps (None for a map that does not count them)."""
+    and the NFE totals of both maps (None for a map that does not count them); with ``by_label``
+    also the sums and counts per class."""
     from tqdm.auto import tqdm
 
     sums = SquaredDistances()
+    groups: dict[int, tuple[SquaredDistances, int]] = {}
     nfe_tot: list[float | None] = [0.0, 0.0]
     with tqdm(total=hi - lo, unit="sample", desc="pfd", disable=not show, file=sys.stderr, leave=False) as bar:
         for start in range(lo, hi, batch_size):
             stop = min(hi, start + batch_size)
             z = rows(start, stop)
+            lab = None if conds is None else conds.rows(start, stop)
             outs = []
             for j, (m, label) in enumerate(zip(maps, ("a", "b"), strict=True)):
-                x = _run_map(m, z, label, start)
+                x = _run_map(m, z, label, start, lab)
                 if x.shape != z.shape:
                     raise ValueError(f"map {label} returned shape {tuple(x.shape)} for noise of shape {tuple(z.shape)}")
                 nfe = getattr(m, "last_nfe", None)
@@ -289,6 +334,12 @@ def _accumulate(
                 if not isinstance(xa, torch.Tensor) or xa.shape != xb.shape or xa.shape[0] != stop - start:
                     raise ValueError("descriptor must return tensors of equal shape (B, ...) for both maps")
                 xa, xb = xa.to(torch.float64), xb.to(torch.float64)
-            sums.add(xa, xb)
+            d2 = sums.add(xa, xb)
+            if by_label and lab is not None:
+                for c in torch.unique(lab).tolist():
+                    hit = lab == c
+                    acc, k = groups.get(c, (SquaredDistances(), 0))
+                    acc.add_d2(d2[hit])
+                    groups[c] = (acc, k + int(hit.sum()))
             bar.update(stop - start)
-    return sums, nfe_tot
+    return sums, nfe_tot, groups

@@ -251,3 +251,58 @@ def test_digits_conditional_teacher():
     assert acc > 0.95
     s = cg.sample(8, seed=0, labels=torch.arange(8))
     assert s.shape == (8, 1, 8, 8)
+
+
+# ---------------------------------------------------------------- conditions through pfd.distance
+def test_distance_with_labels_per_class_breakdown_and_identities():
+    cg = _cgmm("iso")
+    teacher = cg.flow_map(guidance=0.0, steps=12)
+    shifted = ConditionalGaussianMixture(cg.mixture.weights, cg.mixture.means + 0.3, cg.mixture.covs, cg.component_labels)
+    student = shifted.flow_map(guidance=0.0, steps=12)
+    probs = cg.class_probs
+    r = pfd.distance(teacher, student, n=600, seed=2, labels=probs, progress=False)
+    rb = pfd.distance(teacher, student, n=600, seed=2, labels=probs, by_label=True, batch_size=128, progress=False)
+    assert r.value == rb.value and r.by_label is None  # the breakdown does not change the overall value
+    assert sum(v["n"] for v in rb.by_label.values()) == 600
+    # per-class PFD^2 averaged with the class counts is the overall PFD^2
+    pooled = sum(v["n"] * v["mean_sq"] for v in rb.by_label.values()) / 600
+    assert pooled == pytest.approx(rb.mean_sq, rel=1e-12)
+    # the same with explicit labels and noise, computed by hand per class
+    z = pfd.canonical_noise(600, (3,), seed=2)
+    lab = pfd.noise.canonical_labels(600, probs, seed=2)
+    re = pfd.distance(teacher, student, noise=z, labels=lab, by_label=True, progress=False)
+    assert re.value == rb.value
+    for c in cg.classes:
+        idx = lab == c
+        d2 = (cg.class_mixture(c).flow_map(steps=12)(z[idx]) - shifted.class_mixture(c).flow_map(steps=12)(z[idx]))
+        assert re.by_label[c]["value"] == pytest.approx(float(d2.pow(2).sum(1).mean().sqrt()), rel=1e-10)
+    assert rb.to_dict()["by_label"]["0"]["n"] == rb.by_label[0]["n"]
+    assert rb.provenance["labels"]["kind"] == "canonical"
+
+
+def test_distance_label_errors_and_unconditional_partner():
+    cg = _cgmm("iso")
+    cond = cg.flow_map(steps=8)
+    with pytest.raises(ValueError, match="map a is conditional"):
+        pfd.distance(cond, cond, n=8, progress=False)
+    unc = cg.class_mixture(1).flow_map(steps=8)
+    with pytest.raises(ValueError, match="neither map is conditional"):
+        pfd.distance(unc, unc, n=8, labels=3, progress=False)
+    with pytest.raises(ValueError, match="one label per noise row"):
+        pfd.distance(cond, unc, n=8, labels=torch.zeros(5, dtype=torch.long), progress=False)
+    with pytest.raises(ValueError, match="sum to 1"):
+        pfd.distance(cond, unc, n=8, labels=[0.5, 0.6], progress=False)
+    # a class-1 conditional map against the class-1 sub-mixture's plain map: zero distance
+    r = pfd.distance(cond, unc, n=64, labels=torch.ones(64, dtype=torch.long), progress=False)
+    assert r.value == 0.0
+    emb = torch.randn(8, 4)
+    with pytest.raises(ValueError, match="by_label=True needs class-id labels"):
+        pfd.distance(cond, unc, n=8, labels=emb, by_label=True, progress=False)
+
+
+def test_labels_do_not_change_the_noise_and_are_batch_invariant():
+    cg = _cgmm("iso")
+    m = cg.flow_map(steps=6)
+    r1 = pfd.distance(m, cg.flow_map(guidance=1.0, steps=6), n=300, labels=3, batch_size=300, progress=False)
+    r2 = pfd.distance(m, cg.flow_map(guidance=1.0, steps=6), n=300, labels=3, batch_size=64, progress=False)
+    assert r1.value == r2.value
