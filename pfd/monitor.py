@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from pfd._checks import check_positive_int, eval_mode, find_modules
+from pfd._labels import call_map, resolve_labels
 from pfd._maps import as_student_map, models_behind
 from pfd._reduce import gather_or_raise, is_rank_zero, resolve_group, shard_range
 from pfd._train import atomic_torch_save
@@ -126,6 +127,7 @@ class NoiseBank:
         batch_size: int = 1024,
         cache_dir: str | os.PathLike[str] | None = None,
         reference_key: str | None = None,
+        labels: Any = None,
     ) -> None:
         if not callable(reference):
             raise TypeError(f"reference must be a callable noise-to-data map, got {type(reference).__name__}")
@@ -144,6 +146,13 @@ class NoiseBank:
             raise ValueError("shape= is required: the reference map does not declare the shape of a sample")
         self.shape: tuple[int, ...] = NoiseSource(seed, shape).shape
         self.noise = NoiseSource(seed, self.shape).get(0, self.n)
+        conds = resolve_labels(labels, seed, (reference,), ("reference",))
+        if conds is not None and not conds.class_ids and conds.n is None:  # pragma: no cover - canonical are ids
+            raise ValueError("labels: canonical labels must be class ids")
+        if conds is not None and conds.n is not None and conds.n != self.n:
+            raise ValueError(f"labels has {conds.n} rows but the bank has n = {self.n}: give one label per row")
+        self.labels: torch.Tensor | None = None if conds is None else conds.rows(0, self.n)
+        self._labels_provenance = None if conds is None else conds.provenance
         self._out = torch.empty((self.n, *self.shape), dtype=torch.float64)
         self._have = torch.zeros(self.n, dtype=torch.bool)
         self._nfe: float | None = 0.0
@@ -169,6 +178,7 @@ class NoiseBank:
             "seed": self.seed,
             "shape": list(self.shape),
             "noise": {"block": BLOCK, "generator": "torch.randn/SeedSequence"},
+            "labels": None if self.labels is None else hashlib.sha256(self.labels.contiguous().numpy().tobytes()).hexdigest(),
             "versions": {"pfd": v["pfd"], "torch": v["torch"]},
         }
         return json.dumps(to_jsonable(material), sort_keys=True)
@@ -228,7 +238,8 @@ class NoiseBank:
         with torch.inference_mode(False), torch.no_grad():
             for start in range(lo, hi, self.batch_size):
                 stop = min(hi, start + self.batch_size)
-                x = self.reference(self.noise[start:stop])
+                lab = None if self.labels is None else self.labels[start:stop]
+                x = call_map(self.reference, self.noise[start:stop], lab)
                 if not isinstance(x, torch.Tensor) or x.shape != (stop - start, *self.shape):
                     got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
                     raise ValueError(f"reference map returned {got} for noise of shape {(stop - start, *self.shape)}")
@@ -309,15 +320,20 @@ class BankMap:
     def __init__(self, bank: NoiseBank) -> None:
         self.bank = bank
         self.shape = bank.shape
+        self.conditional = bank.labels is not None
         self.last_nfe: float | None = None
         self.hits = 0
         self.misses = 0
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+    def __call__(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         start = self.bank.locate(z)
+        if start is not None and self.conditional:
+            stored = self.bank.labels[start : start + z.shape[0]]
+            if labels is None or not torch.equal(labels.detach().to("cpu", torch.long), stored):
+                start = None  # other conditions than the bank's: not bank rows
         if start is None:  # not bank noise: evaluate the reference itself
             self.misses += 1
-            out = self.bank.reference(z)
+            out = call_map(self.bank.reference, z, labels)
             self.last_nfe = getattr(self.bank.reference, "last_nfe", None)
             return out
         stop = start + z.shape[0]
@@ -388,6 +404,10 @@ class PFDMonitor:
         JSONL file to append one record per evaluation to (append-only, fsynced).
     shape, batch_size, cache_dir, reference_key:
         See :class:`NoiseBank`. ``batch_size`` never changes the value.
+    labels:
+        Conditions of the bank rows for conditional maps (see :func:`pfd.distance`): a number of
+        classes or class probabilities (canonical labels of ``seed``) or one class id per row;
+        the reference and a conditional student get the same label for each noise row.
     descriptor, group:
         See :func:`pfd.distance`.
 
@@ -419,9 +439,10 @@ class PFDMonitor:
         descriptor: Callable[[torch.Tensor], torch.Tensor] | None = None,
         group: Any = None,
         progress: bool = False,
+        labels: Any = None,
     ) -> None:
         self.bank = NoiseBank(reference, n, seed=seed, shape=shape, batch_size=batch_size,
-                              cache_dir=cache_dir, reference_key=reference_key)
+                              cache_dir=cache_dir, reference_key=reference_key, labels=labels)
         self.every = check_positive_int(every, "every")
         if log_path is not None:
             log_path = check_writable(log_path, "log_path")
@@ -471,7 +492,8 @@ class PFDMonitor:
         self.bank.prepare(self.group)
         with eval_mode(*models_behind(student)), torch.inference_mode():
             res = distance(self._ref_map, smap, n=self.n, seed=self.seed, batch_size=self.bank.batch_size,
-                           descriptor=self.descriptor, progress=self.progress, group=self.group)
+                           descriptor=self.descriptor, progress=self.progress, group=self.group,
+                           labels=self.bank.labels)
         rec = {
             "step": step,
             "pfd": res.value,

@@ -306,3 +306,26 @@ def test_labels_do_not_change_the_noise_and_are_batch_invariant():
     r1 = pfd.distance(m, cg.flow_map(guidance=1.0, steps=6), n=300, labels=3, batch_size=300, progress=False)
     r2 = pfd.distance(m, cg.flow_map(guidance=1.0, steps=6), n=300, labels=3, batch_size=64, progress=False)
     assert r1.value == r2.value
+
+
+def test_monitor_and_metric_share_labels_with_the_reference():
+    from pfd.integrations.metric import PFDMetric
+
+    cg = _cgmm("iso")
+    teacher = cg.flow_map(steps=8)
+    student = cg.flow_map(guidance=1.0, steps=8)
+    ref = pfd.distance(teacher, student, n=96, seed=3, labels=cg.class_probs, batch_size=32, progress=False)
+    mon = pfd.PFDMonitor(teacher, n=96, seed=3, every=1, batch_size=32, labels=cg.class_probs)
+    rec = mon.evaluate(student, step=1)
+    assert rec["pfd"] == ref.value
+    rec2 = mon.evaluate(student, step=2)  # served from the bank
+    assert rec2["pfd"] == ref.value and mon._ref_map.hits > 0
+    metric = PFDMetric(teacher, n=96, seed=3, batch_size=32, labels=cg.class_probs)
+    metric.update(student)
+    assert float(metric.compute()) == ref.value
+    # the tensor path: the user runs the student on metric.noise / metric.labels
+    metric.reset()
+    metric.update(student(metric.noise(0, 96), metric.labels(0, 96)), start=0)
+    assert float(metric.compute()) == pytest.approx(ref.value, rel=1e-12)
+    with pytest.raises(ValueError, match="reference is conditional"):
+        pfd.PFDMonitor(teacher, n=16)

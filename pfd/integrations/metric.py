@@ -18,7 +18,8 @@ import torch
 from torchmetrics import Metric
 
 from pfd._checks import eval_mode
-from pfd._maps import as_student_map, models_behind
+from pfd._labels import call_map
+from pfd._maps import as_student_map, is_conditional, models_behind
 from pfd._reduce import SquaredDistances, shard_range, summarize, world_info
 from pfd.monitor import NoiseBank
 
@@ -66,6 +67,7 @@ class PFDMetric(Metric):
         cache_dir: str | os.PathLike[str] | None = None,
         reference_key: str | None = None,
         bank: NoiseBank | None = None,
+        labels: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -73,7 +75,9 @@ class PFDMetric(Metric):
             if reference is None:
                 raise TypeError("PFDMetric needs a reference map (or a NoiseBank as bank=)")
             bank = NoiseBank(reference, n, seed=seed, shape=shape, batch_size=batch_size,
-                             cache_dir=cache_dir, reference_key=reference_key)
+                             cache_dir=cache_dir, reference_key=reference_key, labels=labels)
+        elif labels is not None:
+            raise ValueError("labels= belongs to the NoiseBank when bank= is given")
         elif not isinstance(bank, NoiseBank):
             raise TypeError(f"bank must be a pfd.monitor.NoiseBank, got {type(bank).__name__}")
         self.bank = bank
@@ -93,6 +97,12 @@ class PFDMetric(Metric):
         if not (0 <= lo <= hi <= self.bank.n):
             raise ValueError(f"rows must satisfy 0 <= lo <= hi <= n={self.bank.n}, got lo={lo}, hi={hi}")
         return self.bank.noise[lo:hi].clone()
+
+    def labels(self, lo: int, hi: int) -> torch.Tensor | None:
+        """Conditions of bank rows ``[lo, hi)`` (None for an unconditional bank)."""
+        if not (0 <= lo <= hi <= self.bank.n):
+            raise ValueError(f"rows must satisfy 0 <= lo <= hi <= n={self.bank.n}, got lo={lo}, hi={hi}")
+        return None if self.bank.labels is None else self.bank.labels[lo:hi].clone()
 
     def _add(self, x: torch.Tensor, lo: int) -> None:
         x = x.detach().to("cpu", torch.float64)
@@ -127,7 +137,10 @@ class PFDMetric(Metric):
         with eval_mode(*models_behind(student)), torch.no_grad():
             for b in range(lo, hi, self.bank.batch_size):
                 e = min(hi, b + self.bank.batch_size)
-                x = smap(self.bank.noise[b:e])
+                lab = None if self.bank.labels is None else self.bank.labels[b:e]
+                if is_conditional(smap) and lab is None:
+                    raise ValueError("the student is conditional but the bank has no labels: build the metric with labels=")
+                x = call_map(smap, self.bank.noise[b:e], lab)
                 if not isinstance(x, torch.Tensor) or x.shape != (e - b, *self.bank.shape):
                     got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
                     raise ValueError(f"student map returned {got} for noise of shape {(e - b, *self.bank.shape)}")
