@@ -39,7 +39,7 @@ CLASS = 3  # the class the constructed students break
 
 def solver_error_curve(cg, w: float, steps_list, n: int, seed: int) -> list[dict]:
     ref = cg.flow_map(guidance=w, solver="dopri5", rtol=1e-7, atol=1e-9)
-    z = NoiseSource(seed, SHAPE).get(0, n)
+    z = NoiseSource(seed, cg.event_shape).get(0, n)
     lab = LabelSource(seed, cg.class_probs).get(0, n)
     x_ref = ref(z, lab)
     rows = [{"w": w, "solver": "dopri5", "steps": None, "nfe": ref.last_nfe, "pfd_vs_ref": 0.0}]
@@ -51,9 +51,9 @@ def solver_error_curve(cg, w: float, steps_list, n: int, seed: int) -> list[dict
     return rows
 
 
-def class_metrics(teacher, student, probs, n: int, seed: int) -> dict[int, dict]:
+def class_metrics(teacher, student, probs, n: int, seed: int, shape=SHAPE) -> dict[int, dict]:
     """Per-class FD and precision/recall of student vs teacher samples on the same noise/labels."""
-    z = NoiseSource(seed, SHAPE).get(0, n)
+    z = NoiseSource(seed, shape).get(0, n)
     lab = LabelSource(seed, probs).get(0, n)
     xt, xs = teacher(z, lab).reshape(n, -1), student(z, lab).reshape(n, -1)
     out = {}
@@ -72,7 +72,7 @@ def pfd_entry(res) -> dict:
 
 
 def broken(student, cg, kind: str):
-    mean = cg.class_mixture(CLASS).mean().reshape(SHAPE)
+    mean = cg.class_mixture(CLASS).mean().reshape(cg.event_shape)
 
     def fn(z, labels):
         x = student(z, labels)
@@ -83,7 +83,7 @@ def broken(student, cg, kind: str):
             x[hit] = student(-z[hit], labels[hit])
         return x
 
-    return OneStepMap(fn, shape=SHAPE, name=f"class {CLASS} {kind}", conditional=True)
+    return OneStepMap(fn, shape=cg.event_shape, name=f"class {CLASS} {kind}", conditional=True)
 
 
 def plot(res: dict, path: Path) -> None:

@@ -15,15 +15,17 @@ from pfd import adapters, analysis, analytic, spec, stability
 from pfd._checks import NonFiniteError
 from pfd._version import __version__
 from pfd.analysis import bias_variance, generalization_errors
+from pfd.analytic.conditional import ConditionalGaussianMixture
 from pfd.analytic.gmm import GaussianMixture
 from pfd.batching import auto_batch_size
 from pfd.distance import PFDResult, distance
 from pfd.maps import DiffusionMap, NoiseToData, OneStepMap
 from pfd.monitor import PFDMonitor
-from pfd.noise import canonical_noise
+from pfd.noise import canonical_labels, canonical_noise
 from pfd.schedules import karras_sigmas
 
 __all__ = [
+    "ConditionalGaussianMixture",
     "DiffusionMap",
     "GaussianMixture",
     "NoiseToData",
@@ -37,6 +39,7 @@ __all__ = [
     "analytic",
     "auto_batch_size",
     "bias_variance",
+    "canonical_labels",
     "canonical_noise",
     "distance",
     "generalization_errors",

@@ -329,3 +329,27 @@ def test_monitor_and_metric_share_labels_with_the_reference():
     assert float(metric.compute()) == pytest.approx(ref.value, rel=1e-12)
     with pytest.raises(ValueError, match="reference is conditional"):
         pfd.PFDMonitor(teacher, n=16)
+
+
+def test_guidance_benchmark_pieces_on_a_tiny_mixture():
+    """The study's code (benchmarks/guidance.py) on a 3-D, 3-class mixture, in a second."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("guidance_bench", Path(__file__).parents[1] / "benchmarks" / "guidance.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cg = _cgmm("iso")
+    rows = bench.solver_error_curve(cg, 1.0, [4, 16], n=32, seed=0)
+    assert rows[0]["solver"] == "dopri5" and rows[1]["pfd_vs_ref"] > rows[2]["pfd_vs_ref"] > 0
+    teacher = cg.flow_map(steps=8)
+    bench.CLASS = 2
+    collapse = bench.broken(teacher, cg, "collapse")
+    mirror = bench.broken(teacher, cg, "mirror")
+    r_c = pfd.distance(collapse, teacher, n=200, labels=cg.class_probs, by_label=True, progress=False)
+    r_m = pfd.distance(mirror, teacher, n=200, labels=cg.class_probs, by_label=True, progress=False)
+    assert r_c.by_label[0]["value"] == 0.0 and r_c.by_label[2]["value"] > 0.1
+    assert r_m.by_label[1]["value"] == 0.0 and r_m.by_label[2]["value"] > 0.1
+    # class 2 is one Gaussian: its map is affine, so the mirrored coupling has the same law (FD ~ 0)
+    m = bench.class_metrics(teacher, mirror, cg.class_probs, 400, 0, shape=(3,))
+    assert m[2]["fd"] < 0.05 * r_m.by_label[2]["mean_sq"]
