@@ -11,7 +11,7 @@ class, d = 64), guided by classifier-free guidance D_w = D_u + (1 + w)(D_c - D_u
    student -- (a) class 3 collapsed onto its mean; (b) class 3 with a mirrored coupling
    G(-z, 3) (same output law when the class map is affine, as for a Gaussian class at w = 0).
 
-    python benchmarks/guidance.py            # ~10 min on one core
+    python benchmarks/guidance.py            # ~10 min on one idle core
     python benchmarks/guidance.py --quick    # smoke run into results/quick/
 """
 
@@ -142,9 +142,9 @@ def main() -> None:
     guidance = [0.0, 1.0, 3.0]
     cfg = {"teacher": "digits_conditional_teacher(n_components=1, reg=1e-3)", "guidance": guidance,
            "convention": "D_w = D_uncond + (1 + w)(D_cond - D_uncond)", "teacher_solver": {"solver": "heun", "steps": 18},
-           "n_eval": 256 if q else 4096, "eval_seed": 0, "student": {"hidden": 64 if q else 512, "depth": 3,
-           "steps": 100 if q else 4000, "n_train": 512 if q else 16384, "lr": 1e-3, "data_seed": 10_000},
-           "solver_steps": [4, 8] if q else [4, 6, 8, 12, 18, 27, 40], "n_solver": 128 if q else 1024}
+           "n_eval": 256 if q else 2048, "eval_seed": 0, "student": {"hidden": 64 if q else 384, "depth": 3,
+           "steps": 100 if q else 3000, "n_train": 512 if q else 8192, "lr": 1e-3, "data_seed": 10_000},
+           "solver_steps": [4, 8] if q else [4, 6, 8, 12, 18, 27, 40], "n_solver": 128 if q else 256}
     t0 = time.perf_counter()
     res: dict = {"config": cfg, "solver_error": [], "students": [], "what_pfd_sees": []}
     for w in guidance:
