@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pfd._checks import check_positive_float, check_positive_int
+from pfd._checks import as_float_array, check_positive_float, check_positive_int
 
 __all__ = [
     "GRID_KINDS",
@@ -123,14 +123,7 @@ def make_grid(grid: str, steps: int, sigma_min: float = 0.002, sigma_max: float 
 
 
 def _as_times(t: Any, name: str = "t") -> np.ndarray:
-    if isinstance(t, bool):
-        raise TypeError(f"{name} must be a number or an array of numbers, got bool")
-    if isinstance(t, torch.Tensor):
-        t = t.detach().cpu().numpy()
-    try:
-        arr = np.asarray(t, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number or an array of numbers, got {type(t).__name__}") from None
+    arr = as_float_array(t, name)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite, got NaN or inf")
     return arr

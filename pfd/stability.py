@@ -45,7 +45,7 @@ import torch
 from scipy.integrate import quad
 from scipy.optimize import brentq
 
-from pfd._checks import check_positive_float, check_positive_int
+from pfd._checks import as_float_array, check_positive_float, check_positive_int
 from pfd.analytic.gmm import GaussianMixture
 from pfd.schedules import GRID_KINDS, Process, check_time_range, get_process, time_grid
 
@@ -237,14 +237,7 @@ def _coeffs(gmm: GaussianMixture, t: np.ndarray, proc: Process) -> tuple[np.ndar
 
 
 def _times(t: Any) -> np.ndarray:
-    if isinstance(t, bool):
-        raise TypeError("t must be a number or an array of numbers, got bool")
-    if isinstance(t, torch.Tensor):
-        t = t.detach().cpu().numpy()
-    try:
-        arr = np.asarray(t, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"t must be a number or an array of numbers, got {type(t).__name__}") from None
+    arr = as_float_array(t, "t")
     if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
         raise ValueError("t must be finite and > 0")
     return arr
