@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 import pfd
-from pfd.demo import demo_teacher
-from pfd.distance import versions
+from pfd.analytic.teachers import hexagon_teacher
+from pfd.estimator import versions
 from pfd.noise import derive_seed
 from pfd.report import format_table, write_json
 
@@ -43,8 +43,8 @@ def make_student(dim: int, width: int = 128, seed: int = 0) -> torch.nn.Module:
 def train(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    gmm = demo_teacher()
-    teacher = gmm.flow_map(name="demo mixture teacher")  # Heun, 18 grid points, 35 NFE
+    gmm = hexagon_teacher()
+    teacher = gmm.ode_map(name="demo mixture teacher")  # Heun, 18 grid points, 35 NFE
     monitor = pfd.PFDMonitor(teacher, n=args.n, seed=args.seed, every=args.every, log_path=out / "pfd_curve.jsonl",
                              cache_dir=out)
     student = make_student(gmm.dim, seed=args.seed)

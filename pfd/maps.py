@@ -14,7 +14,7 @@ import torch
 
 from pfd._checks import check_finite, check_positive_float, check_positive_int, eval_mode
 from pfd._maps import MapBase, infer_shape, is_conditional, model_device
-from pfd.schedules import check_grid, check_sigma_range, make_grid
+from pfd.schedules import check_grid_name, check_sigma_range, make_grid
 from pfd.solvers import DEFAULT_ATOL, DEFAULT_RTOL, get_solver
 
 __all__ = ["CachedMap", "DiffusionMap", "NoiseToData", "OneStepMap", "describe_map", "is_conditional", "map_shape"]
@@ -38,7 +38,7 @@ class DiffusionMap(MapBase):
     ----------
     denoiser:
         ``D(x, sigma) -> x0`` (EDM/k-diffusion convention), ``sigma`` a (B,) tensor.
-    sigma_max, sigma_min:
+    sigma_min, sigma_max:
         Integration range, 0 < sigma_min < sigma_max.
     solver:
         ``"heun"`` (EDM, default), ``"euler"``, ``"midpoint"``, ``"rk4"``, the multistep
@@ -76,8 +76,8 @@ class DiffusionMap(MapBase):
     def __init__(
         self,
         denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        sigma_max: float = 80.0,
         sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
         solver: str = "heun",
         steps: int = 18,
         rho: float = 7.0,
@@ -107,7 +107,7 @@ class DiffusionMap(MapBase):
         self._init_map(denoiser, shape, model_dtype, name,
                        conditional=is_conditional(denoiser) if conditional is None else conditional)
         self.shape = self.shape or infer_shape(denoiser)
-        self.grid = check_grid(grid)
+        self.grid = check_grid_name(grid)
         self.sigmas = make_grid(self.grid, self.steps, self.sigma_min, self.sigma_max, self.rho)
 
     @property

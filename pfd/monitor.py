@@ -26,7 +26,7 @@ from pfd._labels import call_map, resolve_labels
 from pfd._maps import as_student_map, models_behind
 from pfd._reduce import gather_or_raise, is_rank_zero, resolve_group, shard_range
 from pfd._train import atomic_torch_save
-from pfd.distance import distance
+from pfd.estimator import distance
 from pfd.maps import CachedMap, describe_map, map_shape
 from pfd.noise import BLOCK, NoiseSource, derive_seed
 from pfd.report import append_jsonl, check_writable, to_jsonable
@@ -67,8 +67,8 @@ def reference_identity(reference: Callable[..., Any], reference_key: str | None 
 
     >>> import pfd
     >>> gmm = pfd.GaussianMixture([1.0], [[0.0]], [1.0])
-    >>> a = reference_identity(gmm.flow_map())
-    >>> b = reference_identity(pfd.GaussianMixture([1.0], [[0.1]], [1.0]).flow_map())
+    >>> a = reference_identity(gmm.ode_map())
+    >>> b = reference_identity(pfd.GaussianMixture([1.0], [[0.1]], [1.0]).ode_map())
     >>> a["content"] != b["content"], a["map"]["solver"]
     (True, 'heun')
     """
@@ -108,11 +108,11 @@ class NoiseBank:
 
     >>> import pfd
     >>> gmm = pfd.GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [0.1, 0.1])
-    >>> bank = NoiseBank(gmm.flow_map(), n=64, seed=0)
+    >>> bank = NoiseBank(gmm.ode_map(), n=64, seed=0)
     >>> ref = bank.as_map()
-    >>> r1 = pfd.distance(ref, gmm.flow_map(steps=6), n=64, progress=False)  # computes the bank
-    >>> r2 = pfd.distance(ref, gmm.flow_map(steps=6), n=64, progress=False)  # served from it
-    >>> r3 = pfd.distance(gmm.flow_map(), gmm.flow_map(steps=6), n=64, progress=False)
+    >>> r1 = pfd.distance(ref, gmm.ode_map(steps=6), n=64, progress=False)  # computes the bank
+    >>> r2 = pfd.distance(ref, gmm.ode_map(steps=6), n=64, progress=False)  # served from it
+    >>> r3 = pfd.distance(gmm.ode_map(), gmm.ode_map(steps=6), n=64, progress=False)
     >>> r1.value == r2.value == r3.value, bank.computed_rows, (ref.misses, ref.hits)
     (True, 64, (1, 1))
     """
@@ -169,7 +169,7 @@ class NoiseBank:
 
     # -- identity and disk cache ---------------------------------------------------------
     def _make_key_text(self) -> str:
-        from pfd.distance import versions
+        from pfd.estimator import versions
 
         v = versions()
         material = {
@@ -415,7 +415,7 @@ class PFDMonitor:
     -------
     >>> import torch, pfd
     >>> teacher = pfd.GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [0.05, 0.05])
-    >>> mon = pfd.PFDMonitor(teacher.flow_map(), n=128, every=10)
+    >>> mon = pfd.PFDMonitor(teacher.ode_map(), n=128, every=10)
     >>> student = torch.nn.Linear(1, 1)
     >>> mon.maybe_evaluate(student, step=5) is None
     True

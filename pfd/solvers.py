@@ -27,10 +27,11 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-__all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "SOLVERS", "Denoise", "Solver", "get_solver", "solver_table"]
+__all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "SOLVERS", "Denoise", "Solver", "SolverSettings", "get_solver", "solver_table"]
 
 Denoise = Callable[[torch.Tensor, float], torch.Tensor]
 """D(x, sigma) on float64 state with a scalar sigma (the map broadcasts it to the batch)."""
@@ -317,3 +318,50 @@ def solver_table() -> str:
             label = f"`{s.name}` (EDM)" if s.name == "heun" else f"`{s.name}`"
             rows.append(f"| {label} | {s.evals_per_step} | {s.order} | {nfe[s.evals_per_step]} |")
     return "\n".join(rows)
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """The solver of a :class:`pfd.DiffusionMap` as one value (EDM's Heun on 18 grid points by
+    default); ``kwargs()`` are the map's keyword arguments, ``to_dict()`` the same for records.
+
+    >>> SolverSettings().to_dict()
+    {'solver': 'heun', 'steps': 18}
+    >>> SolverSettings("dopri5", rtol=1e-8).kwargs()
+    {'solver': 'dopri5', 'steps': 18, 'rtol': 1e-08}
+    """
+
+    solver: str = "heun"
+    steps: int = 18
+    rtol: float | None = None
+    atol: float | None = None
+
+    def __post_init__(self) -> None:
+        get_solver(self.solver)
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 2:
+            raise ValueError(f"steps must be an int >= 2 (grid points), got {self.steps!r}")
+
+    @classmethod
+    def of(cls, value: SolverSettings | dict[str, Any] | None) -> SolverSettings:
+        """``value`` itself, the default for None, or the settings of a dict of the same keys."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - {"solver", "steps", "rtol", "atol"}
+            if unknown:
+                raise ValueError(f"solver settings take solver, steps, rtol, atol; got {sorted(unknown)}")
+            return cls(**value)
+        raise TypeError(f"solver must be a SolverSettings, a dict or None, got {type(value).__name__}")
+
+    def kwargs(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"solver": self.solver, "steps": self.steps}
+        if self.rtol is not None:
+            d["rtol"] = self.rtol
+        if self.atol is not None:
+            d["atol"] = self.atol
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.kwargs()

@@ -287,7 +287,7 @@ class VPDenoiser(_Adapter):
             d = out
         return d.to(x.dtype)
 
-    def flow_map(self, *, start: str = "vp", **kw: Any) -> GridMap | DiffusionMap:
+    def ode_map(self, *, start: str = "vp", **kw: Any) -> GridMap | DiffusionMap:
         """PF-ODE map over the schedule's sigma range (default Heun, 18 Karras points).
 
         ``start="vp"`` starts from x_VE = z / sqrt(abar_T) (the VP sampler's x_T = z);
@@ -450,7 +450,7 @@ class GridMap(DiffusionMap):
             raise ValueError(f"start must be 've' or 'vp', got {start!r}")
         hi = float(grid[0])
         lo = float(grid[-1]) if grid.numel() > 1 else hi / 2.0
-        super().__init__(denoiser, sigma_max=hi, sigma_min=lo, solver=solver, steps=max(2, grid.numel()),
+        super().__init__(denoiser, sigma_min=lo, sigma_max=hi, solver=solver, steps=max(2, grid.numel()),
                          shape=shape, model_dtype=model_dtype, name=name, conditional=conditional)
         self.sigmas = grid
         self.start = start

@@ -43,23 +43,23 @@ class RatioNet(torch.nn.Module):
     c_in = 1 / sqrt(sigma^2 + sigma_data^2) keeps inputs O(1) at every noise level.
     """
 
-    def __init__(self, dim: int, hidden: int = 128, depth: int = 3, *, sigma_data: float = 1.0, n_freq: int = 4,
+    def __init__(self, dim: int, width: int = 128, depth: int = 3, *, sigma_data: float = 1.0, n_freq: int = 4,
                  out_dim: int = 1, seed: int = 0) -> None:
         super().__init__()
         check_positive_int(dim, "dim")
-        check_positive_int(hidden, "hidden")
+        check_positive_int(width, "width")
         check_positive_int(depth, "depth")
         self.dim = dim
         self.out_dim = check_positive_int(out_dim, "out_dim")
         self.sigma_data = check_positive_float(sigma_data, "sigma_data")
         self.register_buffer("freqs", 0.5 * 2.0 ** torch.arange(check_positive_int(n_freq, "n_freq"), dtype=torch.float32))
         layers: list[torch.nn.Module] = []
-        width = dim + 1 + 2 * n_freq
+        fan_in = dim + 1 + 2 * n_freq
         g = torch.Generator().manual_seed(derive_seed(seed, 0x7A11))
         for _ in range(depth):
-            layers += [torch.nn.Linear(width, hidden), torch.nn.SiLU()]
-            width = hidden
-        layers.append(torch.nn.Linear(width, out_dim))
+            layers += [torch.nn.Linear(fan_in, width), torch.nn.SiLU()]
+            fan_in = width
+        layers.append(torch.nn.Linear(fan_in, out_dim))
         self.net = torch.nn.Sequential(*layers)
         with torch.no_grad():  # seeded initialisation, independent of the global RNG
             for m in self.net:
@@ -99,7 +99,7 @@ class RatioFit:
     train_loss: float
     sigma_min: float
     sigma_max: float
-    steps: int
+    train_steps: int
     n_student: int
     n_reference: int
     seconds: float
@@ -136,11 +136,11 @@ def fit_ratio(
     *,
     sigma_min: float = 0.02,
     sigma_max: float = 5.0,
-    steps: int = 2000,
+    train_steps: int = 2000,
     batch_size: int = 512,
     n_samples: int = 65536,
     holdout: float = 0.1,
-    hidden: int = 128,
+    width: int = 128,
     depth: int = 3,
     lr: float = 1e-3,
     sigma_data: float | None = None,
@@ -167,12 +167,12 @@ def fit_ratio(
     >>> import torch, pfd
     >>> p = pfd.GaussianMixture([1.0], [[0.0]], [1.0])
     >>> q = pfd.GaussianMixture([1.0], [[1.0]], [1.0])
-    >>> fit = pfd.adapters.fit_ratio(q.sample(2000, seed=1), p.sample(2000, seed=2), steps=100, hidden=32, seed=0)
+    >>> fit = pfd.adapters.fit_ratio(q.sample(2000, seed=1), p.sample(2000, seed=2), train_steps=100, width=32, seed=0)
     >>> fit.heldout_loss < fit.chance_loss
     True
     """
     lo, hi = check_sigma_range(sigma_min, sigma_max)
-    check_positive_int(steps, "steps")
+    check_positive_int(train_steps, "train_steps")
     check_positive_int(batch_size, "batch_size")
     check_positive_int(n_samples, "n_samples", minimum=4)
     lr = check_positive_float(lr, "lr")
@@ -191,15 +191,15 @@ def fit_ratio(
     if sigma_data is None:
         sigma_data = float(tp.std(0).mean())
     if net is None:
-        net = RatioNet(xq.shape[1], hidden, depth, sigma_data=sigma_data, seed=derive_seed(seed, 4))
+        net = RatioNet(xq.shape[1], width, depth, sigma_data=sigma_data, seed=derive_seed(seed, 4))
     elif not isinstance(net, RatioNet):
         raise TypeError(f"net must be a pfd.adapters.RatioNet, got {type(net).__name__}")
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(betas))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if lr_schedule == "cosine" else None
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, train_steps) if lr_schedule == "cosine" else None
     with torch_threads(num_threads):
-        return _train_ratio(net, opt, sched, tq, tp, vq, vp, lo, hi, steps, batch_size, g, seed, progress)
+        return _train_ratio(net, opt, sched, tq, tp, vq, vp, lo, hi, train_steps, batch_size, g, seed, progress)
 
 
 def _train_ratio(net: RatioNet, opt: torch.optim.Optimizer, sched: Any, tq: torch.Tensor, tp: torch.Tensor, vq: torch.Tensor,
@@ -308,7 +308,7 @@ class RatioCorrectedMap(DiffusionMap):
     ...     return (x.pow(2).sum(1) - (x - torch.tensor([0.5, 0.0])).pow(2).sum(1)) / (2 * c)
     >>> m = pfd.adapters.RatioCorrectedMap(p, exact_r, 0.002, 80.0, shape=(2,))
     >>> z = pfd.canonical_noise(64, (2,))
-    >>> float((m(z) - q.flow_map()(z)).abs().max()) < 1e-6
+    >>> float((m(z) - q.ode_map()(z)).abs().max()) < 1e-6
     True
     """
 

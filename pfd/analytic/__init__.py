@@ -1,4 +1,5 @@
-"""Analytic ground truth: Gaussian mixtures with closed-form denoisers, scores and maps."""
+"""Analytic ground truth: Gaussian mixtures with closed-form denoisers, scores and maps, and the
+registry of named analytic teachers (:mod:`pfd.analytic.teachers`)."""
 
 from pfd.analytic.conditional import ConditionalGaussianMixture
 from pfd.analytic.digits import (
@@ -10,8 +11,10 @@ from pfd.analytic.digits import (
 )
 from pfd.analytic.exact import exact_map, exact_method
 from pfd.analytic.gmm import GaussianMixture
+from pfd.analytic.teachers import TEACHERS, get_teacher, register_teacher
 
 __all__ = [
+    "TEACHERS",
     "ConditionalGaussianMixture",
     "GaussianMixture",
     "digits_conditional_teacher",
@@ -21,4 +24,6 @@ __all__ = [
     "digits_teacher",
     "exact_map",
     "exact_method",
+    "get_teacher",
+    "register_teacher",
 ]

@@ -47,7 +47,7 @@ class PFDCallback(Callback):
     >>> import pfd
     >>> from pfd.integrations.lightning import PFDCallback
     >>> teacher = pfd.GaussianMixture([1.0], [[0.0, 0.0]], [1.0])
-    >>> cb = PFDCallback(reference=teacher.flow_map(), n=256, seed=0)
+    >>> cb = PFDCallback(reference=teacher.ode_map(), n=256, seed=0)
     >>> cb.monitor.n, cb.state_key
     (256, 'PFDCallback[pfd]')
     """

@@ -39,10 +39,10 @@ class PFDMetric(Metric):
     >>> import torch, pfd
     >>> from pfd.integrations.metric import PFDMetric
     >>> teacher = pfd.GaussianMixture([1.0], [[0.0, 0.0]], [1.0])
-    >>> metric = PFDMetric(teacher.flow_map(steps=4), n=64)
+    >>> metric = PFDMetric(teacher.ode_map(steps=4), n=64)
     >>> metric.update(pfd.OneStepMap(lambda z: 0.5 * z, shape=(2,)))
     >>> value = metric.compute()
-    >>> ref = pfd.distance(teacher.flow_map(steps=4), lambda z: 0.5 * z, n=64, shape=(2,), progress=False)
+    >>> ref = pfd.distance(teacher.ode_map(steps=4), lambda z: 0.5 * z, n=64, shape=(2,), progress=False)
     >>> bool(value == ref.value), metric.details["n"]
     (True, 64)
     """

@@ -177,7 +177,7 @@ def distance(
     >>> import pfd
     >>> p = pfd.GaussianMixture([1.0], [[0.0, 0.0]], [1.0])
     >>> q = pfd.GaussianMixture([1.0], [[0.5, 0.0]], [1.0])
-    >>> res = pfd.distance(p.flow_map(), q.flow_map(), n=256, progress=False)
+    >>> res = pfd.distance(p.ode_map(), q.ode_map(), n=256, progress=False)
     >>> round(res.value, 4), res.nfe  # exact maps: 0.5 (1 - 1/sqrt(1 + 80^2)) = 0.4938; Heun/18 is 3e-4 off
     (0.4935, (35.0, 35.0))
     """
