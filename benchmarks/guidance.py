@@ -38,13 +38,13 @@ CLASS = 3  # the class the constructed students break
 
 
 def solver_error_curve(cg, w: float, steps_list, n: int, seed: int) -> list[dict]:
-    ref = cg.flow_map(guidance=w, solver="dopri5", rtol=1e-7, atol=1e-9)
+    ref = cg.ode_map(guidance=w, solver="dopri5", rtol=1e-7, atol=1e-9)
     z = NoiseSource(seed, cg.event_shape).get(0, n)
     lab = LabelSource(seed, cg.class_probs).get(0, n)
     x_ref = ref(z, lab)
     rows = [{"w": w, "solver": "dopri5", "steps": None, "nfe": ref.last_nfe, "pfd_vs_ref": 0.0}]
     for s in steps_list:
-        m = cg.flow_map(guidance=w, solver="heun", steps=s)
+        m = cg.ode_map(guidance=w, solver="heun", steps=s)
         x = m(z, lab)
         err = float((x - x_ref).reshape(n, -1).pow(2).sum(1).mean().sqrt())
         rows.append({"w": w, "solver": "heun", "steps": s, "nfe": m.last_nfe, "pfd_vs_ref": err})
@@ -174,7 +174,7 @@ def main() -> None:
     print(format_table(res["solver_error"], ["w", "solver", "steps", "nfe", "pfd_vs_ref"]))
     students = {}
     for w in guidance:
-        teacher = cg.flow_map(guidance=w, **cfg["teacher_solver"])
+        teacher = cg.ode_map(guidance=w, **cfg["teacher_solver"])
         sc = cfg["student"]
         student, hist = train_one_step_student(teacher, SHAPE, label_probs=probs, n_train=sc["n_train"], steps=sc["steps"],
                                                hidden=sc["hidden"], depth=sc["depth"], lr=sc["lr"], data_seed=sc["data_seed"])

@@ -96,24 +96,24 @@ def test_from_classes_round_trip():
     torch.testing.assert_close(cg.denoiser(x, 0.4, labels=3), a.denoiser(x, 0.4))
 
 
-def test_guided_flow_maps_match_submixture_and_unconditional_maps():
+def test_guided_ode_maps_match_submixture_and_unconditional_maps():
     cg = _cgmm()
     z = pfd.canonical_noise(64, (3,), seed=4)
     lab = pfd.noise.canonical_labels(64, cg.class_probs, seed=4)
-    cond = cg.flow_map(guidance=0.0, solver="heun", steps=24)
+    cond = cg.ode_map(guidance=0.0, solver="heun", steps=24)
     assert cond.conditional
     x = cond(z, lab)
     for c in cg.classes:
         idx = lab == c
-        ref = cg.class_mixture(c).flow_map(solver="heun", steps=24)(z[idx])
+        ref = cg.class_mixture(c).ode_map(solver="heun", steps=24)(z[idx])
         torch.testing.assert_close(x[idx], ref, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(cg.flow_map(labels=c, steps=24)(z[idx]), ref, rtol=1e-12, atol=1e-12)
-    unc = cg.flow_map(guidance=-1.0, steps=24)(z, lab)
-    torch.testing.assert_close(unc, cg.mixture.flow_map(steps=24)(z), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(cg.ode_map(labels=c, steps=24)(z[idx]), ref, rtol=1e-12, atol=1e-12)
+    unc = cg.ode_map(guidance=-1.0, steps=24)(z, lab)
+    torch.testing.assert_close(unc, cg.mixture.ode_map(steps=24)(z), rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="is conditional"):
         cond(z)
     with pytest.raises(ValueError, match="not conditional"):
-        cg.mixture.flow_map()(z, lab)
+        cg.mixture.ode_map()(z, lab)
 
 
 def test_canonical_labels_do_not_depend_on_chunking():
@@ -144,7 +144,7 @@ def test_edm_adapter_with_guidance_reproduces_the_analytic_guided_denoiser_and_m
     m = pfd.DiffusionMap(den, shape=(3,), steps=12)
     assert m.conditional  # inferred from the adapter
     z = pfd.canonical_noise(12, (3,), seed=1)
-    torch.testing.assert_close(m(z, lab), cg.flow_map(guidance=3.0, steps=12)(z, lab), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(m(z, lab), cg.ode_map(guidance=3.0, steps=12)(z, lab), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="null_condition"):
         pfd.adapters.EDMDenoiser(net, condition="c", guidance=1.0)
     with pytest.raises(ValueError, match="needs a conditional model"):
@@ -256,9 +256,9 @@ def test_digits_conditional_teacher():
 # ---------------------------------------------------------------- conditions through pfd.distance
 def test_distance_with_labels_per_class_breakdown_and_identities():
     cg = _cgmm("iso")
-    teacher = cg.flow_map(guidance=0.0, steps=12)
+    teacher = cg.ode_map(guidance=0.0, steps=12)
     shifted = ConditionalGaussianMixture(cg.mixture.weights, cg.mixture.means + 0.3, cg.mixture.covs, cg.component_labels)
-    student = shifted.flow_map(guidance=0.0, steps=12)
+    student = shifted.ode_map(guidance=0.0, steps=12)
     probs = cg.class_probs
     r = pfd.distance(teacher, student, n=600, seed=2, labels=probs, progress=False)
     rb = pfd.distance(teacher, student, n=600, seed=2, labels=probs, by_label=True, batch_size=128, progress=False)
@@ -274,7 +274,7 @@ def test_distance_with_labels_per_class_breakdown_and_identities():
     assert re.value == rb.value
     for c in cg.classes:
         idx = lab == c
-        d2 = (cg.class_mixture(c).flow_map(steps=12)(z[idx]) - shifted.class_mixture(c).flow_map(steps=12)(z[idx]))
+        d2 = (cg.class_mixture(c).ode_map(steps=12)(z[idx]) - shifted.class_mixture(c).ode_map(steps=12)(z[idx]))
         assert re.by_label[c]["value"] == pytest.approx(float(d2.pow(2).sum(1).mean().sqrt()), rel=1e-10)
     assert rb.to_dict()["by_label"]["0"]["n"] == rb.by_label[0]["n"]
     assert rb.provenance["labels"]["kind"] == "canonical"
@@ -282,10 +282,10 @@ def test_distance_with_labels_per_class_breakdown_and_identities():
 
 def test_distance_label_errors_and_unconditional_partner():
     cg = _cgmm("iso")
-    cond = cg.flow_map(steps=8)
+    cond = cg.ode_map(steps=8)
     with pytest.raises(ValueError, match="map a is conditional"):
         pfd.distance(cond, cond, n=8, progress=False)
-    unc = cg.class_mixture(1).flow_map(steps=8)
+    unc = cg.class_mixture(1).ode_map(steps=8)
     with pytest.raises(ValueError, match="neither map is conditional"):
         pfd.distance(unc, unc, n=8, labels=3, progress=False)
     with pytest.raises(ValueError, match="one label per noise row"):
@@ -302,9 +302,9 @@ def test_distance_label_errors_and_unconditional_partner():
 
 def test_labels_do_not_change_the_noise_and_are_batch_invariant():
     cg = _cgmm("iso")
-    m = cg.flow_map(steps=6)
-    r1 = pfd.distance(m, cg.flow_map(guidance=1.0, steps=6), n=300, labels=3, batch_size=300, progress=False)
-    r2 = pfd.distance(m, cg.flow_map(guidance=1.0, steps=6), n=300, labels=3, batch_size=64, progress=False)
+    m = cg.ode_map(steps=6)
+    r1 = pfd.distance(m, cg.ode_map(guidance=1.0, steps=6), n=300, labels=3, batch_size=300, progress=False)
+    r2 = pfd.distance(m, cg.ode_map(guidance=1.0, steps=6), n=300, labels=3, batch_size=64, progress=False)
     assert r1.value == r2.value
 
 
@@ -312,8 +312,8 @@ def test_monitor_and_metric_share_labels_with_the_reference():
     from pfd.integrations.metric import PFDMetric
 
     cg = _cgmm("iso")
-    teacher = cg.flow_map(steps=8)
-    student = cg.flow_map(guidance=1.0, steps=8)
+    teacher = cg.ode_map(steps=8)
+    student = cg.ode_map(guidance=1.0, steps=8)
     ref = pfd.distance(teacher, student, n=96, seed=3, labels=cg.class_probs, batch_size=32, progress=False)
     mon = pfd.PFDMonitor(teacher, n=96, seed=3, every=1, batch_size=32, labels=cg.class_probs)
     rec = mon.evaluate(student, step=1)
@@ -342,7 +342,7 @@ def test_guidance_benchmark_pieces_on_a_tiny_mixture():
     cg = _cgmm("iso")
     rows = bench.solver_error_curve(cg, 1.0, [4, 16], n=32, seed=0)
     assert rows[0]["solver"] == "dopri5" and rows[1]["pfd_vs_ref"] > rows[2]["pfd_vs_ref"] > 0
-    teacher = cg.flow_map(steps=8)
+    teacher = cg.ode_map(steps=8)
     bench.CLASS = 2
     collapse = bench.broken(teacher, cg, "collapse")
     mirror = bench.broken(teacher, cg, "mirror")

@@ -224,7 +224,7 @@ class ConditionalGaussianMixture:
             out[idx] = draw.reshape(idx.numel(), self.dim)
         return out.reshape(n, *self.event_shape)
 
-    def flow_map(self, *, labels: int | None = None, guidance: float = 0.0, **solver_options: Any):
+    def ode_map(self, *, labels: int | None = None, guidance: float = 0.0, **solver_options: Any):
         """The PF-ODE noise-to-data map of the (guided) denoiser: a :class:`pfd.DiffusionMap`.
 
         With ``labels=None`` the map is conditional: call it as ``m(z, labels)`` with one label

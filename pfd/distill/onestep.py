@@ -9,9 +9,9 @@ with classifier-free guidance baked into its map gives a guidance-distilled stud
 >>> import torch, pfd
 >>> from pfd.distill.onestep import train_one_step_student
 >>> gmm = pfd.GaussianMixture([1.0], [[1.0, -1.0]], [0.5])
->>> student, hist = train_one_step_student(gmm.flow_map(steps=8), (2,), n_train=256, steps=200, hidden=32, lr=3e-3,
+>>> student, hist = train_one_step_student(gmm.ode_map(steps=8), (2,), n_train=256, steps=200, hidden=32, lr=3e-3,
 ...                                        progress=False)
->>> student.conditional, pfd.distance(student, gmm.flow_map(steps=8), n=256, progress=False).value < 0.2
+>>> student.conditional, pfd.distance(student, gmm.ode_map(steps=8), n=256, progress=False).value < 0.2
 (False, True)
 """
 
