@@ -245,6 +245,7 @@ def _cmd_bias_variance(args: argparse.Namespace) -> int:
 
         plot_bias_variance(studies, out / "bias_variance.png")
     rows = [{"N": s["config"]["n_train"], "model": kind, "E_bias²": s[kind]["bias2"], "E_var": s[kind]["var"],
+             "E_bias² plug-in": s[kind]["bias2_plugin"], "E_var plug-in": s[kind]["var_plugin"],
              "mean E_gen²": s[kind]["mean_gen2"], "rel. residual": s[kind]["identity_residual"]}
             for s in studies for kind in ("students", "empirical")]
     print(format_table(rows, list(rows[0]), floatfmt=".6g"))

@@ -99,7 +99,8 @@ def plot_dynamics(results: list[dict[str, Any]], path: str | os.PathLike[str]) -
 
 
 def plot_bias_variance(results: list[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Stacked bars E_bias^2 + E_var (= mean E_gen^2) per study, students beside empirical models."""
+    """Stacked bars E_bias^2 + E_var (unbiased; they sum to mean E_gen^2) per study, students beside
+    empirical models."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(1.8 * 2 * len(results) + 2, 4))
     labels, bias, var = [], [], []
@@ -110,8 +111,8 @@ def plot_bias_variance(results: list[dict[str, Any]], path: str | os.PathLike[st
             bias.append(d["bias2"])
             var.append(d["var"])
     xs = range(len(labels))
-    ax.bar(xs, bias, label="E_bias²")
-    ax.bar(xs, var, bottom=bias, label="E_var")
+    ax.bar(xs, bias, label="E_bias² (unbiased)")
+    ax.bar(xs, var, bottom=bias, label="E_var (unbiased)")
     ax.set_xticks(list(xs), labels, fontsize=8)
     ax.set_ylabel("mean E_gen² = E_bias² + E_var")
     ax.legend()
