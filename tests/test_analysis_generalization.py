@@ -115,7 +115,7 @@ def test_bias_variance_unbiased_over_training_sets():
     # offsets c_k ~ N(mu, s^2 I): population bias^2 = |mu|^2, var = d s^2. Averaged over many
     # draws of K = 3 students the unbiased terms hit them; the plug-in ones miss by var/K and -var/K.
     teacher = pfd.OneStepMap(lambda z: z, shape=(2,))
-    mu, s, k, reps = torch.tensor([0.3, -0.2], dtype=torch.float64), 0.5, 3, 3000
+    mu, s, k, reps = torch.tensor([0.3, -0.2], dtype=torch.float64), 0.5, 3, 1000
     g = torch.Generator().manual_seed(7)
     res = []
     for _ in range(reps):
@@ -146,6 +146,24 @@ def test_bias_variance_ci_over_noise_matches_direct_computation():
     half = 1.959963984540054 * float(per.std()) / math.sqrt(n)
     assert bv.ci95["bias2"] == pytest.approx((float(per.mean()) - half, float(per.mean()) + half), rel=1e-10)
     assert bv == bias_variance(students, teacher, n=n, seed=3, batch_size=1000)  # chunking does not matter
+
+
+def test_bias_variance_jackknife_over_students_matches_leave_one_out_calls():
+    from scipy.stats import t as t_dist
+
+    teacher = pfd.OneStepMap(lambda z: torch.tanh(z), shape=(3,))
+    offs = torch.tensor([[0.3, 0.1, 0.0], [-0.2, 0.4, 0.1], [0.5, -0.3, 0.2], [0.1, 0.0, -0.4]], dtype=torch.float64)
+    students = [pfd.OneStepMap(lambda z, c=c: torch.tanh(z) + c * (1 + z[:, :1]), shape=(3,)) for c in offs]
+    bv = bias_variance(students, teacher, n=64, batch_size=20)
+    jk = bv.extra["ci95_students"]
+    loo = [bias_variance(students[:i] + students[i + 1:], teacher, n=64) for i in range(4)]
+    q = t_dist.ppf(0.975, 3)
+    for key in ("bias2", "var", "mean_gen2", "bias_share"):
+        r = torch.tensor([getattr(b, key) for b in loo], dtype=torch.float64)
+        se = math.sqrt(3 / 4 * float((r - r.mean()).pow(2).sum()))
+        centre = getattr(bv, key)
+        assert jk[key] == pytest.approx([centre - q * se, centre + q * se], rel=1e-9, abs=1e-12)
+    assert "ci95_students" not in bias_variance(students[:2], teacher, n=8).extra  # K = 2: no jackknife
 
 
 def test_bias_variance_identity_to_float_precision(teacher):

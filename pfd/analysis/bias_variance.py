@@ -48,7 +48,9 @@ class BiasVariance:
     (``identity_residual``; bias2 + var equals it as well). ``ci95`` holds a normal-theory 95%
     interval over the n noise samples for each term and for ``bias_share`` = bias2 / mean E_gen^2
     (delta method). These intervals cover the noise sampling only, not the randomness of the K
-    training sets.
+    training sets; for K >= 3, ``extra["ci95_students"]`` holds leave-one-student-out jackknife
+    intervals (t quantile with K - 1 degrees of freedom) of bias2, var, mean_gen2 and bias_share,
+    which do.
     """
 
     bias2: float
@@ -139,6 +141,7 @@ def bias_variance(
     g2 = [ExactSum() for _ in range(k)]
     g4 = [ExactSum() for _ in range(k)]
     b_z, v_z = [], []  # per-noise-sample plug-in terms ||t - m||^2 and (1/K) sum_k ||o_k - m||^2
+    loo_b, loo_v = [], []  # the same with student i left out (jackknife over training sets), (K, B)
     for start in range(0, n, batch_size):
         z = src.get(start, min(n, start + batch_size))
         b = z.shape[0]
@@ -147,6 +150,12 @@ def bias_variance(
         mean = outs.mean(0)
         b_z.append((t - mean).pow(2).sum(1))
         v_z.append((outs - mean).pow(2).sum(2).mean(0))
+        if k >= 3:
+            means_loo = (k * mean[None] - outs) / (k - 1)  # (K, B, D): mean of the others
+            loo_b.append((t[None] - means_loo).pow(2).sum(2))
+            spread = (outs[None] - means_loo[:, None]).pow(2).sum(3)  # (K_left_out, K, B)
+            spread = spread.sum(1) - spread.diagonal(dim1=0, dim2=1).T  # drop the left-out student
+            loo_v.append(spread / (k - 1))
         for j in range(k):
             d2 = (outs[j] - t).pow(2).sum(1)
             g2[j].add_many(d2)
@@ -163,8 +172,38 @@ def bias_variance(
         ci["bias_share"] = (share + lo, share + hi)
     stats = [summarize(g2[j].value, g4[j].value, n) for j in range(k)]
     mean_gen2 = ExactSum([g.value for g in g2]).value / (k * n)
+    extra: dict[str, Any] = {"seed": seed}
+    if k >= 3:
+        extra["ci95_students"] = _jackknife(torch.cat(loo_b, 1), torch.cat(loo_v, 1), k, vals)
     return BiasVariance(vals["bias2"], vals["var"], vals["bias2_plugin"], vals["var_plugin"], mean_gen2,
-                        [s[0] for s in stats], [s[2] for s in stats], n, k, ci, {"seed": seed})
+                        [s[0] for s in stats], [s[2] for s in stats], n, k, ci, extra)
+
+
+def _jackknife(loo_b: torch.Tensor, loo_v: torch.Tensor, k: int, full: dict[str, float]) -> dict[str, list[float]]:
+    """Leave-one-student-out jackknife 95% intervals (t quantile, K - 1 dof) of the unbiased terms:
+    they carry the randomness of the K training sets, which the intervals over noise do not."""
+    from scipy.stats import t as t_dist
+
+    km = k - 1  # students in each leave-one-out estimate
+    reps: dict[str, list[float]] = {"bias2": [], "var": [], "mean_gen2": [], "bias_share": []}
+    for i in range(k):
+        b = math.fsum(loo_b[i].tolist()) / loo_b.shape[1]
+        v = math.fsum(loo_v[i].tolist()) / loo_v.shape[1]
+        var_u = v * km / (km - 1)
+        bias_u = b - var_u / km
+        reps["bias2"].append(bias_u)
+        reps["var"].append(var_u)
+        reps["mean_gen2"].append(b + v)
+        reps["bias_share"].append(bias_u / (b + v) if b + v > 0 else math.nan)
+    q = float(t_dist.ppf(0.975, k - 1))
+    out = {}
+    for key, r in reps.items():
+        centre = full[key] if key != "bias_share" else (full["bias2"] / full["mean_gen2"] if full["mean_gen2"] > 0
+                                                        else math.nan)
+        rbar = math.fsum(r) / k
+        se = math.sqrt((k - 1) / k * math.fsum((x - rbar) ** 2 for x in r))
+        out[key] = [centre - q * se, centre + q * se]
+    return out
 
 
 def bias_variance_study(
