@@ -379,7 +379,8 @@ def data_copying_ct(generated: Any, train: Any, test: Any, *, n_cells: int = 10,
         ws.append(n / p.shape[0])
         cells.append({"cell": c, "n_generated": m, "n_test": n, "u": u, "z_u": z})
     if not zs:
-        raise ValueError(f"no cell holds >= min_count={min_count} generated samples and a test sample")
+        rule = "more than" if authors else ">="
+        raise ValueError(f"no cell holds {rule} min_count={min_count} generated samples and a test sample")
     ct = float(np.dot(ws, zs) / np.sum(ws))
     return {"ct": ct, "n_cells": n_cells, "cells_used": len(zs), "min_count": min_count, "seed": seed,
             "convention": convention, "cells": cells}
