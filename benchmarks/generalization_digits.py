@@ -453,15 +453,18 @@ def plot_dynamics(res: dict[str, Any], path: Path) -> None:
             if i == 0:
                 ax.axhline(r["e_gen_empirical"], color="grey", ls=":", label="E_gen of the memorizer")
         ax.set_title(f"N = {n_train}", fontsize=9)
-        ax.set_ylabel("PFD")
-        ax2.set_ylabel("DSM loss (fixed draws)")
+        if j == 0:
+            ax.set_ylabel("PFD")
+            ax2.set_ylabel("DSM loss (fixed draws)")
         ax2.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
         ax2.grid(alpha=0.3)
         if j == 0:
             ax.legend(fontsize=6, ncol=2)
             ax2.legend(fontsize=6, ncol=2)
-    fig.suptitle(f"Training dynamics on the digits teacher (width {res['config']['width']})", fontsize=9)
+    fig.suptitle(f"Training dynamics on the digits teacher (width {res['config']['width']}; solid E_gen / held-out, "
+                 "dashed E_mem / train)", fontsize=9)
+    fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
 
@@ -744,12 +747,22 @@ def main(argv: list[str] | None = None, *, teacher: GaussianMixture | None = Non
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny smoke run into results/quick/")
     ap.add_argument("--only", choices=PARTS, action="append", help="run this study (repeatable); default: all")
+    ap.add_argument("--replot", action="store_true", help="only redraw the figures from the JSON files")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cfg = QUICK if args.quick else FULL
     if out is None:
         out = Path(__file__).parent / "results" / ("quick" if args.quick else "")
     out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        plots = {"bias-variance": ("bias_variance", plot_bias_variance), "dynamics": ("dynamics", plot_dynamics),
+                 "distill": ("distill", plot_distill), "metrics": ("metrics", plot_metrics)}
+        for part in args.only or PARTS:
+            stem, fn = plots[part]
+            src = out / f"{stem}_digits.json"
+            if src.exists():
+                fn(json.loads(src.read_text()), out / f"{stem}_digits.png")
+        return {}
     name = "custom"
     if teacher is None:
         from pfd.analytic import digits_teacher
