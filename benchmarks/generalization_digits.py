@@ -20,6 +20,9 @@ missing, and a run with other settings never reuses them. Sized for 2 shared CPU
     python benchmarks/generalization_digits.py                       # all four (~1-2 h on 2 cores)
     python benchmarks/generalization_digits.py --only metrics        # one study
     python benchmarks/generalization_digits.py --quick               # smoke run into results/quick/
+    python benchmarks/generalization_digits.py --replot              # redraw figures from the JSON
+
+Figures written to the default results folder are also copied to docs/img/ for the docs page.
 
 Students: the image students of the MtoG study (`pfd.analysis.students.EnsembleDSMTrainer`,
 EDM-preconditioned MLP denoisers on the flattened 8x8 images, trained to a loss plateau with a
@@ -754,6 +757,7 @@ def main(argv: list[str] | None = None, *, teacher: GaussianMixture | None = Non
     if out is None:
         out = Path(__file__).parent / "results" / ("quick" if args.quick else "")
     out.mkdir(parents=True, exist_ok=True)
+    default_out = out.resolve() == (Path(__file__).parent / "results").resolve()
     if args.replot:
         plots = {"bias-variance": ("bias_variance", plot_bias_variance), "dynamics": ("dynamics", plot_dynamics),
                  "distill": ("distill", plot_distill), "metrics": ("metrics", plot_metrics)}
@@ -762,6 +766,8 @@ def main(argv: list[str] | None = None, *, teacher: GaussianMixture | None = Non
             src = out / f"{stem}_digits.json"
             if src.exists():
                 fn(json.loads(src.read_text()), out / f"{stem}_digits.png")
+        if default_out:
+            _copy_figures_to_docs(out)
         return {}
     name = "custom"
     if teacher is None:
@@ -775,7 +781,21 @@ def main(argv: list[str] | None = None, *, teacher: GaussianMixture | None = Non
         print(f"== {part}", flush=True)
         results[part] = RUNNERS[part](st)
         print(f"== {part} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    if default_out:
+        _copy_figures_to_docs(out)
     return results
+
+
+def _copy_figures_to_docs(out: Path) -> None:
+    """The docs page shows copies of the figures (mkdocs serves only files under docs/)."""
+    import shutil
+
+    img = Path(__file__).resolve().parents[1] / "docs" / "img"
+    img.mkdir(exist_ok=True)
+    for stem in ("bias_variance", "dynamics", "distill", "metrics"):
+        src = out / f"{stem}_digits.png"
+        if src.exists():
+            shutil.copyfile(src, img / src.name)
 
 
 if __name__ == "__main__":
