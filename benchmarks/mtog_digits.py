@@ -75,18 +75,59 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         import json
 
-        prev = json.loads((out / "mtog_digits.json").read_text())["config"]
+        prev_full = json.loads((out / "mtog_digits.json").read_text())
+        prev = prev_full["config"]
         sizes, n_trains, seeds = prev["sizes"], prev["n_trains"], prev["seeds"]
         train, n_eval = prev["train"], prev["n_eval"]
         args.device, args.wall_budget = prev["device"], None
-    res = mtog_sweep("digits", n_trains, sizes, seeds, out=runs_file, train=train, n_eval=n_eval, device=args.device,
-                     processes=args.processes, wall_budget=args.wall_budget, n_boot=args.n_boot, progress=False,
-                     on_unit=on_unit, train_missing=not args.report_only)
-    res["seconds"] = time.time() - t0
+    if args.report_only:  # every run in the file belongs to the sweep whose config the JSON holds
+        from pfd.analysis._runs import read_records
+        from pfd.analysis.mtog import mtog_report
+
+        runs = [r for r in read_records(runs_file, ("key",)).values()
+                if r["size"] in sizes and r["seed"] in seeds and r["n_train"] in n_trains]
+        res = mtog_report(runs, prev, n_boot=args.n_boot)
+    else:
+        res = mtog_sweep("digits", n_trains, sizes, seeds, out=runs_file, train=train, n_eval=n_eval,
+                         device=args.device, processes=args.processes, wall_budget=args.wall_budget,
+                         n_boot=args.n_boot, progress=False, on_unit=on_unit)
+    if args.report_only:
+        res["seconds"] = prev_full.get("seconds")
+        res["refit_seconds"] = time.time() - t0
+        res["sweep"] = prev_full.get("sweep")
+    else:
+        res["seconds"] = time.time() - t0
+        res["sweep"] = {"device": args.device, "processes": args.processes, "wall_seconds": res["seconds"]}
+    res["verdict"] = verdict(res)
     write_json(out / "mtog_digits.json", res)
     plot_mtog_sweep(res, out / "mtog_digits.png")
     print(summary(res))
     return 0
+
+
+def verdict(res: dict) -> str:
+    """The verdict on the paper's N / sqrt|theta| claim, in words, from the numbers alone."""
+    c, conv = res["collapse"], res["convergence"]
+    best_mem = min(v["e_mem_rel_at_smallest_n"] for v in conv.values())
+    n_runs = sum(sum(v["stopped_by"].values()) for v in conv.values())
+    capped = sum(v["stopped_by"].get("cap", 0) + v["stopped_by"].get("wall", 0) for v in conv.values())
+    ci, sci = c.get("alpha_ci95"), c.get("slope_ci95")
+    parts = []
+    if best_mem > 0.1:
+        parts.append(f"NOT A TEST of the claim: no student reached the memorizing regime (best E_mem / "
+                     f"E_gen(memorizer) at the smallest N: {best_mem:.2f}, not ~0)")
+    if capped:
+        parts.append(f"{capped} of {n_runs} runs stopped at the step cap, not at a loss plateau")
+    if ci and sci:
+        agree = not (ci[1] < sci[0] or sci[1] < ci[0])
+        half = ci[0] <= 0.5 <= ci[1]
+        parts.append(f"collapse exponent alpha = {c['alpha']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] "
+                     f"({'includes' if half else 'excludes'} 1/2, excludes 0: {not ci[0] <= 0 <= ci[1]}); the slope of "
+                     f"log2 N* against log2|theta| is {c['slope_log2_nstar_vs_log2_params']:.2f} "
+                     f"[{sci[0]:.2f}, {sci[1]:.2f}]" + ("" if agree else "; the two estimators disagree beyond "
+                                                          "their seed-bootstrap CIs, so the CIs understate the "
+                                                          "uncertainty (model misspecification, not seed noise)"))
+    return "; ".join(parts) + "."
 
 
 def summary(res: dict) -> str:
@@ -105,6 +146,7 @@ def summary(res: dict) -> str:
         lines.append(f"  {s}: steps {v['steps_min']}..{v['steps_max']} (median {v['steps_median']:.0f}), "
                      f"stopped {v['stopped_by']}, E_mem/E_gen(memorizer) at N={v['smallest_n']}: "
                      f"{v['e_mem_rel_at_smallest_n']:.3f} (max {v['e_mem_rel_at_smallest_n_max']:.3f})")
+    lines.append("verdict: " + res.get("verdict", ""))
     return "\n".join(lines)
 
 

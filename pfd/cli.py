@@ -117,7 +117,8 @@ def _int_list(text: str) -> list[int]:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", default="cross4d", help="analytic teacher: cross4d (default) or hexagon2d")
+    p.add_argument("--teacher", default="cross4d",
+                   help="analytic teacher: cross4d (default), hexagon2d or digits (64-D, fitted to sklearn's digits)")
     p.add_argument("--depth", type=int, default=3, help="hidden layers of the MLP denoiser (default 3)")
     p.add_argument("--n-eval", type=int, default=2048, help="shared noise samples per PFD (default 2048)")
     p.add_argument("--eval-seed", type=int, default=0, help="seed of the shared evaluation noise (default 0)")
@@ -133,10 +134,20 @@ def _add_analysis_parsers(sub) -> None:
                        description="Train DSM MLP students over N x widths x seeds, measure E_gen and E_mem, fit the "
                        "transition per width and the best-collapsing exponent of |theta|. Resumable: finished runs "
                        "are kept in OUT_DIR/mtog_runs.jsonl and skipped on restart.")
-    m.add_argument("--n-trains", type=_int_list, default=[4, 8, 16, 32, 64, 128, 256], help="comma-separated N values")
+    m.add_argument("--n-trains", type=_int_list, default=None,
+                   help="comma-separated N values (default 4..256 in octaves; digits: 8..2048 in half-octaves)")
     m.add_argument("--widths", type=_int_list, default=[16, 48, 128], help="comma-separated MLP widths")
-    m.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated run seeds")
+    m.add_argument("--seeds", type=_int_list, default=None, help="comma-separated run seeds (default 0; digits: 0..4)")
     m.add_argument("--steps", type=int, default=3000, help="optimizer steps per run (default 3000)")
+    f = m.add_argument_group("fair sweep (the default for --teacher digits, or whenever --sizes is given): each "
+                             "student trained to its loss plateau, N* and the collapse exponent with bootstrap CIs")
+    f.add_argument("--sizes", default=None, help="comma-separated mlp:WIDTH:DEPTH / conv:CHANNELS:BLOCKS "
+                   "(default mlp:24:3,mlp:64:3,mlp:192:3,mlp:512:3)")
+    f.add_argument("--max-steps", type=int, default=40000, help="step cap per student (default 40000)")
+    f.add_argument("--device", default="cpu", help="torch device for training and maps (default cpu)")
+    f.add_argument("--processes", type=int, default=1, help="worker processes, one model size each (default 1)")
+    f.add_argument("--wall-budget", type=float, default=None, help="seconds after which training stops")
+    f.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates over seeds (default 200)")
     _add_common(m)
     d = sub.add_parser("dynamics", help="E_gen / E_mem / losses per epoch of one student",
                        description="Train one DSM student, scoring it on the same noise every --eval-every epochs; "
@@ -179,6 +190,10 @@ def _cmd_mtog(args: argparse.Namespace) -> int:
     from pfd.report import format_table, write_json
 
     teacher, out = _check_common(args)
+    if args.teacher == "digits" or args.sizes is not None:
+        return _cmd_mtog_fair(args, out)
+    args.n_trains = args.n_trains or [4, 8, 16, 32, 64, 128, 256]
+    args.seeds = args.seeds or [0]
     if any(n < 2 for n in args.n_trains) or any(w < 1 for w in args.widths) or any(s < 0 for s in args.seeds):
         raise ValueError("--n-trains must be >= 2, --widths >= 1 and --seeds >= 0")
     if args.steps < 1:
@@ -199,6 +214,36 @@ def _cmd_mtog(args: argparse.Namespace) -> int:
               + ("-" if t["n_star"] is None else f"{t['n_star']:.1f}"))
     c = res["collapse"]["e_gen"]
     print(f"best-collapsing exponent of |θ| (E_gen): {c['best_alpha']}; wrote {out / 'mtog.json'}")
+    return 0
+
+
+def _cmd_mtog_fair(args: argparse.Namespace, out) -> int:
+    from pfd.analysis.mtog import half_octaves, mtog_sweep
+    from pfd.report import write_json
+
+    sizes = (args.sizes or "mlp:24:3,mlp:64:3,mlp:192:3,mlp:512:3").split(",")
+    n_trains = args.n_trains or half_octaves(8, 2048)
+    seeds = args.seeds if args.seeds is not None else [0, 1, 2, 3, 4]
+    if args.max_steps < 1 or args.processes < 1 or args.n_boot < 1:
+        raise ValueError("--max-steps, --processes and --n-boot must be >= 1")
+    train = {"max_steps": args.max_steps, "lr": args.lr, "batch_size": args.batch_size,
+             "min_steps": min(2000, args.max_steps)}
+    res = mtog_sweep(args.teacher, n_trains, sizes, seeds, out=out / "mtog_runs_fair.jsonl", train=train,
+                     n_eval=args.n_eval, eval_seed=args.eval_seed, device=args.device, processes=args.processes,
+                     wall_budget=args.wall_budget, n_boot=args.n_boot, progress=not args.no_progress)
+    write_json(out / "mtog.json", res)
+    if not args.no_plot:
+        from pfd.analysis.plots import plot_mtog_sweep
+
+        plot_mtog_sweep(res, out / "mtog.png")
+    for t in res["transitions"]:
+        ci = t["n_star_ci95"]
+        print(f"{t['size']} (|θ| = {t['params']}): E_gen transition N* = "
+              + ("-" if t["n_star"] is None else f"{t['n_star']:.1f}")
+              + ("" if ci is None else f", 95% CI [{ci[0]:.1f}, {ci[1]:.1f}]"))
+    c = res["collapse"]
+    print(f"collapse exponent alpha = {c.get('alpha')}, 95% CI {c.get('alpha_ci95')}; complete: {res['complete']}; "
+          f"wrote {out / 'mtog.json'}")
     return 0
 
 

@@ -152,15 +152,25 @@ def train_ensemble(
     training stopped.
 
     ``train`` holds the trainer's keyword arguments (lr, batch_size, sigma sampling, stopping
-    rule, ...). The teacher and empirical maps run on ``device`` (float64)."""
+    rule, ...), optionally ``clamp`` (the students' denoiser outputs are projected onto
+    [-clamp, clamp]^d when their maps are evaluated) and optionally ``lr_ref_width``: the learning rate is then scaled by
+    min(1, sqrt(lr_ref_width / width)) (wide networks take smaller Adam steps). The teacher and
+    empirical maps run on ``device`` (float64)."""
+    import math
+
     from pfd.analysis.students import EnsembleDSMTrainer
 
+    train = dict(train or {})
+    ref = train.pop("lr_ref_width", None)
+    clamp = train.pop("clamp", None)
+    if ref is not None:
+        train["lr"] = train.get("lr", 1e-3) * min(1.0, math.sqrt(ref / width))
     solver = dict(solver or {})
     t0 = time.perf_counter()
     members = [(int(s), int(n)) for s in seeds for n in n_trains]
     data = [train_set(teacher, n, s) for s, n in members]
     tr = EnsembleDSMTrainer(data, [int(derive_seed(s, 7, n) % (2**31)) for s, n in members], arch=arch, width=width,
-                            depth=depth, device=device, noise_seed=int(seeds[0]), **(train or {}))
+                            depth=depth, device=device, noise_seed=int(seeds[0]), **train)
     stats = tr.train(wall_budget=wall_budget, progress=progress)
     t_train = time.perf_counter() - t0
     tmap = teacher_map if teacher_map is not None else CachedMap(OnDevice(teacher.flow_map(**solver), device))
@@ -170,12 +180,14 @@ def train_ensemble(
         t1 = time.perf_counter()
         emp = CachedMap(OnDevice(GaussianMixture.empirical(data[i]).flow_map(**solver), device))
         refs = reference_maps(tmap, emp)
-        err = generalization_errors(OnDevice(tr.flow_map(i, **solver), device), None, None, references=refs, **kw)
+        err = generalization_errors(OnDevice(tr.flow_map(i, clamp=clamp, **solver), device), None, None,
+                                    references=refs, **kw)
         emp_gen = generalization_errors(refs.empirical, None, None, references=refs, **kw).e_gen
         rec = {**stats[i], **err.to_dict(), "n_train": n, "seed": s, "arch": arch, "width": width, "depth": depth,
                "n_params": tr.n_params, "e_gen_empirical": emp_gen.value,
                "e_gen_rel": err.e_gen.value / emp_gen.value if emp_gen.value > 0 else None,
                "e_mem_rel": err.e_mem.value / emp_gen.value if emp_gen.value > 0 else None,
-               "train_seconds_unit": t_train, "eval_seconds": time.perf_counter() - t1, "device": str(tr.device.type)}
+               "lr": tr.lr0, "train_seconds_unit": t_train, "eval_seconds": time.perf_counter() - t1,
+               "device": str(tr.device.type)}
         out.append(rec)
     return out

@@ -240,9 +240,10 @@ def mtog_scaling(
 
 SWEEP_VERSION = 1
 DEFAULT_TRAIN: dict[str, Any] = {
-    "lr": 1e-3, "batch_size": 256, "p_mean": -1.2, "p_std": 1.2, "p_uniform": 0.5, "sigma_min": 0.002,
-    "sigma_max": 80.0, "ema": 0.999, "warmup": 200, "check_every": 500, "patience": 3, "tol": 0.005,
-    "lr_decay": 0.3, "max_decays": 2, "min_steps": 2000, "max_steps": 40000, "n_check": 1024,
+    "lr": 2e-3, "lr_ref_width": 256, "clamp": 3.0, "batch_size": 256, "p_mean": -1.2, "p_std": 1.2,
+    "p_uniform": 0.5, "sigma_min": 0.002, "sigma_max": 80.0, "ema": 0.999, "warmup": 200, "check_every": 500,
+    "patience": 3, "tol": 0.005, "lr_decay": 0.3, "max_decays": 2, "min_steps": 2000, "max_steps": 40000,
+    "n_check": 1024,
 }
 
 
@@ -288,12 +289,16 @@ def _unit_settings(teacher: GaussianMixture, size: dict[str, Any], seeds: list[i
     import hashlib
     import json
 
-    teacher_hash = hashlib.sha1(json.dumps(teacher.to_dict()).encode()).hexdigest()[:16]
+    # the teacher's parameters to 6 significant digits: another BLAS or scikit-learn build
+    # refitting the same named teacher gives the same key, a different teacher does not
+    rounded = {k: [float(f"{t:.6g}") for t in np.asarray(v, float).ravel()] for k, v in teacher.to_dict().items()}
+    teacher_hash = hashlib.sha1(json.dumps(rounded).encode()).hexdigest()[:16]
     # the ensemble (all seeds x N of one size) shares noise streams, so its whole grid is part of
     # each run's identity; CPU and CUDA generators differ, so the device type is too
     return {"version": SWEEP_VERSION, "teacher": teacher_hash, "arch": size["arch"], "width": size["width"],
             "depth": size["depth"], "seeds": list(seeds), "n_trains": list(n_trains), "train": train, "n_eval": n_eval,
-            "eval_seed": eval_seed, "solver": solver, "device": str(device).split(":")[0]}
+            "eval_seed": eval_seed, "solver": solver, "device": str(device).split(":")[0],
+            "tf32": str(device).startswith("cuda")}
 
 
 _WORKER: dict[str, Any] = {}
@@ -309,7 +314,10 @@ def _unit_worker(job: dict[str, Any]) -> list[dict[str, Any]]:
 
     torch.set_num_threads(job.get("threads", 1))
     if job["device"].startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = False  # keep float32 students float32
+        # TF32 tensor-core matmuls for the float32 students (about 4x faster on H100/H200); the
+        # mixtures' maps are float64 and unaffected. Part of the run key (see _unit_settings).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     key = (job["teacher_name"], job["device"], repr(job["solver"]))
     if _WORKER.get("key") != key:
         teacher = get_teacher(job["teacher_name"]) if job.get("teacher") is None else GaussianMixture.from_dict(job["teacher"])
@@ -426,7 +434,6 @@ def mtog_sweep(
                     runs.append(rec)
     config = {"teacher": teacher_name or "custom", "n_trains": grid_n, "seeds": grid_s,
               "sizes": [s["label"] for s in size_specs],
-              "params": {r["size"]: r["n_params"] for r in runs},
               "steps": {"rule": "per run: every check_every steps, the fixed-noise DSM loss of the EMA weights on its "
                         "training set; after `patience` checks without a relative drop of `tol` the learning rate is "
                         "multiplied by lr_decay; after max_decays decays the run has converged (stopped_by='plateau');"
@@ -454,39 +461,55 @@ def _seed_means(runs: list[dict[str, Any]], field: str, group: str, seeds: Seque
 
 
 def _collapse_alpha(curves: dict[Any, tuple[np.ndarray, np.ndarray]], lps: dict[Any, float], fix_b: float | None,
-                    lo: float = -0.5, hi: float = 1.5) -> tuple[float | None, float | None]:
-    """Exponent minimising the residual of one shared logistic against u = log2 N - alpha log2|theta|:
-    coarse grid (step 0.05) then golden-section refinement around the best grid point."""
-    x = np.concatenate([c[0] for c in curves.values()])
-    y = np.concatenate([c[1] for c in curves.values()])
-    lp = np.concatenate([np.full(len(c[0]), lps[g]) for g, c in curves.items()])
-    if x.size < 5:
-        return None, None
+                    init: Sequence[float] | None = None) -> tuple[float | None, float | None, list[float] | None]:
+    """The collapse exponent alpha: every size's curve is fitted jointly as
+    E_g(N) = b_g + a_g / (1 + exp((log2 N - c - alpha log2|theta_g|) / w)), i.e. the curves
+    coincide against u = log2(N / |theta|^alpha) up to each size's own plateaus (b_g, a_g: a
+    small model generalizes to a higher floor), with one shared transition shape (c, w) and
+    alpha free (least squares). Started from the per-size logistic fits (or from ``init``, the
+    parameter vector of an earlier fit, e.g. the full-data fit inside a bootstrap).
+    Returns (alpha, 1 - R^2, parameters) or (None, None, None) when it cannot be fitted."""
+    import warnings
 
-    def res(a: float) -> float:
-        f = fit_logistic(x - a * lp, y, fix_b=fix_b)
-        return math.inf if f is None else 1.0 - f["r2"]
+    from scipy.optimize import OptimizeWarning, curve_fit
 
-    grid = np.arange(lo, hi + 1e-9, 0.05)
-    vals = [res(a) for a in grid]
-    i = int(np.argmin(vals))
-    a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    g = (math.sqrt(5) - 1) / 2
-    c, d = b - g * (b - a), a + g * (b - a)
-    fc, fd = res(c), res(d)
-    for _ in range(12):
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - g * (b - a)
-            fc = res(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + g * (b - a)
-            fd = res(d)
-    best = (c, fc) if fc < fd else (d, fd)
-    if vals[i] < best[1]:
-        best = (float(grid[i]), vals[i])
-    return float(best[0]), float(best[1])
+    groups = list(curves)
+    if len(groups) < 2 or any(len(curves[g][0]) < 4 for g in groups):
+        return None, None, None
+    x = np.concatenate([curves[g][0] for g in groups])
+    y = np.concatenate([curves[g][1] for g in groups])
+    gi = np.concatenate([np.full(len(curves[g][0]), i) for i, g in enumerate(groups)])
+    lpv = np.array([lps[g] for g in groups])
+    if np.ptp(lpv) == 0:
+        return None, None, None
+    k = len(groups)
+    sst = float(np.sum((y - y.mean()) ** 2))
+
+    def model(xx, *p):
+        b = np.full(k, fix_b) if fix_b is not None else np.asarray(p[:k])
+        a = np.asarray(p[k:2 * k])
+        c, w, al = p[2 * k:]
+        return _logistic(xx, b[gi], a[gi], c + al * lpv[gi], w)
+
+    if init is None:
+        fits = [fit_logistic(*curves[g], fix_b=fix_b) for g in groups]
+        if any(f is None for f in fits):
+            return None, None, None
+        x0 = np.array([f["x0"] for f in fits])
+        al0, c0 = np.polyfit(lpv, x0, 1)
+        init = [*(f["b"] for f in fits), *(f["a"] for f in fits), float(c0), float(np.median([f["w"] for f in fits])),
+                float(al0)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p, _ = curve_fit(model, x, y, p0=list(init), maxfev=5000)
+    except (RuntimeError, ValueError):
+        return None, None, None
+    if not np.all(np.isfinite(p)) or abs(p[-2]) < 0.05:
+        return None, None, None
+    sse = float(np.sum((model(x, *p) - y) ** 2))
+    return float(p[-1]), (sse / sst if sst > 0 else 0.0), [float(v) for v in p]
 
 
 def transition_fits(runs: list[dict[str, Any]], field: str = "e_gen", *, group: str = "size", n_boot: int = 200,
@@ -525,16 +548,18 @@ def transition_fits(runs: list[dict[str, Any]], field: str = "e_gen", *, group: 
         if len(ok) >= 2:
             lx = np.array([lps[g] for g in ok])
             slope = float(np.polyfit(lx, [stars[g][0]["x0"] for g in ok], 1)[0]) if np.ptp(lx) > 0 else None
-        alpha = _collapse_alpha(curves, lps, fix_b)[0] if collapse else None
-        return stars, slope, alpha
+        coll = _collapse_alpha(curves, lps, fix_b, init=init) if collapse else (None, None, None)
+        return stars, slope, coll
 
-    stars, slope, alpha = fit_all(seeds)
+    init = None
+    stars, slope, (alpha, residual, init) = fit_all(seeds)
+    order = list(_seed_means(runs, field, group, seeds))  # the groups' order inside the parameter vector
     rng = np.random.default_rng(seed)
     boot_x0: dict[Any, list[float]] = {g: [] for g in params}
     boot_slope, boot_alpha = [], []
     for _ in range(n_boot):
         sample = rng.choice(seeds, size=len(seeds), replace=True).tolist()
-        st, sl, al = fit_all(sample)
+        st, sl, (al, _, _) = fit_all(sample)
         for g, (f, inside) in st.items():
             if inside:
                 boot_x0[g].append(f["x0"])
@@ -556,7 +581,12 @@ def transition_fits(runs: list[dict[str, Any]], field: str = "e_gen", *, group: 
                         "n_star_ci95": None if c is None else [2.0 ** c[0], 2.0 ** c[1]],
                         "boot_in_range": len(boot_x0[g]), "n_boot": n_boot})
     return {"field": field, "transitions": entries,
-            "collapse": {"alpha": alpha, "alpha_ci95": ci(boot_alpha, max(1, n_boot // 2)),
+            "collapse": {"alpha": alpha, "residual": residual,
+                         "per_size": None if init is None else {
+                             g: {"b": fix_b if fix_b is not None else init[i], "a": init[len(order) + i]}
+                             for i, g in enumerate(order)},
+                         "c": None if init is None else init[-3], "w": None if init is None else init[-2],
+                         "alpha_ci95": ci(boot_alpha, max(1, n_boot // 2)),
                          "alpha_ci_width": None if ci(boot_alpha, max(1, n_boot // 2)) is None else
                          float(np.diff(ci(boot_alpha, max(1, n_boot // 2)))[0]),
                          "slope_log2_nstar_vs_log2_params": slope,
@@ -568,6 +598,7 @@ def mtog_report(runs: list[dict[str, Any]], config: dict[str, Any], *, n_boot: i
     ``transitions`` (per size: params, n_star, n_star_ci95), ``collapse`` (alpha, alpha_ci95),
     ``fits`` for the other observables, ``convergence`` (steps and how close small N got to the
     memorizer), ``runs`` and ``complete``."""
+    config = {**config, "params": {r["size"]: r["n_params"] for r in runs}}
     expected = len(config["n_trains"]) * len(config["seeds"]) * len(config["sizes"])
     finished = [r for r in runs if r.get("stopped_by") != "wall"]
     complete = len(finished) == expected

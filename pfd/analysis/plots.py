@@ -175,22 +175,29 @@ def plot_mtog_sweep(result: dict[str, Any], path: str | os.PathLike[str]) -> Pat
             ax[0].plot(lx, emp, "k--", lw=1, label="memorizer (empirical model)")
         em, em_sd = stat("e_mem_rel")
         ax[1].errorbar(lx, em, yerr=em_sd, color=col, marker="o", ms=3, capsize=2, label=s)
-        if alpha is not None:
-            ax[2].plot(lx - alpha * math.log2(p), eg, color=col, marker="o", ms=3, label=s)
+        per = (result.get("collapse") or {}).get("per_size") or {}
+        if alpha is not None and s in per:
+            ax[2].plot(lx - alpha * math.log2(p), (eg - per[s]["b"]) / per[s]["a"], color=col, marker="o", ms=3,
+                       label=s)
     ax[0].set(xlabel="log2 N", ylabel="E_gen = PFD(student, teacher)", title="E_gen (mean ± sd over seeds)")
     ax[0].legend(fontsize=7)
     ax[1].axhline(0, color="k", lw=0.5)
     ax[1].set(xlabel="log2 N", ylabel="E_mem / E_gen(memorizer)", title="memorization: E_mem relative (0 = memorizes)")
     ax[1].legend(fontsize=7)
+    coll = result.get("collapse") or {}
+    if alpha is not None and coll.get("c") is not None:
+        u = np.linspace(*ax[2].get_xlim(), 200)
+        ax[2].plot(u, 1.0 / (1.0 + np.exp((u - coll["c"]) / coll["w"])), "k--", lw=1, label="shared logistic")
+        ax[2].legend(fontsize=7)
     ax[2].set(xlabel=f"log2(N / |θ|^α), α = {alpha:.2f}" if alpha is not None else "log2(N / |θ|^α)",
-              ylabel="E_gen", title="collapse at the fitted α")
+              ylabel="(E_gen - b_size) / a_size", title="collapse at the fitted α (per-size plateaus removed)")
     tr = [t for t in result.get("transitions", []) if t.get("n_star") is not None]
     if tr:
         p = np.array([t["params"] for t in tr], float)
         ns = np.array([t["n_star"] for t in tr], float)
         lo = np.array([t["n_star_ci95"][0] if t["n_star_ci95"] else np.nan for t in tr])
         hi = np.array([t["n_star_ci95"][1] if t["n_star_ci95"] else np.nan for t in tr])
-        yerr = np.vstack([np.where(np.isnan(lo), 0, ns - lo), np.where(np.isnan(hi), 0, hi - ns)])
+        yerr = np.maximum(0, np.vstack([np.where(np.isnan(lo), 0, ns - lo), np.where(np.isnan(hi), 0, hi - ns)]))
         ax[3].errorbar(p, ns, yerr=yerr, fmt="o", color="C3", capsize=3, label="N* (E_gen), 95% CI")
         pp = np.geomspace(p.min(), p.max(), 50)
         gm = np.exp(np.mean(np.log(ns)))

@@ -405,26 +405,36 @@ class EnsembleDenoiser(torch.nn.Module):
         out = self._raw(c_in[expand] * x, emb, idx)
         return c_skip[expand] * x + c_out[expand] * out
 
-    def member(self, r: int) -> MemberDenoiser:
-        """Member ``r`` as a stand-alone denoiser ``D(x (B, *event_shape), sigma (B,))``."""
+    def member(self, r: int, *, clamp: float | None = None) -> MemberDenoiser:
+        """Member ``r`` as a stand-alone denoiser ``D(x (B, *event_shape), sigma (B,))``; with
+        ``clamp`` its output is projected onto the box [-clamp, clamp]^d."""
         if not 0 <= int(r) < self.n_members:
             raise ValueError(f"r must be a member index in [0, {self.n_members}), got {r!r}")
-        return MemberDenoiser(self, int(r))
+        return MemberDenoiser(self, int(r), clamp=clamp)
 
 
 class MemberDenoiser(torch.nn.Module):
-    """One member of an :class:`EnsembleDenoiser` (shares its weights; no copy)."""
+    """One member of an :class:`EnsembleDenoiser` (shares its weights; no copy).
 
-    def __init__(self, ensemble: EnsembleDenoiser, r: int) -> None:
+    ``clamp``: project the output onto [-clamp, clamp]^d (as samplers' "clip denoised"). The
+    DSM optimum for a training set, its empirical denoiser, is a convex combination of the
+    training points, so for data in a box inside [-clamp, clamp]^d the projection can only
+    move the student towards it; it bounds the PF-ODE trajectory (each Euler/Heun step mixes x
+    with D), which stops a rare off-data trajectory from diverging.
+    """
+
+    def __init__(self, ensemble: EnsembleDenoiser, r: int, *, clamp: float | None = None) -> None:
         super().__init__()
         self.ensemble, self.r = ensemble, r
         self.event_shape = ensemble.event_shape
+        self.clamp = None if clamp is None else check_positive_float(clamp, "clamp")
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s = torch.as_tensor(sigma, device=x.device).reshape(-1)
         if s.numel() == 1:
             s = s.expand(x.shape[0])
-        return self.ensemble(x[None], s[None], members=slice(self.r, self.r + 1))[0]
+        out = self.ensemble(x[None], s[None], members=slice(self.r, self.r + 1))[0]
+        return out if self.clamp is None else out.clamp(-self.clamp, self.clamp)
 
 
 def sample_sigma(shape: tuple[int, ...], g: torch.Generator, *, p_mean: float, p_std: float, p_uniform: float,
@@ -638,11 +648,12 @@ class EnsembleDSMTrainer:
         return [{"steps": self.steps_used[i], "stopped_by": self.stopped_by[i], "check_loss": final[i],
                  "lr_decays": self.decays[i]} for i in range(self.r)]
 
-    def flow_map(self, r: int, **solver_options: Any):
-        """Member ``r``'s PF-ODE noise-to-data map (EMA weights; EDM Heun 18 by default)."""
+    def flow_map(self, r: int, *, clamp: float | None = None, **solver_options: Any):
+        """Member ``r``'s PF-ODE noise-to-data map (EMA weights; EDM Heun 18 by default); with
+        ``clamp`` the denoiser output is projected onto [-clamp, clamp]^d."""
         from pfd.maps import DiffusionMap
 
-        net = self.ema_model.member(r)
+        net = self.ema_model.member(r, clamp=clamp)
         solver_options.setdefault("shape", net.event_shape)
         solver_options.setdefault("name", f"{self.model.arch}(w={self.model.width}, d={self.model.depth})[{r}]")
         return DiffusionMap(net, **solver_options)
