@@ -10,7 +10,7 @@ from pfd.analysis.baselines import (
     mmd_rbf,
     prdc,
 )
-from pfd.analysis.bias_variance import BiasVariance, bias_variance, bias_variance_study
+from pfd.analysis.decomposition import BiasVariance, bias_variance, bias_variance_study
 from pfd.analysis.dynamics import detect_features, training_dynamics
 from pfd.analysis.generalization import (
     GeneralizationErrors,
@@ -29,7 +29,14 @@ from pfd.analysis.mtog import (
     mtog_sweep,
     transition_fits,
 )
-from pfd.analysis.students import DenoiserMLP, DSMTrainer, EnsembleDenoiser, EnsembleDSMTrainer, dsm_loss
+from pfd.analysis.students import (
+    DenoiserMLP,
+    DSMTrainer,
+    EnsembleDenoiser,
+    EnsembleDSMTrainer,
+    TrainConfig,
+    dsm_loss,
+)
 
 __all__ = [
     "BiasVariance",
@@ -39,6 +46,7 @@ __all__ = [
     "EnsembleDenoiser",
     "GeneralizationErrors",
     "ReferenceMaps",
+    "TrainConfig",
     "all_baselines",
     "bias_variance",
     "bias_variance_study",
