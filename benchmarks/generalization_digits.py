@@ -66,6 +66,12 @@ from pfd.report import append_jsonl, format_table, write_json
 
 PARTS = ("bias-variance", "dynamics", "distill", "metrics")
 
+ENSEMBLE_TRAIN: dict[str, Any] = {
+    "lr": 1e-3, "batch_size": 256, "p_mean": -1.2, "p_std": 1.2, "p_uniform": 0.5, "sigma_min": 0.002,
+    "sigma_max": 80.0, "ema": 0.999, "warmup": 200, "check_every": 500, "patience": 3, "tol": 0.005,
+    "lr_decay": 0.3, "max_decays": 2, "min_steps": 2000, "max_steps": 40000, "n_check": 1024,
+}
+
 FULL: dict[str, Any] = {
     "n_eval": 2048, "eval_seed": 0, "depth": 3, "steps": 3000, "lr": 2e-3, "batch_size": 256,
     "train": {"max_steps": 3000, "min_steps": 2000, "check_every": 500},
@@ -119,7 +125,7 @@ class Study:
     @property
     def tmap(self) -> CachedMap:
         if self._tmap is None:
-            self._tmap = CachedMap(self.teacher.flow_map())
+            self._tmap = CachedMap(self.teacher.ode_map())
         return self._tmap
 
     def members(self, width: int) -> list[tuple[int, int]]:
@@ -135,9 +141,9 @@ class Study:
         return sorted(need)
 
     def train_settings(self) -> dict[str, Any]:
-        from pfd.analysis.mtog import DEFAULT_TRAIN
-
-        return {**DEFAULT_TRAIN, **self.cfg.get("train", {})}
+        """EnsembleDSMTrainer settings: pinned here (not the MtoG sweep's defaults, which may
+        change), so a rerun reproduces and resumes the committed students."""
+        return {**ENSEMBLE_TRAIN, **self.cfg.get("train", {})}
 
     def ensemble(self, width: int) -> tuple[Any, dict[tuple[int, int], int], list[dict[str, Any]]]:
         """The trained ensemble of all students of ``width`` (cached on disk; a lock keeps two
@@ -170,9 +176,9 @@ class Study:
                 seconds = time.perf_counter() - t0
                 for rec in stats:
                     rec["ensemble_train_seconds"] = seconds
-                from pfd.analysis.students import _atomic_torch_save
+                from pfd._train import atomic_torch_save
 
-                _atomic_torch_save({"ema": tr.ema_model.state_dict(), "stats": stats, "members": members}, path)
+                atomic_torch_save({"ema": tr.ema_model.state_dict(), "stats": stats, "members": members}, path)
                 if self.progress:
                     print(f"  trained width {width}: {len(members)} students in one ensemble, steps "
                           f"{min(r['steps'] for r in stats)}..{max(r['steps'] for r in stats)}, {seconds:.0f} s",
@@ -185,7 +191,7 @@ class Study:
         """(map, denoiser, info) of the DSM student of training set ``seed`` (N points) and width."""
         tr, index, stats = self.ensemble(width)
         r = index[(n_train, seed)]
-        return tr.flow_map(r), tr.ema_model.member(r), {"n_params": tr.n_params, **stats[r]}
+        return tr.ode_map(r), tr.ema_model.member(r), {"n_params": tr.n_params, **stats[r]}
 
     def records(self, name: str, key_fields: tuple[str, ...]) -> tuple[Path, dict[tuple, dict[str, Any]]]:
         path = self.runs / f"{name}.jsonl"
@@ -227,7 +233,7 @@ def run_bias_variance(st: Study) -> dict[str, Any]:
                 n_params = got[0][2]["n_params"]
                 info = {"steps": [g[2]["steps"] for g in got], "stopped_by": [g[2]["stopped_by"] for g in got]}
             else:
-                maps = [GaussianMixture.empirical(train_set(st.teacher, n_train, j)).flow_map() for j in range(k)]
+                maps = [GaussianMixture.empirical(train_set(st.teacher, n_train, j)).ode_map() for j in range(k)]
                 n_params = None
             res = bias_variance(maps, st.tmap, n=n_eval, seed=eval_seed)
             rec = {"fingerprint": fp, "n_train": n_train, "model": kind, "width": width, "n_params": n_params,
@@ -325,7 +331,8 @@ def run_dynamics(st: Study) -> dict[str, Any]:
     """One ensemble holds every (N, seed) run; it is trained in chunks of ``eval_steps`` steps with a
     fixed budget (stopping rule off: constant learning rate after warm-up, so the curves of all
     runs are comparable), and every member is scored after each chunk."""
-    from pfd.analysis.students import EnsembleDSMTrainer, _atomic_torch_save
+    from pfd._train import atomic_torch_save
+    from pfd.analysis.students import EnsembleDSMTrainer
 
     c, dy = st.cfg, st.cfg["dynamics"]
     members = [(n, s) for n in dy["n_trains"] for s in dy["seeds"]]
@@ -350,7 +357,7 @@ def run_dynamics(st: Study) -> dict[str, Any]:
             rows = []
             for r, (n_train, seed) in enumerate(members):
                 net = tr.ema_model.member(r)
-                err = generalization_errors(tr.flow_map(r), None, None, n=dy["n_eval"], seed=c["eval_seed"],
+                err = generalization_errors(tr.ode_map(r), None, None, n=dy["n_eval"], seed=c["eval_seed"],
                                             references=refs[r])
                 rows.append({"n_train": n_train, "seed": seed, **err.to_dict(),
                              "train_loss": _fixed_dsm_loss(net, datasets[r], tr.sig, seed),
@@ -366,7 +373,7 @@ def run_dynamics(st: Study) -> dict[str, Any]:
         tr.active[:] = True  # the chunk cap froze every member; continue them (optimizer, EMA, RNG state kept)
         tr._act_dev.fill_(1.0)
         tr.train()
-        _atomic_torch_save(_trainer_state(tr), ckpt)
+        atomic_torch_save(_trainer_state(tr), ckpt)
     steps_done = sorted(k[1] for k in done if k[0] == fp)
     runs = []
     for r, (n_train, seed) in enumerate(members):
@@ -488,7 +495,7 @@ def dsm_trajectory_pairs(net: Any, dim: int, grid_t: torch.Tensor, n: int, seed:
     trajectories from fresh noise, integrated (Heun, ``substeps`` Karras steps per segment) in
     EDM coordinates and stored in OU coordinates x_ou = alpha_t x_ve at the grid times."""
     from pfd.schedules import get_process
-    from pfd.solvers import integrate_fixed
+    from pfd.solvers import get_solver
 
     proc = get_process("ou")
     z = canonical_noise(n, (dim,), seed=derive_seed(seed, 0xD157) % (2**62))
@@ -501,7 +508,7 @@ def dsm_trajectory_pairs(net: Any, dim: int, grid_t: torch.Tensor, n: int, seed:
     x = float(sub[0][0]) * z
     states = [x]
     for sig in sub:
-        x = integrate_fixed(denoise, x, sig, "heun")
+        x = get_solver("heun").integrate(denoise, x, sig)
         states.append(x)
     alphas = [float(proc.alpha(float(t))) for t in grid_t]
     xs = torch.stack([a * s for a, s in zip(alphas[:-1], states[:-1], strict=True)])
@@ -539,8 +546,9 @@ def run_distill(st: Study) -> dict[str, Any]:
             else:
                 grid = time_grid(k, t_min, t_max, "edm", "ou")
                 xs, ys = dsm_trajectory_pairs(net, st.teacher.dim, grid, ds["n_pairs"], ds["seed"], ds["substeps"])
-                stu, hist = train_trajectory_student(st.teacher, grid, process="ou", steps=ds["steps"], batch_size=256,
-                                                     lr=2e-3, hidden=ds["hidden"], depth=ds["student_depth"],
+                stu, hist = train_trajectory_student(st.teacher, grid, process="ou", train_steps=ds["steps"],
+                                                     batch_size=256, lr=2e-3, width=ds["hidden"],
+                                                     depth=ds["student_depth"],
                                                      seed=ds["seed"], pairs=(xs, ys), progress=False)
                 smap, kind = stu.as_map(), f"{k}-step trajectory student"
                 fid = pfd.distance(smap, dsm_map, n=n_eval, seed=eval_seed, progress=False)

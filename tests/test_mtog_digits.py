@@ -98,7 +98,7 @@ def test_digits_sweep_smoke_keyed_resume(tmp_path, one_thread):
 
     r0 = next(r for r in res["runs"] if r["n_train"] == 8 and r["seed"] == 1)
     emp = pfd.GaussianMixture.empirical(train_set(teacher, 8, 1))
-    ref = pfd.distance(emp.flow_map(), teacher.flow_map(), n=64, seed=0, progress=False).value
+    ref = pfd.distance(emp.ode_map(), teacher.ode_map(), n=64, seed=0, progress=False).value
     assert r0["e_gen_empirical"] == pytest.approx(ref, rel=1e-6)
     # same settings: nothing retrained; other settings: nothing reused
     mtog_sweep("digits", [8, 16], ["mlp:8:1", "mlp:16:1"], [0, 1], out=out, **kw)

@@ -11,7 +11,7 @@ from pfd.analysis.baselines import (
     mmd_rbf,
     prdc,
 )
-from pfd.analysis.bias_variance import BiasVariance, bias_variance, bias_variance_study
+from pfd.analysis.decomposition import BiasVariance, bias_variance, bias_variance_study
 from pfd.analysis.dynamics import detect_features, training_dynamics
 from pfd.analysis.generalization import (
     GeneralizationErrors,
@@ -30,7 +30,14 @@ from pfd.analysis.mtog import (
     mtog_sweep,
     transition_fits,
 )
-from pfd.analysis.students import DenoiserMLP, DSMTrainer, EnsembleDenoiser, EnsembleDSMTrainer, dsm_loss
+from pfd.analysis.students import (
+    DenoiserMLP,
+    DSMTrainer,
+    EnsembleDenoiser,
+    EnsembleDSMTrainer,
+    TrainConfig,
+    dsm_loss,
+)
 
 __all__ = [
     "BiasVariance",
@@ -40,6 +47,7 @@ __all__ = [
     "EnsembleDenoiser",
     "GeneralizationErrors",
     "ReferenceMaps",
+    "TrainConfig",
     "all_baselines",
     "bias_variance",
     "bias_variance_study",

@@ -28,6 +28,7 @@ import numpy as np
 
 from pfd._checks import check_positive_int
 from pfd.analysis._runs import read_records, train_student
+from pfd.analysis.students import TrainConfig
 from pfd.analytic.gmm import GaussianMixture
 from pfd.maps import CachedMap
 from pfd.report import append_jsonl
@@ -187,20 +188,15 @@ def mtog_scaling(
     seeds: Sequence[int] = (0,),
     *,
     out: str | os.PathLike[str],
-    depth: int = 3,
-    steps: int = 2000,
-    batch_size: int = 256,
-    lr: float = 2e-3,
-    n_eval: int = 2048,
-    eval_seed: int = 0,
-    solver: dict[str, Any] | None = None,
-    progress: bool = True,
+    config: TrainConfig | None = None,
     on_run: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the MtoG sweep; return all runs plus the transition and collapse fits.
 
     ``out`` is the JSONL file of finished runs (created if missing; runs already in it are
-    skipped). ``on_run(record)`` is called after each new run is written.
+    skipped). ``on_run(record)`` is called after each new run is written. ``config``
+    (:class:`pfd.analysis.TrainConfig`) sets training and evaluation; its ``width`` is replaced
+    by each of ``widths``.
     """
     if not isinstance(teacher, GaussianMixture):
         raise TypeError(f"teacher must be a pfd.GaussianMixture, got {type(teacher).__name__}")
@@ -211,22 +207,21 @@ def mtog_scaling(
         raise ValueError("n_trains, widths and seeds must be non-empty")
     done = read_records(out, KEY)
     todo = [(n, w, s) for w in grid_w for n in grid_n for s in grid_s if (n, w, s) not in done]
-    teacher_map = CachedMap(teacher.flow_map(**(solver or {})))  # computed once, reused by every run
+    cfg = config or TrainConfig()
+    teacher_map = CachedMap(teacher.ode_map(**cfg.solver.kwargs()))  # computed once, reused by every run
 
     from tqdm.auto import tqdm
 
-    for n, w, s in tqdm(todo, desc="mtog", unit="run", disable=not progress, leave=False):
-        rec, _ = train_student(teacher, n, w, depth=depth, seed=s, steps=steps, batch_size=batch_size, lr=lr,
-                               n_eval=n_eval, eval_seed=eval_seed, teacher_map=teacher_map, solver=solver)
+    for n, w, s in tqdm(todo, desc="mtog", unit="run", disable=not cfg.progress, leave=False):
+        rec, _ = train_student(teacher, n, cfg.replace(width=w), seed=s, teacher_map=teacher_map)
         append_jsonl(out, rec)
         done[(n, w, s)] = rec
         if on_run is not None:
             on_run(rec)
     runs = [_with_relative(done[(n, w, s)]) for w in grid_w for n in grid_n for s in grid_s]
     result = {
-        "config": {"n_trains": grid_n, "widths": grid_w, "seeds": grid_s, "depth": depth, "steps": steps,
-                   "batch_size": batch_size, "lr": lr, "n_eval": n_eval, "eval_seed": eval_seed,
-                   "solver": solver or {"solver": "heun", "steps": 18}, "teacher": teacher.to_dict()},
+        "config": {"n_trains": grid_n, "widths": grid_w, "seeds": grid_s,
+                   **{k: v for k, v in cfg.to_dict().items() if k != "width"}, "teacher": teacher.to_dict()},
         "runs": runs,
         "transitions": {f: fit_transitions(runs, f) for f in FIELDS},
         "collapse": {f: collapse_scan(runs, f) for f in FIELDS},
@@ -310,7 +305,8 @@ def _unit_worker(job: dict[str, Any]) -> list[dict[str, Any]]:
 
     import torch
 
-    from pfd.analysis._runs import OnDevice, get_teacher, train_ensemble
+    from pfd.analysis._runs import OnDevice, train_ensemble
+    from pfd.analytic.teachers import get_teacher
 
     torch.set_num_threads(job.get("threads", 1))
     if job["device"].startswith("cuda"):
@@ -322,7 +318,7 @@ def _unit_worker(job: dict[str, Any]) -> list[dict[str, Any]]:
     if _WORKER.get("key") != key:
         teacher = get_teacher(job["teacher_name"]) if job.get("teacher") is None else GaussianMixture.from_dict(job["teacher"])
         _WORKER.update(key=key, teacher=teacher,
-                       tmap=CachedMap(OnDevice(teacher.flow_map(**job["solver"]), job["device"])))
+                       tmap=CachedMap(OnDevice(teacher.ode_map(**job["solver"]), job["device"])))
     left = None if job["deadline"] is None else job["deadline"] - time.time()
     recs = train_ensemble(_WORKER["teacher"], job["n_trains"], job["seeds"], arch=job["arch"], width=job["width"],
                           depth=job["depth"], train=job["train"], n_eval=job["n_eval"], eval_seed=job["eval_seed"],
@@ -371,7 +367,7 @@ def mtog_sweep(
 
     teacher_name = teacher if isinstance(teacher, str) else None
     if isinstance(teacher, str):
-        from pfd.analysis._runs import get_teacher
+        from pfd.analytic.teachers import get_teacher
 
         teacher = get_teacher(teacher)
     if not isinstance(teacher, GaussianMixture):

@@ -132,7 +132,7 @@ def plot_digits_teacher(path: str | os.PathLike[str], *, n: int = 12, seed: int 
     g = __import__("torch").Generator().manual_seed(seed)
     real = digits_images()[__import__("torch").randperm(1797, generator=g)[:n]]
     rows = [("real digits", real), ("teacher samples", teacher.sample(n, seed=seed)),
-            ("teacher PF-ODE outputs", teacher.flow_map()(canonical_noise(n, teacher.event_shape, seed=seed)))]
+            ("teacher PF-ODE outputs", teacher.ode_map()(canonical_noise(n, teacher.event_shape, seed=seed)))]
     fig, axes = plt.subplots(3, n, figsize=(n * 0.9, 3 * 1.05 + 0.3))
     for i, (title, imgs) in enumerate(rows):
         for j in range(n):

@@ -535,7 +535,7 @@ class GaussianMixture:
             out = mu + torch.einsum("nde,ne->nd", root[comp], eps)
         return out.reshape(n, *self._event_shape)
 
-    def flow_map(self, **solver_options: Any):
+    def ode_map(self, **solver_options: Any):
         """The PF-ODE noise-to-data map of this mixture: a :class:`pfd.DiffusionMap`.
 
         Keyword arguments go to :class:`pfd.DiffusionMap` (``solver``, ``steps``,

@@ -14,7 +14,8 @@ population terms. The unbiased estimates are therefore
     var = K/(K-1) var_plugin,    bias2 = bias2_plugin - var/K,
 
 and they sum to the same mean E_gen^2. Everything is evaluated on one canonical noise bank;
-sums are exact (:class:`pfd.distance.ExactSum`), so nothing depends on the batch size.
+sums are exact (the reduction core's exact sums, as in :func:`pfd.distance`), so nothing depends on
+the batch size.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Any
 import torch
 
 from pfd._checks import check_positive_int
-from pfd.distance import Z95, ExactSum, summarize
+from pfd._reduce import Z95, ExactSum, SquaredDistances
+from pfd.analysis.students import TrainConfig
 from pfd.maps import map_shape
 from pfd.noise import NoiseSource
 
@@ -138,8 +140,7 @@ def bias_variance(
     psi = descriptor or (lambda x: x)
     src = NoiseSource(seed, shp)
     k = len(students)
-    g2 = [ExactSum() for _ in range(k)]
-    g4 = [ExactSum() for _ in range(k)]
+    gen = [SquaredDistances() for _ in range(k)]
     b_z, v_z = [], []  # per-noise-sample plug-in terms ||t - m||^2 and (1/K) sum_k ||o_k - m||^2
     loo_b, loo_v = [], []  # the same with student i left out (jackknife over training sets), (K, B)
     for start in range(0, n, batch_size):
@@ -157,9 +158,7 @@ def bias_variance(
             spread = spread.sum(1) - spread.diagonal(dim1=0, dim2=1).T  # drop the left-out student
             loo_v.append(spread / (k - 1))
         for j in range(k):
-            d2 = (outs[j] - t).pow(2).sum(1)
-            g2[j].add_many(d2)
-            g4[j].add_many(d2 * d2)
+            gen[j].add(outs[j], t)
     bz, vz = torch.cat(b_z), torch.cat(v_z)
     per_sample = {"bias2_plugin": bz, "var_plugin": vz, "var": vz * (k / (k - 1)),
                   "bias2": bz - vz / (k - 1), "mean_gen2": bz + vz}
@@ -170,8 +169,8 @@ def bias_variance(
         share = vals["bias2"] / vals["mean_gen2"]
         _, (lo, hi) = _mean_ci((per_sample["bias2"] - share * per_sample["mean_gen2"]) / vals["mean_gen2"])
         ci["bias_share"] = (share + lo, share + hi)
-    stats = [summarize(g2[j].value, g4[j].value, n) for j in range(k)]
-    mean_gen2 = ExactSum([g.value for g in g2]).value / (k * n)
+    stats = [g.summary(n) for g in gen]
+    mean_gen2 = ExactSum([g.s2.value for g in gen]).value / (k * n)
     extra: dict[str, Any] = {"seed": seed}
     if k >= 3:
         extra["ci95_students"] = _jackknife(torch.cat(loo_b, 1), torch.cat(loo_v, 1), k, vals)
@@ -211,24 +210,16 @@ def bias_variance_study(
     n_train: int,
     k: int = 5,
     *,
-    width: int = 64,
-    depth: int = 3,
-    steps: int = 2000,
-    batch_size: int = 256,
-    lr: float = 2e-3,
-    n_eval: int = 2048,
-    eval_seed: int = 0,
     seed: int = 0,
-    solver: dict[str, Any] | None = None,
-    progress: bool = True,
+    config: TrainConfig | None = None,
 ) -> dict[str, Any]:
     """Train K DSM students on K independent training sets of N teacher samples (dataset and
     initialisation seeds seed..seed+K-1) and decompose their E_gen^2; the empirical (memorizing)
-    models of the same K training sets are decomposed alongside, as the pure-memorization case."""
+    models of the same K training sets are decomposed alongside, as the pure-memorization case.
+    ``config`` (:class:`pfd.analysis.TrainConfig`) sets the students' training and evaluation."""
     from tqdm.auto import tqdm
 
-    from pfd.analysis._runs import epochs_for_steps, train_set
-    from pfd.analysis.students import DSMTrainer
+    from pfd.analysis._runs import train_dsm
     from pfd.analytic.gmm import GaussianMixture
     from pfd.maps import CachedMap
 
@@ -236,19 +227,16 @@ def bias_variance_study(
         raise TypeError(f"teacher must be a pfd.GaussianMixture, got {type(teacher).__name__}")
     k = check_positive_int(k, "k", minimum=2)
     n_train = check_positive_int(n_train, "n_train", minimum=2)
-    solver = dict(solver or {})
-    tmap = CachedMap(teacher.flow_map(**solver))
+    cfg = config or TrainConfig()
+    solver = cfg.solver.kwargs()
+    tmap = CachedMap(teacher.ode_map(**solver))
     students, memorizers, params = [], [], None
-    for j in tqdm(range(k), desc="bias-variance", unit="run", disable=not progress, leave=False):
-        data = train_set(teacher, n_train, seed + j)
-        tr = DSMTrainer(data, width=width, depth=depth, seed=seed + j, lr=lr, batch_size=batch_size)
-        tr.train(epochs_for_steps(n_train, batch_size, steps))
+    for j in tqdm(range(k), desc="bias-variance", unit="run", disable=not cfg.progress, leave=False):
+        tr, data, _ = train_dsm(teacher, n_train, seed + j, cfg)
         params = tr.n_params
-        students.append(tr.flow_map(**solver))
-        memorizers.append(GaussianMixture.empirical(data).flow_map(**solver))
-    st = bias_variance(students, tmap, n=n_eval, seed=eval_seed)
-    mem = bias_variance(memorizers, tmap, n=n_eval, seed=eval_seed)
-    return {"config": {"n_train": n_train, "k": k, "width": width, "depth": depth, "n_params": params, "steps": steps,
-                       "batch_size": batch_size, "lr": lr, "n_eval": n_eval, "eval_seed": eval_seed, "seed": seed,
-                       "solver": solver or {"solver": "heun", "steps": 18}},
+        students.append(tr.ode_map(**solver))
+        memorizers.append(GaussianMixture.empirical(data).ode_map(**solver))
+    st = bias_variance(students, tmap, n=cfg.n_eval, seed=cfg.eval_seed)
+    mem = bias_variance(memorizers, tmap, n=cfg.n_eval, seed=cfg.eval_seed)
+    return {"config": {"n_train": n_train, "k": k, **cfg.to_dict(), "n_params": params, "seed": seed},
             "students": st.to_dict(), "empirical": mem.to_dict()}
