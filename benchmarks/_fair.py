@@ -45,6 +45,21 @@ class RunStore:
             except (json.JSONDecodeError, OSError, AttributeError):
                 self.runs = {}
 
+    def absorb(self, paths: list[Path]) -> int:
+        """Add the finished runs of other stores (parallel workers writing their own files) that this one
+        lacks; returns how many were added. Saved with the next ``put``/``save``."""
+        added = 0
+        for p in paths:
+            try:
+                other = json.loads(Path(p).read_text()).get("runs", {})
+            except (json.JSONDecodeError, OSError, AttributeError):
+                continue
+            for k, v in other.items():
+                if k not in self.runs:
+                    self.runs[k] = v
+                    added += 1
+        return added
+
     def get(self, key: str) -> Any:
         return self.runs.get(key)
 

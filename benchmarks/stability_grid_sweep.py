@@ -79,7 +79,7 @@ def variants(config: dict[str, Any]) -> list[tuple[str, int, bool]]:
 
 
 def run_setting_seed(st: dict[str, Any], seed: int, config: dict[str, Any], store: RunStore,
-                     report_fn: Any) -> list[dict[str, Any]]:
+                     report_fn: Any, train: bool = True) -> list[dict[str, Any]]:
     gmm = build_mixture(st)
     T, delta = config["t_max"], st["t_min"]
     test = None
@@ -92,6 +92,8 @@ def run_setting_seed(st: dict[str, Any], seed: int, config: dict[str, Any], stor
                            **{k: config[k] for k in ("t_max", "batch_size", "n_train", "hidden", "depth", "lr", "n_test",
                                                      "eval_every", "patience", "rel_tol", "n_val")}})
             rec = store.get(key)
+            if rec is None and not train:
+                continue
             if rec is None:
                 if test is None:
                     xT, yT = test_set(gmm, T, delta, config["n_test"], seed=4242)
@@ -111,6 +113,8 @@ def run_setting_seed(st: dict[str, Any], seed: int, config: dict[str, Any], stor
                        "seconds": hist["seconds"], "val_loss_per_segment": hist["val_loss_per_segment"]}
                 store.put(key, rec, report_fn(False))
             recs.append(rec)
+            if not train:
+                continue
             print(f"  seed {seed} {st['name']:24s} {gname:12s} K={K} tc={int(tc)} budget {budget:5d}: relMSE "
                   f"{rec['rel_mse']:.4g} (steps used {rec['steps_used']})", flush=True)
     return recs
@@ -196,52 +200,67 @@ def _slope(x: list[float], y: list[float]) -> dict[str, Any]:
     return {"n_points": n, "slope_log_ratio_per_Lambda": b, "slope_ci95": [b - h, b + h]}
 
 
+def _errbars(ax: Any, pts: list[tuple[float, dict[str, Any]]], **kw: Any) -> None:
+    """Paired reductions at x with their 95% intervals (no bar where fewer than 2 seeds)."""
+    pts = [p for p in pts if p[1]["reduction_pct"] is not None]
+    if not pts:
+        return
+    y = [p[1]["reduction_pct"] for p in pts]
+    lo = [p[1]["reduction_pct"] - p[1]["paired_ci95"][0] if p[1]["paired_ci95"] else 0.0 for p in pts]
+    hi = [p[1]["paired_ci95"][1] - p[1]["reduction_pct"] if p[1]["paired_ci95"] else 0.0 for p in pts]
+    ax.errorbar([p[0] for p in pts], y, yerr=[lo, hi], marker="o", ms=3, capsize=2, **kw)
+
+
 def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     cfg = report["config"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
     K = cfg["K"]
-    for bi, budget in enumerate(cfg["budgets"]):
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    ax = axes.ravel()
+    one_d = [s["name"] for s in cfg["settings"] if s["mixture"] == "1d-2mode"]
+    for bi, budget in enumerate(cfg["budgets"][:2]):
         for gi, other in enumerate([g for g in cfg["grids"] if g != BALANCED]):
-            pts = [(r["Lambda"], r) for r in report["rows"] if r["budget"] == budget
-                   and r["comparison"] == f"{BALANCED} vs {other}" and r["setting"].startswith("1d") and r["paired_ci95"]]
-            pts.sort(key=lambda p: p[0])
-            if not pts:
-                continue
-            x = [p[0] * (1 + 0.03 * (gi - 1)) for p in pts]
-            y = [p[1]["reduction_pct"] for p in pts]
-            yerr = [[p[1]["reduction_pct"] - p[1]["paired_ci95"][0] for p in pts],
-                    [p[1]["paired_ci95"][1] - p[1]["reduction_pct"] for p in pts]]
-            axes[bi].errorbar(x, y, yerr=yerr, marker="o", ms=3, capsize=2, label=f"vs {other}", color=f"C{gi}")
-        axes[bi].axhline(0, color="k", lw=0.6)
-        axes[bi].set_xscale("log")
-        axes[bi].set_xlabel("stiffness Lambda(delta, T)  (1-D two-mode sweep)")
-        axes[bi].set_ylabel("balanced-sum reduction of relMSE, % (paired 95% CI)")
-        axes[bi].set_title(f"K = {K}, budget cap {budget} steps", fontsize=9)
-        axes[bi].legend(fontsize=7)
-        if bi == 1:
-            break
+            pts = sorted(((r["Lambda"] * (1 + 0.025 * (gi - 1)), r) for r in report["rows"] if r["budget"] == budget
+                          and r["comparison"] == f"{BALANCED} vs {other}" and r["setting"] in one_d), key=lambda p: p[0])
+            _errbars(ax[bi], pts, label=f"vs {other}", color=f"C{gi}")
+        ax[bi].set_title(f"(a{bi + 1}) balanced-sum vs each grid, K = {K}, budget cap {budget} steps", fontsize=9)
+        ax[bi].set_ylabel("relMSE reduction by balanced-sum, % (paired 95% CI)", fontsize=8)
     budget = cfg["budgets"][-1]
     for ci, comp in enumerate([f"K={K} {BALANCED} vs K=1", f"K={K} {BALANCED} time-conditioned (equal params) vs K=1"]):
-        pts = sorted(((r["Lambda_plus"], r) for r in report["rows"] if r["budget"] == budget and r["comparison"] == comp
-                      and r["setting"].startswith("1d") and r["paired_ci95"]), key=lambda p: p[0])
-        if pts:
-            axes[2].errorbar([p[0] for p in pts], [p[1]["reduction_pct"] for p in pts],
-                             yerr=[[p[1]["reduction_pct"] - p[1]["paired_ci95"][0] for p in pts],
-                                   [p[1]["paired_ci95"][1] - p[1]["reduction_pct"] for p in pts]],
-                             marker="s", ms=3, capsize=2, label=comp.replace(f"K={K} {BALANCED} ", f"K={K} "),
-                             color=f"C{ci + 3}")
-    axes[2].axhline(0, color="k", lw=0.6)
-    axes[2].set_xlabel("Lambda+(delta, T) (one-step slope = e^Lambda+)")
-    axes[2].set_ylabel("K segments vs one step: relMSE reduction, %")
-    axes[2].set_title(f"Lipschitz mismatch, budget cap {budget}", fontsize=9)
-    axes[2].legend(fontsize=7)
-    fig.suptitle(f"Stability-balanced grids, paired over {len(cfg['seeds'])} seeds"
-                 + ("" if report.get("complete") else " (PARTIAL)"), fontsize=10)
+        pts = sorted(((r["Lambda"], r) for r in report["rows"] if r["budget"] == budget and r["comparison"] == comp
+                      and r["setting"] in one_d), key=lambda p: p[0])
+        _errbars(ax[2], pts, label=comp.replace(f"K={K} {BALANCED} ", f"K={K} balanced ").replace(" vs K=1", "")
+                 + " vs K=1", color=f"C{ci + 3}")
+    ax[2].set_title(f"(b) Lipschitz mismatch: K = {K} segments vs one step, budget cap {budget}", fontsize=9)
+    ax[2].set_ylabel("relMSE reduction vs the one-step student, %", fontsize=8)
+    for gi, g in enumerate(cfg["grids"]):
+        for budget, ls in zip(cfg["budgets"][-2:], ["--", "-"], strict=False):
+            pts = sorted((report["stiffness"][r["setting"]]["Lambda"], r["rel_mse_mean"]) for r in report["grids"]
+                         if r["grid"] == g and r["K"] == K and not r["time_conditioned"] and r["budget"] == budget
+                         and r["setting"] in one_d)
+            if pts:
+                ax[3].plot([p[0] for p in pts], [p[1] for p in pts], ls=ls, marker="o", ms=3, color=f"C{gi}",
+                           label=f"{g}, cap {budget}")
+    ax[3].set_yscale("log")
+    ax[3].set_title(f"(c) end-to-end relMSE (mean over seeds), K = {K}", fontsize=9)
+    ax[3].set_ylabel("relative MSE", fontsize=8)
+    for a in ax:
+        a.set_xscale("log")
+        a.xaxis.set_major_formatter(ScalarFormatter())
+        a.xaxis.set_minor_formatter(plt.NullFormatter())
+        a.set_xticks([2, 3, 5, 10, 20, 30, 50])
+        a.set_xlabel("stiffness Lambda(delta, T), 1-D two-mode sweep (s^2 and delta)", fontsize=8)
+        if a is not ax[3]:
+            a.axhline(0, color="k", lw=0.6)
+        a.legend(fontsize=7)
+    ns = sorted({r["n"] for r in report["rows"]}) or [0]
+    fig.suptitle(f"Stability-balanced grids: paired over {ns[0]}-{ns[-1]} seeds"
+                 + ("" if report.get("complete") else " (PARTIAL: seeds still running)"), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -260,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", nargs="+", type=int, default=[300, 1200], help="Adam-step caps (plateau stops earlier)")
     ap.add_argument("--quick", action="store_true", help="two settings, 2 seeds, tiny budgets (seconds)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "stability_grid_sweep.json"))
+    ap.add_argument("--run-seeds", nargs="+", type=int, help="train only these seeds, in this order (parallel workers)")
+    ap.add_argument("--reverse-settings", action="store_true", help="visit the settings in reverse order")
+    ap.add_argument("--also-read", nargs="*", default=[], help="other workers' result files to take finished runs from")
+    ap.add_argument("--report-only", action="store_true", help="no training: aggregate the stored runs, write JSON/PNG")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     config: dict[str, Any] = {
@@ -281,17 +304,28 @@ def main(argv: list[str] | None = None) -> int:
         return {"config": config, "complete": complete, **aggregate(config, mine), "versions": versions(),
                 "seconds_this_session": time.perf_counter() - t_start}
 
+    def collect() -> int:
+        """All stored runs of the planned sweep into ``mine``; returns how many planned runs are missing."""
+        store.absorb([Path(p) for p in args.also_read])
+        mine.clear()
+        for seed in config["seeds"]:
+            for st in config["settings"]:
+                mine.extend(run_setting_seed(st, seed, config, store, None, train=False))
+        return len(config["seeds"]) * len(config["settings"]) * len(variants(config)) * len(config["budgets"]) - len(mine)
+
     last = {"report": {"config": config, "complete": False}}  # saved with each finished run (aggregated per seed)
-    for seed in config["seeds"]:
-        for st in config["settings"]:
-            recs = run_setting_seed(st, seed, config, store, lambda c: last["report"])
-            keys = {(r["setting"], r["grid"], r["K"], r["time_conditioned"], r["budget"], r["seed"]) for r in recs}
-            mine[:] = [r for r in mine if (r["setting"], r["grid"], r["K"], r["time_conditioned"], r["budget"], r["seed"])
-                       not in keys] + recs
+    order = [s for s in config["settings"]][:: -1 if args.reverse_settings else 1]
+    for seed in ([] if args.report_only else (args.run_seeds or config["seeds"])):
+        for st in order:
+            store.absorb([Path(p) for p in args.also_read])
+            run_setting_seed(st, seed, config, store, lambda c: last["report"])
+        collect()
         rep = last["report"] = report(False)
         store.save(rep)
         _try_plot(rep, out.with_suffix(".png"))
-    final = report(True)
+    missing = collect()
+    final = report(missing == 0)
+    final["missing_runs"] = missing
     store.save(final)
     _try_plot(final, out.with_suffix(".png"))
     cols = ["setting", "budget", "comparison", "n", "reduction_pct", "paired_ci95"]
