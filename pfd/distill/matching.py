@@ -68,8 +68,9 @@ class MixtureGenerator(torch.nn.Module):
     Its law is ``law()`` = (1/K) sum_c N(mu_c, A_c A_c^T) (rows are assigned to components
     cyclically, so every batch is stratified over the components). Parameters are float64.
 
-    >>> import torch, pfd
-    >>> g = pfd.distill.matching.MixtureGenerator([[0.0, 0.0], [2.0, 0.0]], [[[1.0, 0.0], [0.0, 1.0]]] * 2)
+    >>> import torch
+    >>> from pfd.distill import MixtureGenerator
+    >>> g = MixtureGenerator([[0.0, 0.0], [2.0, 0.0]], [[[1.0, 0.0], [0.0, 1.0]]] * 2)
     >>> g(torch.zeros(3, 2)).tolist(), g.law().n_components
     ([[0.0, 0.0], [2.0, 0.0], [0.0, 0.0]], 2)
     """
