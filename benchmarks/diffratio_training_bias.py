@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _fair import RunStore, mean_ci95, run_key
 
 import pfd
-from pfd.distance import versions
 from pfd.distill.diffratio import fit_score_net
 from pfd.distill.matching import MixtureGenerator, train_matching
+from pfd.estimator import versions
 from pfd.report import format_table
 
 F64 = torch.float64
@@ -67,31 +67,31 @@ def run_one(arm: str, seed: int, config: dict[str, Any], cache: dict[str, Any]) 
     if arm.startswith("dmd"):
         if seed not in cache:
             t0 = time.perf_counter()
-            net = fit_score_net(data, sigma_min=lo, sigma_max=hi, steps=config["teacher_steps"],
-                                batch_size=config["batch_size"], hidden=config["score_size"][0],
+            net = fit_score_net(data, sigma_min=lo, sigma_max=hi, train_steps=config["teacher_steps"],
+                                batch_size=config["batch_size"], width=config["score_size"][0],
                                 depth=config["score_size"][1], seed=2000 + seed, progress=False)
             z = pfd.canonical_noise(config["n_pfd"], (2,), seed=7)
-            res = pfd.distance(target.flow_map(), pfd.DiffusionMap(net.denoiser, shape=(2,)), noise=z, progress=False)
+            res = pfd.distance(target.ode_map(), pfd.DiffusionMap(net.denoiser, shape=(2,)), noise=z, progress=False)
             cache[seed] = (net, {"teacher_pfd": res.value, "teacher_pfd_stderr": res.stderr,
                                  "teacher_seconds": time.perf_counter() - t0})
         teacher, extra = cache[seed]
     kw: dict[str, Any] = {}
     if arm.startswith("diffratio"):
         h, d = (int(v) for v in arm.split("-h")[1].split("x"))
-        kw = {"aux_hidden": h, "aux_depth": d}
+        kw = {"aux_width": h, "aux_depth": d}
         arm_kind = "diffratio"
     else:
         arm_kind = arm
-        kw = {"aux_hidden": config["score_size"][0], "aux_depth": config["score_size"][1]}
+        kw = {"aux_width": config["score_size"][0], "aux_depth": config["score_size"][1]}
     gen0 = MixtureGenerator.initial(target, seed=seed, **config["init"])
-    res = train_matching(target, gen0, arm_kind, reference=data, teacher=teacher, steps=config["steps"],
+    res = train_matching(target, gen0, arm_kind, reference=data, teacher=teacher, train_steps=config["steps"],
                          aux_steps=config["aux_steps"], batch_size=config["batch_size"], sigma_min=lo, sigma_max=hi,
                          lr=config["lr"], aux_lr=config["aux_lr"], eval_every=config["eval_every"],
                          n_eval=config["n_eval"], seed=seed, progress=False, **kw)
     law = res.generator.law()
     z = pfd.canonical_noise(config["n_pfd"], (2,), seed=7)
-    pd = pfd.distance(target.flow_map(), law.flow_map(), noise=z, progress=False)
-    pd0 = pfd.distance(target.flow_map(), gen0.law().flow_map(), noise=z, progress=False)
+    pd = pfd.distance(target.ode_map(), law.ode_map(), noise=z, progress=False)
+    pd0 = pfd.distance(target.ode_map(), gen0.law().ode_map(), noise=z, progress=False)
     return {"arm": arm, "seed": seed, "aux_params": res.aux_params, "seconds": res.seconds,
             "pfd_dist": pd.value, "pfd_dist_stderr": pd.stderr, "pfd_dist_init": pd0.value,
             **res.summary(), "history": res.history, **extra}

@@ -44,10 +44,10 @@ from stability_grid import mixtures as base_mixtures
 from stability_grid import test_set
 
 import pfd
-from pfd.distance import versions
 from pfd.distill import exact_pairs, train_trajectory_student
+from pfd.estimator import versions
 from pfd.report import format_table
-from pfd.stability import cumulative, make_grid, segment_increments
+from pfd.stability import cumulative, make_time_grid, segment_increments
 
 GRIDS = ["uniform", "logsnr", "edm", "balanced-sum"]
 BALANCED = "balanced-sum"
@@ -85,7 +85,7 @@ def run_setting_seed(st: dict[str, Any], seed: int, config: dict[str, Any], stor
     test = None
     recs = []
     for gname, K, tc in variants(config):
-        grid = make_grid(gname, K, delta, T, gmm)
+        grid = make_time_grid(gname, K, delta, T, gmm)
         pairs = None
         for budget in config["budgets"]:
             key = run_key({"setting": st, "grid": gname, "K": K, "time_conditioned": tc, "budget": budget, "seed": seed,
@@ -101,8 +101,8 @@ def run_setting_seed(st: dict[str, Any], seed: int, config: dict[str, Any], stor
                 if pairs is None:
                     pairs = exact_pairs(gmm, grid, config["n_train"], seed=seed)
                 student, hist = train_trajectory_student(
-                    gmm, grid, steps=budget, batch_size=config["batch_size"], n_train=config["n_train"],
-                    hidden=config["hidden"], depth=config["depth"], lr=config["lr"], seed=seed, pairs=pairs,
+                    gmm, grid, train_steps=budget, batch_size=config["batch_size"], n_train=config["n_train"],
+                    width=config["hidden"], depth=config["depth"], lr=config["lr"], seed=seed, pairs=pairs,
                     time_conditioned=tc, plateau=True, eval_every=config["eval_every"], patience=config["patience"],
                     rel_tol=config["rel_tol"], n_val=config["n_val"], progress=False)
                 with torch.no_grad():
@@ -150,7 +150,7 @@ def aggregate(config: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, A
                 rs = sel(gname, k, tc)
                 if rs:
                     m = mean_ci95([r["rel_mse"] for r in rs])
-                    inc = segment_increments(gmm, make_grid(gname, k, delta, T, gmm))
+                    inc = segment_increments(gmm, make_time_grid(gname, k, delta, T, gmm))
                     grid_rows.append({"setting": st["name"], "budget": budget, "grid": gname, "K": k,
                                       "time_conditioned": tc, "n": m["n"], "rel_mse_mean": m["mean"],
                                       "rel_mse_ci95": m["ci95"], "max_amplification": float(np.exp(inc).max()),

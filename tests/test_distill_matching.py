@@ -77,11 +77,11 @@ def test_gradient_bias_against_known_errors(target):
 def test_oracle_arm_matches_the_target(target, one_thread):
     """With the exact score difference the generator converges: PFD(q, p) drops several-fold."""
     gen = MixtureGenerator.initial(target, seed=0)
-    res = train_matching(target, gen, "oracle", steps=150, lr=1e-2, eval_every=50, n_eval=256, batch_size=128,
+    res = train_matching(target, gen, "oracle", train_steps=150, lr=1e-2, eval_every=50, n_eval=256, batch_size=128,
                          progress=False)
     z = pfd.canonical_noise(512, (2,), seed=0)
-    before = pfd.distance(target.flow_map(), gen.law().flow_map(), noise=z, progress=False).value
-    after = pfd.distance(target.flow_map(), res.generator.law().flow_map(), noise=z, progress=False).value
+    before = pfd.distance(target.ode_map(), gen.law().ode_map(), noise=z, progress=False).value
+    after = pfd.distance(target.ode_map(), res.generator.law().ode_map(), noise=z, progress=False).value
     assert after < 0.3 * before
     assert [h["step"] for h in res.history] == [0, 50, 100, 150]
     assert res.summary()["grad_bias"] == 0.0 and res.aux_params == 0
@@ -91,12 +91,12 @@ def test_oracle_arm_matches_the_target(target, one_thread):
 
 def test_estimated_arms_run_and_measure(target, one_thread):
     data = target.sample(4096, seed=1)
-    teacher = fit_score_net(data, steps=50, hidden=16, depth=2, batch_size=128, progress=False)
+    teacher = fit_score_net(data, train_steps=50, width=16, depth=2, batch_size=128, progress=False)
     gen = MixtureGenerator.initial(target, seed=0)
     out = {}
-    for arm, kw in [("diffratio", {"aux_hidden": 8, "aux_depth": 2}), ("dmd", {"teacher": teacher}),
+    for arm, kw in [("diffratio", {"aux_width": 8, "aux_depth": 2}), ("dmd", {"teacher": teacher}),
                     ("dmd-exact-teacher", {"teacher": teacher})]:
-        res = train_matching(target, gen, arm, reference=data, steps=20, eval_every=10, n_eval=128, batch_size=64,
+        res = train_matching(target, gen, arm, reference=data, train_steps=20, eval_every=10, n_eval=128, batch_size=64,
                              progress=False, **kw)
         out[arm] = res
         s = res.summary()
@@ -112,12 +112,12 @@ def test_bad_input(target):
     with pytest.raises(ValueError, match="arm must be one of"):
         train_matching(target, gen, "vsd")
     with pytest.raises(ValueError, match="needs the pre-trained teacher"):
-        train_matching(target, gen, "dmd", steps=1)
+        train_matching(target, gen, "dmd", train_steps=1)
     with pytest.raises(TypeError, match="generator must be a MixtureGenerator"):
         train_matching(target, torch.nn.Linear(2, 2), "oracle")
     with pytest.raises(ValueError, match="scales must have shape"):
         MixtureGenerator([[0.0, 0.0]], [[1.0, 0.0]])
     with pytest.raises(ValueError, match="z must be a tensor"):
         gen(torch.zeros(3, 3))
-    with pytest.raises(ValueError, match="steps must be >= 1"):
-        train_matching(target, gen, "oracle", steps=0)
+    with pytest.raises(ValueError, match="train_steps must be >= 1"):
+        train_matching(target, gen, "oracle", train_steps=0)

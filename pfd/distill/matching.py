@@ -28,7 +28,7 @@ the same (z, sigma, eps) draws, sigma from the training law, weight sigma.
 >>> from pfd.distill.matching import MixtureGenerator, train_matching
 >>> target = pfd.GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], [0.05, 0.05])
 >>> gen = MixtureGenerator.initial(target, seed=0)
->>> res = train_matching(target, gen, "oracle", steps=20, eval_every=10, progress=False)
+>>> res = train_matching(target, gen, "oracle", train_steps=20, eval_every=10, progress=False)
 >>> [round(h["cosine"], 6) for h in res.history]       # the oracle's gradient is the exact one
 [1.0, 1.0, 1.0]
 """
@@ -44,7 +44,8 @@ from typing import Any
 import torch
 
 from pfd._checks import check_positive_float, check_positive_int
-from pfd.adapters.ratio import RatioNet, _log_uniform, grad_log_ratio, ratio_loss, torch_threads
+from pfd._train import log_uniform, torch_threads
+from pfd.adapters.ratio import RatioNet, grad_log_ratio, ratio_loss
 from pfd.analytic.gmm import GaussianMixture
 from pfd.distill.diffratio import ScoreNet, dsm_loss, generator_gradient, score_difference_surrogate
 from pfd.noise import derive_seed
@@ -162,7 +163,7 @@ def gradient_bias(generator: torch.nn.Module, delta: Any, exact: Any, *, n: int 
     g = torch.Generator().manual_seed(derive_seed(seed, 0xB1A5))
     z = torch.randn(n, d, generator=g, dtype=_F64)
     eps = torch.randn(n, d, generator=g, dtype=_F64)
-    s = _log_uniform(n, lo, hi, g)
+    s = log_uniform(n, lo, hi, g)
     g_est = generator_gradient(generator, delta, z, s, eps)
     g_ex = generator_gradient(generator, exact, z, s, eps)
     with torch.no_grad():
@@ -221,14 +222,14 @@ def train_matching(
     *,
     reference: torch.Tensor | None = None,
     teacher: ScoreNet | None = None,
-    steps: int = 1500,
+    train_steps: int = 1500,
     aux_steps: int = 2,
     batch_size: int = 256,
     sigma_min: float = 0.02,
     sigma_max: float = 5.0,
     lr: float = 5e-3,
     aux_lr: float = 1e-3,
-    aux_hidden: int = 64,
+    aux_width: int = 64,
     aux_depth: int = 3,
     eval_every: int = 100,
     n_eval: int = 4096,
@@ -241,9 +242,9 @@ def train_matching(
     ``reference``: (N, d) samples of the target (the data / teacher samples; needed by
     ``"diffratio"``; default 65536 samples of ``target``). ``teacher``: the frozen pre-trained
     teacher score network (needed by ``"dmd"``; the fake score starts from a copy of it, also for
-    ``"dmd-exact-teacher"`` when given). ``aux_hidden``/``aux_depth``: size of the ratio network
+    ``"dmd-exact-teacher"`` when given). ``aux_width``/``aux_depth``: size of the ratio network
     (``"diffratio"``) or of the fake score when no teacher network is given. Generator: Adam
-    (lr, betas (0, 0.99)); auxiliary networks: ``aux_steps`` Adam updates (aux_lr, betas (0.5, 0.99))
+    (lr, betas (0, 0.99)), ``train_steps`` steps; auxiliary networks: ``aux_steps`` Adam updates (aux_lr, betas (0.5, 0.99))
     of batch ``batch_size`` per generator step. Every ``eval_every`` steps (and at 0 and the end)
     the history records :func:`gradient_bias` (fixed evaluation draws) and the auxiliary loss.
     """
@@ -256,8 +257,8 @@ def train_matching(
     if generator.dim != target.dim:
         raise ValueError(f"generator dim {generator.dim} != target dim {target.dim}")
     lo, hi = check_sigma_range(sigma_min, sigma_max)
-    for name, v in (("steps", steps), ("aux_steps", aux_steps), ("batch_size", batch_size), ("eval_every", eval_every),
-                    ("n_eval", n_eval), ("aux_hidden", aux_hidden), ("aux_depth", aux_depth)):
+    for name, v in (("train_steps", train_steps), ("aux_steps", aux_steps), ("batch_size", batch_size),
+                    ("eval_every", eval_every), ("n_eval", n_eval), ("aux_width", aux_width), ("aux_depth", aux_depth)):
         check_positive_int(v, name)
     lr, aux_lr = check_positive_float(lr, "lr"), check_positive_float(aux_lr, "aux_lr")
     if arm == "dmd" and teacher is None:
@@ -276,10 +277,10 @@ def train_matching(
     opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.0, 0.99))
     aux: torch.nn.Module | None = None
     if arm == "diffratio":
-        aux = RatioNet(d, aux_hidden, aux_depth, sigma_data=float(data.std(0).mean()), seed=derive_seed(seed, 0x3A7D))
+        aux = RatioNet(d, aux_width, aux_depth, sigma_data=float(data.std(0).mean()), seed=derive_seed(seed, 0x3A7D))
     elif arm.startswith("dmd"):
         aux = (copy.deepcopy(teacher) if teacher is not None else
-               ScoreNet(d, aux_hidden, aux_depth, sigma_data=float(data.std(0).mean()), seed=derive_seed(seed, 0x3A7E)))
+               ScoreNet(d, aux_width, aux_depth, sigma_data=float(data.std(0).mean()), seed=derive_seed(seed, 0x3A7E)))
         aux.requires_grad_(True)
         aux.train()
     if teacher is not None:
@@ -310,16 +311,16 @@ def train_matching(
 
     with torch_threads(num_threads):
         record(0)
-        for i in progress_range(steps, f"matching[{arm}]", progress):
+        for i in progress_range(train_steps, f"matching[{arm}]", progress):
             if aux is not None:
                 for _ in range(aux_steps):
                     with torch.no_grad():
                         xq = gen(torch.randn((b, d), generator=g, dtype=_F64)).float()
-                    sq = _log_uniform(b, lo, hi, g).float()
+                    sq = log_uniform(b, lo, hi, g).float()
                     eq = torch.randn((b, d), generator=g)
                     if arm == "diffratio":
                         xp = data32[torch.randint(0, data.shape[0], (b,), generator=g)]
-                        sp = _log_uniform(b, lo, hi, g).float()
+                        sp = log_uniform(b, lo, hi, g).float()
                         loss_a = ratio_loss(aux, xq + sq[:, None] * eq, sq,
                                             xp + sp[:, None] * torch.randn((b, d), generator=g), sp)
                     else:
@@ -329,7 +330,7 @@ def train_matching(
                     opt_a.step()
                 aux_loss = float(loss_a.detach())
             z = torch.randn((b, d), generator=g, dtype=_F64)
-            s = _log_uniform(b, lo, hi, g)
+            s = log_uniform(b, lo, hi, g)
             eps = torch.randn((b, d), generator=g, dtype=_F64)
             x = gen(z)
             law = gen.law() if arm in ("oracle",) else None
@@ -338,7 +339,7 @@ def train_matching(
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
-            if (i + 1) % eval_every == 0 or i + 1 == steps:
+            if (i + 1) % eval_every == 0 or i + 1 == train_steps:
                 record(i + 1)
-    return MatchingResult(gen.eval(), arm, n_params(aux) if aux is not None else 0, steps, time.perf_counter() - t0,
+    return MatchingResult(gen.eval(), arm, n_params(aux) if aux is not None else 0, train_steps, time.perf_counter() - t0,
                           history)
