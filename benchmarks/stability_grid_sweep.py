@@ -259,7 +259,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
             a.axhline(0, color="k", lw=0.6)
         a.legend(fontsize=7)
     ns = sorted({r["n"] for r in report["rows"]}) or [0]
-    fig.suptitle(f"Stability-balanced grids: paired over {ns[0]}-{ns[-1]} seeds"
+    seeds = f"{ns[0]}" if ns[0] == ns[-1] else f"{ns[0]}-{ns[-1]}"
+    fig.suptitle(f"Stability-balanced grids: paired over {seeds} seeds"
                  + ("" if report.get("complete") else " (PARTIAL: seeds still running)"), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
