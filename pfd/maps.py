@@ -29,7 +29,7 @@ from pfd.solvers import (
     resolve_solver,
 )
 
-__all__ = ["CachedMap", "DiffusionMap", "NoiseToData", "OneStepMap", "describe_map", "map_shape"]
+__all__ = ["CachedMap", "DiffusionMap", "NoiseToData", "OneStepMap", "check_in_range", "describe_map", "map_shape"]
 
 DEFAULT_RTOL = 1e-6
 DEFAULT_ATOL = 1e-8
@@ -83,6 +83,33 @@ def _check_z(z: Any, shape: tuple[int, ...] | None, who: str) -> torch.Tensor:
     if shape is not None and tuple(z.shape[1:]) != shape:
         raise ValueError(f"{who}: noise z must have shape (n, {', '.join(map(str, shape))}), got {tuple(z.shape)}")
     return z
+
+
+def check_in_range(denoiser: Any, lo: float, hi: float, what: str = "grid") -> None:
+    """Reject a noise range ``[lo, hi]`` outside the range a denoiser can be evaluated on.
+
+    A denoiser declares that range by a ``sigma_range`` attribute ``(sigma_min, sigma_max)``
+    (e.g. :class:`VPDenoiser`: its discrete schedule); others are not checked.
+
+    >>> import torch
+    >>> from pfd.adapters import VPDenoiser
+    >>> den = VPDenoiser(lambda x, t: x, torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0),
+    ...                  "epsilon")
+    >>> check_in_range(den, 0.002, 80.0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: grid [0.002, 80] leaves the range [0.01, 157.4] of VPDenoiser(epsilon) ...
+    """
+    rng = getattr(denoiser, "sigma_range", None)
+    if rng is None:
+        return
+    smin, smax = (float(v) for v in rng)
+    tol = 1e-6
+    if lo < smin * (1 - tol) or hi > smax * (1 + tol):
+        name = getattr(denoiser, "name", type(denoiser).__name__)
+        raise ValueError(f"{what} [{lo:.4g}, {hi:.4g}] leaves the range [{smin:.4g}, {smax:.4g}] of {name} (its "
+                         "schedule has no noise levels outside it); use noise levels inside it, e.g. its "
+                         "flow_map(...), which spans the schedule")
 
 
 class DiffusionMap:
@@ -148,6 +175,8 @@ class DiffusionMap:
             raise TypeError(f"denoiser must be callable D(x, sigma), got {type(denoiser).__name__}")
         self.denoiser = denoiser
         self.sigma_min, self.sigma_max = check_sigma_range(sigma_min, sigma_max)
+        check_in_range(denoiser, *getattr(self, "_grid_range", (self.sigma_min, self.sigma_max)),
+                       what="grid" if hasattr(self, "_grid_range") else "sigma range")
         self.backend, self.method = resolve_solver(solver)
         self.solver = solver
         self.steps = check_positive_int(steps, "steps", minimum=2)
@@ -365,6 +394,8 @@ def map_shape(m: Callable[..., Any]) -> tuple[int, ...] | None:
 def describe_map(m: Callable[..., Any]) -> dict[str, Any]:
     """Provenance of any map (``describe()`` if present, else its type and name)."""
     d = getattr(m, "describe", None)
-    if callable(d):
-        return dict(d())
-    return {"type": type(m).__name__, "name": getattr(m, "__qualname__", repr(m))}
+    out = dict(d()) if callable(d) else {"type": type(m).__name__, "name": getattr(m, "__qualname__", repr(m))}
+    source = getattr(m, "source", None)
+    if isinstance(source, dict) and "source" not in out:
+        out["source"] = source  # where the model was loaded from (e.g. a diffusers folder's configs)
+    return out

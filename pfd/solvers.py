@@ -30,6 +30,7 @@ __all__ = [
     "ADAPTIVE_TORCHDIFFEQ",
     "BUILTIN_SOLVERS",
     "MULTISTEP_SOLVERS",
+    "SOLVER_ALIASES",
     "Denoise",
     "fixed_nfe",
     "integrate_fixed",
@@ -51,6 +52,9 @@ BUILTIN_SOLVERS: dict[str, tuple[int, int]] = {
     "dpm2m": (1, 2),
     "dpm3m": (1, 3),
     "unipc3": (1, 3),
+    # the peers' variants (k-diffusion / diffusers weights, see integrate_multistep)
+    "dpm2m_mid": (1, 2),
+    "dpm3m_half": (1, 2),
 }
 ADAPTIVE_TORCHDIFFEQ = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
@@ -65,8 +69,53 @@ def _torchdiffeq_methods() -> list[str]:
     return [m for m in solvers if m != "scipy_solver"]
 
 
+SOLVER_ALIASES: dict[str, str] = {
+    # k-diffusion sampler names (sample_<name>) and diffusers scheduler settings -> pfd method
+    "ddim": "euler",  # DDIM (eta = 0) is Euler in sigma in EDM coordinates
+    "dpmpp_2m": "dpm2m_mid",  # k-diffusion sample_dpmpp_2m; diffusers DPMSolverMultistep(solver_type="midpoint")
+    "dpmpp_2m_heun": "dpm2m",  # diffusers DPMSolverMultistep(solver_order=2, solver_type="heun")
+    "dpmpp_3m": "dpm3m_half",  # k-diffusion sample_dpmpp_3m_sde(eta=0); diffusers DPMSolverMultistep(solver_order=3)
+}
+"""Peer solver names accepted by :func:`resolve_solver` (see docs/core.md for the exact equivalences)."""
+
+# peer names that have no pfd equivalent: why, and the nearest pfd method
+_REJECTED: dict[str, tuple[str, str]] = {
+    "unipc": ("diffusers' UniPC (B(h) variants bh1/bh2) is not implemented; pfd's unipc3 is a 2M predictor with an "
+              "exact-weight order-3 corrector", "unipc3"),
+    "uni_pc": ("see 'unipc'", "unipc3"),
+    "lms": ("k-diffusion's linear multistep in sigma is not implemented", "dpm3m"),
+    "dpm_2": ("k-diffusion's DPM-Solver-2 steps in log sigma with a geometric-mean midpoint; pfd's midpoint steps in "
+              "sigma", "midpoint"),
+    "dpm_fast": ("k-diffusion's DPM-Solver-fast is not implemented", "dpm3m"),
+    "dpm_adaptive": ("k-diffusion's adaptive DPM-Solver is not implemented; pfd's adaptive methods are torchdiffeq's",
+                     "dopri5"),
+}
+
+
+def _nearest(name: str) -> str | None:
+    import difflib
+
+    pool = [*BUILTIN_SOLVERS, *SOLVER_ALIASES, *ADAPTIVE_TORCHDIFFEQ]
+    hit = difflib.get_close_matches(name, pool, n=1, cutoff=0.5)
+    if not hit:
+        return None
+    return SOLVER_ALIASES.get(hit[0], hit[0])
+
+
 def resolve_solver(solver: str) -> tuple[str, str]:
-    """Return (backend, method) for a solver name; backend is "builtin" or "torchdiffeq"."""
+    """Return (backend, method) for a solver name; backend is "builtin" or "torchdiffeq".
+
+    Peer names (:data:`SOLVER_ALIASES`: k-diffusion's ``dpmpp_2m``, ``dpmpp_3m``, ...) resolve to
+    the pfd method that computes the same thing; stochastic samplers and peer methods pfd does not
+    implement are rejected with the nearest pfd method.
+
+    >>> resolve_solver("dpmpp_2m")
+    ('builtin', 'dpm2m_mid')
+    >>> resolve_solver("dpmpp_2m_sde")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: solver 'dpmpp_2m_sde' is a stochastic (SDE / ancestral) sampler; ... nearest pfd method: 'dpm2m_mid'
+    """
     if not isinstance(solver, str):
         raise TypeError(f"solver must be a string, got {type(solver).__name__}")
     name = solver.strip().lower()
@@ -75,13 +124,27 @@ def resolve_solver(solver: str) -> tuple[str, str]:
         if method not in _torchdiffeq_methods():
             raise ValueError(f"solver: unknown torchdiffeq method {method!r}; known: {_torchdiffeq_methods()}")
         return "torchdiffeq", method
+    name = SOLVER_ALIASES.get(name, name)
     if name in BUILTIN_SOLVERS:
         return "builtin", name
     if name in _torchdiffeq_methods():
         return "torchdiffeq", name
+    if name in _REJECTED:
+        why, near = _REJECTED[name]
+        raise ValueError(f"solver {solver!r}: {why}; nearest pfd method: {near!r}")
+    base = name
+    for tag in ("_sde_gpu", "_sde", "_ancestral", "_a"):
+        base = base.removesuffix(tag)
+    if base != name:
+        near = SOLVER_ALIASES.get(base, base) if SOLVER_ALIASES.get(base, base) in BUILTIN_SOLVERS else _nearest(base)
+        raise ValueError(f"solver {solver!r} is a stochastic (SDE / ancestral) sampler; pfd integrates the "
+                         f"deterministic probability-flow ODE; nearest pfd method: {near!r}")
+    near = _nearest(name)
+    hint = f"; nearest pfd method: {near!r}" if near else ""
     raise ValueError(
-        f"solver must be one of the built-in fixed-grid methods {sorted(BUILTIN_SOLVERS)} or a "
-        f"torchdiffeq method {_torchdiffeq_methods()} (prefix 'torchdiffeq:' to force it), got {solver!r}"
+        f"solver must be one of the built-in fixed-grid methods {sorted(BUILTIN_SOLVERS)}, a peer name "
+        f"{sorted(SOLVER_ALIASES)} or a torchdiffeq method {_torchdiffeq_methods()} (prefix 'torchdiffeq:' to force "
+        f"it), got {solver!r}{hint}"
     )
 
 
@@ -180,13 +243,18 @@ def integrate_torchdiffeq(
 #     x_1 = e^{-h} x_0 + c0(h) b0 + c1(h) b1 + c2(h) b2,
 #     c0 = 1 - e^{-h},  c1 = h - 1 + e^{-h},  c2 = h^2 - 2h + 2 - 2 e^{-h}.
 #
+# The peers' variants differ only in the weights of the higher differences:
+#   "dpm2m_mid"  (k-diffusion's DPM++ 2M, diffusers' solver_type="midpoint"): c0 h / 2 instead of c1;
+#   "dpm3m_half" (k-diffusion's DPM++ 3M SDE at eta = 0, diffusers' solver_order=3): h^2/2 - c1 instead
+#                of c2 -- half the exact third-order weight (h^2/2 - c1 = h^3/6 + ..., c2 = h^3/3 + ...),
+#                which leaves the method second order (measured in docs/core.md).
 # A single point mass (D constant) is integrated exactly by every order. "unipc3" adds a
 # corrector (exponential Adams-Moulton, as in UniPC): the model value at the new point, which
 # the next step needs anyway, re-interpolates the step's integrand through (lambda_1, D_1),
 # (lambda_0, D_0), (lambda_-1, D_-1), raising the order to 3 at no extra model call.
 # ---------------------------------------------------------------------------------------------
 
-MULTISTEP_SOLVERS: dict[str, int] = {"dpm2m": 2, "dpm3m": 3, "unipc3": 3}
+MULTISTEP_SOLVERS: dict[str, int] = {"dpm2m": 2, "dpm3m": 3, "unipc3": 3, "dpm2m_mid": 2, "dpm3m_half": 3}
 """Multistep method -> order (first steps start at lower order from the available history)."""
 
 
@@ -200,6 +268,13 @@ def _phi_weights(h: float) -> tuple[float, float, float]:
         return c0, c1, c2
     c0 = -math.expm1(-h)
     return c0, h - c0, h * h - 2.0 * h + 2.0 * c0
+
+
+def _half_c2(h: float) -> float:
+    """h^2/2 - c1(h): the peers' third-order weight (series for small h, where it cancels)."""
+    if h < 1e-2:
+        return h**3 * (1.0 / 6.0 - h / 24.0 + h * h / 120.0 - h**3 / 720.0)
+    return 0.5 * h * h - (h + math.expm1(-h))
 
 
 def _ab_coeffs(
@@ -249,6 +324,10 @@ def integrate_multistep(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor,
         c0, c1, c2 = _phi_weights(h)
         decay = s[i + 1] / s[i]  # e^{-h}, exactly from the grid
         b0, b1, b2 = _ab_coeffs(d_hist, lam_hist, order)
+        if method == "dpm2m_mid":
+            c1 = 0.5 * h * c0
+        elif method == "dpm3m_half":
+            c2 = _half_c2(h)
         x_new = decay * x + c0 * b0
         if b1 is not None:
             x_new = x_new + c1 * b1
