@@ -376,7 +376,10 @@ def _picklable(exc: BaseException | None) -> BaseException | str | None:
 
 def _accumulate(a, b, n, lo, hi, batch_size, noise, source, descriptor, s2, s4, nfe_tot, show, tqdm) -> None:
     """Add d^2 and d^4 of noise rows [lo, hi) to the exact sums s2, s4 (and NFE totals)."""
-    with tqdm(total=hi - lo, unit="sample", desc="pfd", disable=not show, file=sys.stderr, leave=False) as bar:
+    from pfd.report import pfd_bar_label
+
+    with tqdm(total=hi - lo, unit="sample", desc=pfd_bar_label(a, b), disable=not show, file=sys.stderr,
+              leave=False) as bar:
         for start in range(lo, hi, batch_size):
             stop = min(hi, start + batch_size)
             z = noise[start:stop] if source is None else source.get(start, stop)
