@@ -89,7 +89,9 @@ def check_in_range(denoiser: Any, lo: float, hi: float, what: str = "grid") -> N
     """Reject a noise range ``[lo, hi]`` outside the range a denoiser can be evaluated on.
 
     A denoiser declares that range by a ``sigma_range`` attribute ``(sigma_min, sigma_max)``
-    (e.g. :class:`VPDenoiser`: its discrete schedule); others are not checked.
+    (e.g. :class:`VPDenoiser`: its discrete schedule); others are not checked. A denoiser that can
+    be evaluated anywhere but was trained on a range declares ``trained_sigma_range``: leaving it
+    warns (a VP score model beyond t = 1, an EDM model beyond its scheduler's sigma_max).
 
     >>> import torch
     >>> from pfd.adapters import VPDenoiser
@@ -100,11 +102,20 @@ def check_in_range(denoiser: Any, lo: float, hi: float, what: str = "grid") -> N
     ...
     ValueError: grid [0.002, 80] leaves the range [0.01, 157.4] of VPDenoiser(epsilon) ...
     """
+    tol = 1e-6
+    trained = getattr(denoiser, "trained_sigma_range", None)
+    if trained is not None:
+        tmin, tmax = (float(v) for v in trained)
+        if lo < tmin * (1 - tol) or hi > tmax * (1 + tol):
+            import warnings
+
+            name = getattr(denoiser, "name", type(denoiser).__name__)
+            warnings.warn(f"{what} [{lo:.4g}, {hi:.4g}] leaves the noise range [{tmin:.4g}, {tmax:.4g}] {name} was "
+                          "trained on: its outputs there are extrapolations", UserWarning, stacklevel=3)
     rng = getattr(denoiser, "sigma_range", None)
     if rng is None:
         return
     smin, smax = (float(v) for v in rng)
-    tol = 1e-6
     if lo < smin * (1 - tol) or hi > smax * (1 + tol):
         name = getattr(denoiser, "name", type(denoiser).__name__)
         raise ValueError(f"{what} [{lo:.4g}, {hi:.4g}] leaves the range [{smin:.4g}, {smax:.4g}] of {name} (its "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -148,6 +149,8 @@ def test_edm_scheduler_folder_uses_its_preconditioning(folders):
         hand = 0.25 / (sb**2 + 0.25) * x + sb * 0.5 / torch.sqrt(sb**2 + 0.25) * f
         got = m.denoiser(x, s)
     assert float((got - hand).abs().max()) < 1e-5 * float(hand.abs().max())
+    with pytest.warns(UserWarning, match=r"leaves the noise range \[0.002, 80\] .* was trained on"):
+        load_map(str(unet_dir), args={"scheduler": str(sched_dir)}, schedule={"sigma_max": 200.0})
 
 
 def test_score_cli_scores_a_pipeline_folder_with_per_model_steps(folders, capsys):
@@ -203,3 +206,10 @@ def test_vp_default_grid_lies_inside_the_schedule_and_out_of_range_is_rejected_a
         pfd.DiffusionMap(den)
     with pytest.raises(ValueError, match="leaves the range"):
         pfd.adapters.GridMap(den, [80.0, 1.0, 0.005])
+    # a VP score model can be evaluated beyond t = 1 (sigma 152 for beta 0.1..20) but was not trained there
+    score = pfd.adapters.ScoreDenoiser(lambda x, t: -x, "vp")
+    with pytest.warns(UserWarning, match=r"trained on"):
+        pfd.DiffusionMap(score, sigma_max=200.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pfd.DiffusionMap(score, sigma_max=150.0)  # inside the trained range: no warning

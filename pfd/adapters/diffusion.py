@@ -357,6 +357,13 @@ class ScoreDenoiser(_Adapter):
         if process == "vp" and not self.beta_max > self.beta_min:
             raise ValueError(f"beta_max must be > beta_min, got {beta_max} <= {beta_min}")
 
+    @property
+    def trained_sigma_range(self) -> tuple[float, float] | None:
+        """(0, sigma at t = 1) for the VP process (its time runs over [0, 1]); None otherwise."""
+        if self.process != "vp":
+            return None
+        return 0.0, math.sqrt(math.expm1(self.beta_min + 0.5 * (self.beta_max - self.beta_min)))
+
     def time_of_sigma(self, s: torch.Tensor) -> torch.Tensor:
         """The process time with EDM noise level sigma."""
         if self.process == "ve":

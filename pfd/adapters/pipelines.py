@@ -218,6 +218,8 @@ class _EDMPreconditioned(torch.nn.Module):
         super().__init__()
         self.model = model
         self.scheduler = scheduler
+        self.name = f"diffusers:{type(model).__name__}(EDM)"
+        self.trained_sigma_range = (float(scheduler.config.sigma_min), float(scheduler.config.sigma_max))
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         from pfd.adapters.diffusion import _unwrap
