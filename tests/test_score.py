@@ -109,7 +109,7 @@ def test_progress_goes_to_stderr_and_result_to_stdout(models):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)  # stdout is pure JSON
     assert report["value"] == 0.0 and report["ci95"] == [0.0, 0.0]
-    assert "pfd" in out.stderr  # the tqdm bar
+    assert "PFD reference vs student" in out.stderr  # the tqdm bar, labelled by what it runs
 
 
 def test_parse_assignments_json_values_and_strings():
