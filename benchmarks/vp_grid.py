@@ -96,11 +96,11 @@ def main() -> None:
     rows = []
     for label, model in models.items():
         den = VPDenoiser(model, abar, "epsilon")
-        ref = pfd.maps.CachedMap(den.flow_map(solver="heun", steps=200, grid="schedule", shape=(2,)))
+        ref = pfd.maps.CachedMap(den.ode_map(solver="heun", steps=200, grid="schedule", shape=(2,)))
         for solver in ("euler", "heun", "dpm2m"):
             for points in (4, 6, 10, 18):
                 for grid in ("karras", "schedule", "loglinear"):
-                    m = den.flow_map(solver=solver, steps=points, grid=grid, shape=(2,))
+                    m = den.ode_map(solver=solver, steps=points, grid=grid, shape=(2,))
                     res = pfd.distance(ref, m, n=args.n, seed=1, progress=False)
                     rows.append({"model": label, "solver": solver, "points": points, "grid": grid,
                                  "nfe": m.nfe_per_sample, "pfd": res.value, "ci95": list(res.ci95)})

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import pfd
-from pfd.demo import demo_teacher
+from pfd.analytic.teachers import hexagon_teacher
 from pfd.noise import derive_seed
 from pfd.report import write_json
 
@@ -56,8 +56,8 @@ def train(args: argparse.Namespace) -> dict:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    gmm = demo_teacher()
-    teacher = gmm.flow_map(name="demo mixture teacher")
+    gmm = hexagon_teacher()
+    teacher = gmm.ode_map(name="demo mixture teacher")
     group = torch.distributed.group.WORLD if accelerator.num_processes > 1 else None
     monitor = pfd.PFDMonitor(teacher, n=args.noise, seed=args.seed, every=args.every, group=group,
                              log_path=out / "pfd_curve.jsonl" if accelerator.is_main_process else None)

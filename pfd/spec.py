@@ -400,7 +400,7 @@ def load_map(
         (score: ``ve``/``vp``/``ou``, required), ``beta_min``, ``beta_max``, ``grid`` (flow-map:
         required), ``signature``, ``start_scale`` (flow-map), ``sigma_max`` (consistency); ``grid``
         (eps / v / x0: ``schedule``, ``karras`` or ``loglinear``; see
-        :meth:`pfd.adapters.VPDenoiser.flow_map`). A diffusers folder takes ``grid``, ``start``,
+        :meth:`pfd.adapters.VPDenoiser.ode_map`). A diffusers folder takes ``grid``, ``start``,
         ``sigma_min``, ``sigma_max`` (its schedule comes from the folder).
     kind:
         ``"trajectory"`` or ``"distribution"``: what a raw-map student (one-step, flow-map,
@@ -516,7 +516,7 @@ def _wrap(obj: Any, spec: str, adapter: str, sched: dict[str, Any], kind: str, s
             raise ValueError(f"a Gaussian mixture is an analytic denoiser; use adapter type 'denoiser', not {adapter!r}")
         if shape is not None and shape != obj.event_shape:
             raise ValueError(f"shape {shape} does not match the mixture's sample shape {obj.event_shape}")
-        return obj.flow_map(solver=solver, steps=steps, name=spec, **sched)
+        return obj.ode_map(solver=solver, steps=steps, name=spec, **sched)
     if shape is None:
         declared = getattr(obj, "event_shape", None)
         if declared is not None:
@@ -537,8 +537,8 @@ def _wrap(obj: Any, spec: str, adapter: str, sched: dict[str, Any], kind: str, s
         opts = {"timesteps": sched.get("timesteps", "continuous")}
         den = ad.VPDenoiser(obj, abar, _VP_PREDICTION[adapter], name=f"VPDenoiser({adapter})", **opts)
         grid = sched.get("grid", "karras" if rng else None)
-        return den.flow_map(solver=solver, steps=steps, start=sched.get("start", "vp"), grid=grid, shape=shape, name=spec,
-                            **rng)
+        return den.ode_map(solver=solver, steps=steps, start=sched.get("start", "vp"), grid=grid, shape=shape, name=spec,
+                           **rng)
     if kind == "distribution" and adapter != "one-step":  # GeneratorStudent warns on its own
         from pfd.adapters.students import COUPLING_MESSAGE, CouplingWarning
 

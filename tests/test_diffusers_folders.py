@@ -199,9 +199,9 @@ def test_vp_default_grid_lies_inside_the_schedule_and_out_of_range_is_rejected_a
     abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
     den = pfd.adapters.VPDenoiser(lambda x, t: torch.zeros_like(x), abar, "epsilon")
     sig = pfd.adapters.vp_sigmas(abar)
-    g = den.flow_map(steps=4, shape=(2,))
+    g = den.ode_map(steps=4, shape=(2,))
     assert g.sigmas.tolist() == pytest.approx([float(sig[999]), float(sig[666]), float(sig[333]), float(sig[0])])
-    assert den.flow_map(solver="dpm2m", steps=5).sigmas[2] == pytest.approx(math.sqrt(float(sig[0] * sig[999])))
+    assert den.ode_map(solver="dpm2m", steps=5).sigmas[2] == pytest.approx(math.sqrt(float(sig[0] * sig[999])))
     with pytest.raises(ValueError, match=r"sigma range \[0.002, 80\] leaves the range \[0.01, 157.4\]"):
         pfd.DiffusionMap(den)
     with pytest.raises(ValueError, match="leaves the range"):

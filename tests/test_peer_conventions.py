@@ -13,7 +13,7 @@ import torch
 
 import pfd
 from pfd.adapters import GridMap
-from pfd.solvers import SOLVER_ALIASES, resolve_solver
+from pfd.solvers import SOLVER_ALIASES, get_solver
 
 F64 = torch.float64
 GMM = pfd.GaussianMixture([1.0, 2.0, 1.0], [[-2.0, 0.0], [0.0, 1.0], [2.0, -0.5]], [0.05, 0.2, 0.1])
@@ -98,17 +98,17 @@ def test_flow_matching_start_is_x_t_equal_z():
 
 
 def test_solver_aliases_and_nearest_name_errors():
-    assert resolve_solver("DDIM") == ("builtin", "euler")
-    assert resolve_solver("dpmpp_2m_heun") == ("builtin", "dpm2m")
-    assert resolve_solver("dpmpp_3m") == ("builtin", "dpm3m_half")
+    assert get_solver("DDIM").name == "euler"
+    assert get_solver("dpmpp_2m_heun").name == "dpm2m"
+    assert get_solver("dpmpp_3m").name == "dpm3m_half"
     with pytest.raises(ValueError, match="stochastic .* nearest pfd method: 'dpm3m_half'"):
-        resolve_solver("dpmpp_3m_sde")
+        get_solver("dpmpp_3m_sde")
     with pytest.raises(ValueError, match="stochastic .* nearest pfd method: 'euler'"):
-        resolve_solver("euler_ancestral")
+        get_solver("euler_ancestral")
     with pytest.raises(ValueError, match="UniPC .* nearest pfd method: 'unipc3'"):
-        resolve_solver("unipc")
+        get_solver("unipc")
     with pytest.raises(ValueError, match="nearest pfd method: 'heun'"):
-        resolve_solver("huen")
+        get_solver("huen")
     with pytest.raises(ValueError, match="nearest pfd method: 'dpm3m'"):
         pfd.DiffusionMap(GMM.denoiser, solver="dpm3")
 

@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 
-from pfd._checks import as_sigma, check_positive_float
-from pfd.maps import DiffusionMap, _check_z, check_in_range
-from pfd.solvers import BUILTIN_SOLVERS, fixed_nfe, resolve_solver
+from pfd._checks import as_sigma, check_positive_float, eval_mode
+from pfd._maps import model_device
+from pfd.maps import DiffusionMap, check_in_range
+from pfd.solvers import SOLVERS, get_solver
 
 __all__ = [
     "EDMDenoiser",
@@ -245,7 +246,7 @@ class VPDenoiser(_Adapter):
         t = torch.linspace(n - 1, 0, steps, dtype=_F64).round().long()
         return self.log_sigmas[t].exp().cpu()
 
-    def flow_map(self, *, start: str = "vp", grid: str | None = None, **kw: Any) -> GridMap:
+    def ode_map(self, *, start: str = "vp", grid: str | None = None, **kw: Any) -> GridMap:
         """PF-ODE map inside the schedule's sigma range (default Heun on 18 points).
 
         ``grid="schedule"``: the DDIM-style timestep grid (:meth:`schedule_sigmas`); ``"karras"``
@@ -256,7 +257,7 @@ class VPDenoiser(_Adapter):
         ``start="vp"`` starts from x_VE = z / sqrt(abar_T) (the VP sampler's x_T = z);
         ``start="ve"`` from sigma_max * z (the EDM convention).
         """
-        from pfd.schedules import check_grid, make_grid
+        from pfd.schedules import check_grid_name, make_grid
 
         lo = kw.pop("sigma_min", None)
         hi = kw.pop("sigma_max", None)
@@ -264,9 +265,8 @@ class VPDenoiser(_Adapter):
         rho = kw.pop("rho", 7.0)
         solver = kw.pop("solver", "heun")
         if grid is None:
-            from pfd.solvers import MULTISTEP_SOLVERS
-
-            grid = "loglinear" if resolve_solver(solver)[1] in MULTISTEP_SOLVERS else "schedule"
+            entry = get_solver(solver)  # multistep exponential integrators: one call per step, order >= 2
+            grid = "loglinear" if entry.backend == "builtin" and entry.evals_per_step == 1 and entry.order > 1 else "schedule"
         if grid == "schedule":
             if lo is not None or hi is not None:
                 raise ValueError("sigma_min/sigma_max apply to grid='karras' or 'loglinear'; the 'schedule' grid "
@@ -276,7 +276,7 @@ class VPDenoiser(_Adapter):
             lo = self.sigma_min if lo is None else lo
             hi = self.sigma_max if hi is None else hi
             check_in_range(self, float(lo), float(hi))
-            sigmas = make_grid(check_grid(grid), steps, lo, hi, rho)
+            sigmas = make_grid(check_grid_name(grid), steps, lo, hi, rho)
         return GridMap(self, sigmas, solver=solver, start=start, **kw)
 
 
@@ -433,15 +433,16 @@ class GridMap(DiffusionMap):
                              "the final denoise)")
         if grid.numel() > 1 and not bool((grid[1:] < grid[:-1]).all()):
             raise ValueError("sigmas must be strictly decreasing (from noise to data)")
-        _, method = resolve_solver(solver) if isinstance(solver, str) else (None, solver)
-        if method not in BUILTIN_SOLVERS:
-            raise ValueError(f"solver must be a built-in fixed-grid method {sorted(BUILTIN_SOLVERS)}, got {solver!r}")
+        entry = get_solver(solver)
+        if entry.backend != "builtin":
+            builtin = sorted(k for k, v in SOLVERS.items() if v.backend == "builtin")
+            raise ValueError(f"solver must be a built-in fixed-grid method {builtin}, got {solver!r}")
         if start not in self.STARTS:
             raise ValueError(f"start must be one of {self.STARTS}, got {start!r}")
         hi = float(grid[0])
         lo = float(grid[-1]) if grid.numel() > 1 else hi / 2.0
         self._grid_range = (float(grid[-1]), hi)
-        super().__init__(denoiser, sigma_max=hi, sigma_min=lo, solver=method, steps=max(2, grid.numel()),
+        super().__init__(denoiser, sigma_min=lo, sigma_max=hi, solver=entry.name, steps=max(2, grid.numel()),
                          shape=shape, model_dtype=model_dtype, name=name)
         self.sigmas = grid
         self.start = start
@@ -450,7 +451,7 @@ class GridMap(DiffusionMap):
 
     @property
     def nfe_per_sample(self) -> int:
-        return fixed_nfe(self.method, self.sigmas.numel()) if self.sigmas.numel() > 1 else 1
+        return self.stepper.nfe(self.sigmas.numel()) if self.sigmas.numel() > 1 else 1
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -463,7 +464,7 @@ class GridMap(DiffusionMap):
         return d
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        z = _check_z(z, self.shape, "GridMap")
+        z = self._check_z(z)
         s0 = float(self.sigmas[0])
         if self.start == "vp":
             z = z * (math.sqrt(1.0 + s0 * s0) / s0)
@@ -471,10 +472,7 @@ class GridMap(DiffusionMap):
             z = z * ((1.0 + s0) / s0)
         if self.sigmas.numel() > 1:
             return super().__call__(z)
-        from pfd._checks import eval_mode
-        from pfd.maps import _model_device
-
-        device = _model_device(self.denoiser) or z.device
+        device = model_device(self.denoiser) or z.device
         counter = [0]
         denoise = self._make_denoise(device, counter)
         with torch.no_grad(), eval_mode(self.denoiser):

@@ -292,7 +292,7 @@ def diffusers_map(
         den = VPDenoiser(dm.model, dm.scheduler.alphas_cumprod, pred, timesteps=timesteps,
                          name=f"diffusers:{type(dm.model).__name__}({pred})")
         rng = {k: v for k, v in (("sigma_min", sigma_min), ("sigma_max", sigma_max)) if v is not None}
-        out: Any = den.flow_map(solver=solver, steps=steps, grid=grid or "schedule", start=start or "vp", shape=shp,
+        out: Any = den.ode_map(solver=solver, steps=steps, grid=grid or "schedule", start=start or "vp", shape=shp,
                                 name=label, **rng)
     elif dm.adapter == "velocity":
         den = FlowMatchingDenoiser(dm.model, t_scale=float(cfg.num_train_timesteps),
