@@ -309,10 +309,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-SCORE_EPILOG = """SPEC: module:function (a factory; dotted module on PYTHONPATH or path/to/file.py), a TorchScript file
-(*.pt, *.ts) or gmm:<mixture.json>. Examples:
+SCORE_EPILOG = """SPEC: module:function (a factory; dotted module on PYTHONPATH or path/to/file.py), a model file
+(TorchScript *.pt, *.ts; a torch.save'd module with --allow-pickle), a diffusers folder (save_pretrained: a
+pipeline, or a model folder with --student-arg scheduler=FOLDER) or gmm:<mixture.json>. Examples:
   pfd score --reference gmm:teacher.json --student models.py:make_student --student-type one-step --shape 2
   pfd score --reference teacher.pt --student student.pt --student-type consistency --shape 3,32,32 --json --out s.json
+  pfd score --reference ddpm-folder --student ddpm-folder --student-solver ddim --student-steps 10
 """
 
 
@@ -336,8 +338,16 @@ def _add_score_parser(sub) -> None:
                        epilog=SCORE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     for role in ("reference", "student"):
         s.add_argument(f"--{role}", required=True, metavar="SPEC", help=f"the {role} model (see SPEC below)")
-        s.add_argument(f"--{role}-type", default="denoiser", choices=ADAPTERS, metavar="TYPE",
-                       help=f"adapter type of the {role}: {', '.join(ADAPTERS)} (default denoiser)")
+        s.add_argument(f"--{role}-type", default=None, choices=ADAPTERS, metavar="TYPE",
+                       help=f"adapter type of the {role}: {', '.join(ADAPTERS)} (default denoiser; a diffusers "
+                       "folder's scheduler names it)")
+        s.add_argument(f"--{role}-solver", default=None, metavar="NAME",
+                       help=f"PF-ODE solver of the {role} (default --solver)")
+        s.add_argument(f"--{role}-steps", type=int, default=None, metavar="N",
+                       help=f"grid points of the {role} (default --steps)")
+        s.add_argument(f"--{role}-weights", default=None, metavar="FILE",
+                       help=f"state_dict file (torch weights-only or .safetensors) loaded into the module the {role} "
+                       "factory builds")
         s.add_argument(f"--{role}-arg", action="append", default=[], metavar="KEY=VALUE",
                        help=f"keyword argument of the {role} factory (repeatable; VALUE parsed as JSON, else a string)")
         s.add_argument(f"--{role}-schedule", action="append", default=[], metavar="KEY=VALUE",
@@ -348,8 +358,11 @@ def _add_score_parser(sub) -> None:
                    "scored by their raw map with a coupling warning")
     s.add_argument("--n", type=int, default=10_000, help="noise samples (default 10000)")
     s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    s.add_argument("--solver", default="heun", help="PF-ODE solver of diffusion models (default heun)")
+    s.add_argument("--solver", default="heun", help="PF-ODE solver of diffusion models (default heun; peer names such "
+                   "as ddim, dpmpp_2m, dpmpp_3m are accepted, see docs/core.md)")
     s.add_argument("--steps", type=int, default=18, help="grid points of fixed-grid solvers (default 18)")
+    s.add_argument("--allow-pickle", action="store_true", help="load torch.save files of whole models (a pickle runs "
+                   "code stored in the file: only for files you trust)")
     s.add_argument("--batch-size", type=int, default=1024, help="samples per batch (value-neutral)")
     s.add_argument("--shape", type=_score_shape, help="shape of one sample, e.g. 2 or 3,32,32 (needed unless a model "
                    "declares it)")
@@ -364,13 +377,23 @@ def _add_score_parser(sub) -> None:
     s.error = one_line_error  # type: ignore[method-assign]
 
 
+def _role_solver(args: argparse.Namespace, role: str) -> tuple[str, int]:
+    """The solver and grid points of one model: its own options, else the shared --solver/--steps."""
+    solver = getattr(args, f"{role}_solver", None) or args.solver
+    steps = getattr(args, f"{role}_steps", None)
+    return solver, steps if steps is not None else args.steps
+
+
 def _score_report(args: argparse.Namespace, res, kv: dict) -> dict:
     import pfd
 
     roles = {}
     for role, label in (("reference", "a"), ("student", "b")):
-        roles[role] = {"spec": getattr(args, role), "type": getattr(args, f"{role}_type"), "args": kv[f"{role}_arg"],
-                       "schedule": kv[f"{role}_schedule"], "map": res.provenance[label]}
+        solver, steps = _role_solver(args, role)
+        source = res.provenance[label].get("source") or {}
+        roles[role] = {"spec": getattr(args, role), "type": getattr(args, f"{role}_type") or source.get("adapter", "denoiser"),
+                       "args": kv[f"{role}_arg"], "schedule": kv[f"{role}_schedule"], "solver": solver, "steps": steps,
+                       "weights": getattr(args, f"{role}_weights"), "map": res.provenance[label]}
     prov = {k: v for k, v in res.provenance.items() if k not in ("a", "b")}
     return {
         "command": "score",
@@ -384,6 +407,7 @@ def _score_report(args: argparse.Namespace, res, kv: dict) -> dict:
         "reference": roles["reference"],
         "student": roles["student"],
         "settings": {"seed": args.seed, "solver": args.solver, "steps": args.steps, "batch_size": args.batch_size,
+                     "allow_pickle": args.allow_pickle,
                      "device": args.device, "shape": list(prov.get("shape") or [])},
         "provenance": {**prov, "pfd_version": pfd.__version__},
         "timing": {"seconds": res.seconds},
@@ -413,12 +437,16 @@ def _run_score(args: argparse.Namespace) -> int:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.steps < 2:
-        raise ValueError(f"--steps must be >= 2, got {args.steps}")
-    try:
-        get_solver(args.solver)
-    except ValueError as exc:
-        raise ValueError(f"--solver: {exc}") from None
+    for opt in ("steps", "reference_steps", "student_steps"):
+        val = getattr(args, opt)
+        if val is not None and val < 2:
+            raise ValueError(f"--{opt.replace('_', '-')} must be >= 2, got {val}")
+    for opt in ("solver", "reference_solver", "student_solver"):
+        if getattr(args, opt) is not None:
+            try:
+                get_solver(getattr(args, opt))
+            except ValueError as exc:
+                raise ValueError(f"--{opt.replace('_', '-')}: {exc}") from None
     resolve_device(args.device, name="--device")
     if args.out:
         check_writable(args.out, "--out")
@@ -428,11 +456,14 @@ def _run_score(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         maps = {}
         for role in ("reference", "student"):
+            solver, steps = _role_solver(args, role)
             maps[role] = LabelledMap(load_map(getattr(args, role), adapter=getattr(args, f"{role}_type"),
                                               args=kv[f"{role}_arg"], schedule=kv[f"{role}_schedule"],
                                               kind=args.kind if role == "student" else "trajectory",
-                                              solver=args.solver, steps=args.steps, shape=args.shape,
-                                              device=args.device, label=f"--{role}"), f"--{role}")
+                                              solver=solver, steps=steps, shape=args.shape,
+                                              device=args.device, label=f"--{role}",
+                                              weights=getattr(args, f"{role}_weights"),
+                                              allow_pickle=args.allow_pickle), f"--{role}")
         sa, sb = map_shape(maps["reference"]), map_shape(maps["student"])
         if sa is not None and sb is not None and sa != sb:
             raise ValueError(f"--reference and --student have different sample shapes: {sa} vs {sb}")
