@@ -363,6 +363,13 @@ def _add_score_parser(sub) -> None:
     s.add_argument("--steps", type=int, default=18, help="grid points of fixed-grid solvers (default 18)")
     s.add_argument("--allow-pickle", action="store_true", help="load torch.save files of whole models (a pickle runs "
                    "code stored in the file: only for files you trust)")
+    s.add_argument("--labels", metavar="SPEC", help="conditions for conditional models, shared by both: a number of "
+                   "classes K (uniform), a JSON list of class probabilities, or a .pt/.npy file of class ids (n,) or "
+                   "embeddings (n, ...); needs conditional models (see --reference-schedule condition=...)")
+    s.add_argument("--guidance", type=float, default=None, metavar="W", help="classifier-free guidance scale of the "
+                   "reference: D_w = D(null) + (1 + w)(D(c) - D(null)); needs --reference-schedule condition=KEY and "
+                   "null_condition=VALUE")
+    s.add_argument("--by-label", action="store_true", help="also report the PFD of each class (class-id labels)")
     s.add_argument("--batch-size", type=int, default=1024, help="samples per batch (value-neutral)")
     s.add_argument("--shape", type=_score_shape, help="shape of one sample, e.g. 2 or 3,32,32 (needed unless a model "
                    "declares it)")
@@ -375,6 +382,44 @@ def _add_score_parser(sub) -> None:
         s.exit(2, f"pfd score: error: {message} (see pfd score --help)\n")
 
     s.error = one_line_error  # type: ignore[method-assign]
+
+
+def _parse_labels(text: str | None):
+    """``--labels``: K, a JSON list of class probabilities, or a .pt/.npy file of ids/embeddings."""
+    if text is None:
+        return None
+    from pathlib import Path
+
+    import torch
+
+    t = text.strip()
+    try:
+        val = json.loads(t)
+    except json.JSONDecodeError:
+        val = None
+    if isinstance(val, int) and not isinstance(val, bool):
+        if val < 1:
+            raise ValueError(f"--labels: a number of classes must be >= 1, got {val}")
+        return val
+    if isinstance(val, list):
+        if not val or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in val):
+            raise ValueError(f"--labels: expected a JSON list of class probabilities, got {t!r}")
+        return [float(v) for v in val]
+    path = Path(t)
+    if not path.is_file():
+        raise ValueError(f"--labels: expected a number of classes, a JSON list of probabilities or a .pt/.npy file; "
+                         f"{t!r} is none of these (no such file)")
+    try:
+        if path.suffix == ".npy":
+            import numpy as np
+
+            return torch.from_numpy(np.load(path, allow_pickle=False))
+        out = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"--labels: cannot read {t!r} as a tensor file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"--labels: {t!r} must hold one tensor of labels, got {type(out).__name__}")
+    return out
 
 
 def _role_solver(args: argparse.Namespace, role: str) -> tuple[str, int]:
@@ -452,6 +497,13 @@ def _run_score(args: argparse.Namespace) -> int:
         check_writable(args.out, "--out")
     kv = {f"{role}_{what}": parse_assignments(getattr(args, f"{role}_{what}"), f"--{role}-{what}")
           for role in ("reference", "student") for what in ("arg", "schedule")}
+    labels = _parse_labels(args.labels)
+    if args.by_label and labels is None:
+        raise ValueError("--by-label needs --labels (class ids or class probabilities)")
+    if args.guidance is not None:
+        if "guidance" in kv["reference_schedule"]:
+            raise ValueError("--guidance and --reference-schedule guidance=... both set the reference's guidance; give one")
+        kv["reference_schedule"]["guidance"] = args.guidance
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         maps = {}
@@ -469,8 +521,14 @@ def _run_score(args: argparse.Namespace) -> int:
             raise ValueError(f"--reference and --student have different sample shapes: {sa} vs {sb}")
         if sa is None and sb is None and args.shape is None:
             raise ValueError("--shape is required: neither model declares the shape of a sample (e.g. --shape 3,32,32)")
-        res = pfd.distance(maps["reference"], maps["student"], n=args.n, shape=args.shape, seed=args.seed,
-                           batch_size=args.batch_size, progress=not args.no_progress)
+        try:
+            res = pfd.distance(maps["reference"], maps["student"], n=args.n, shape=args.shape, seed=args.seed,
+                               batch_size=args.batch_size, progress=not args.no_progress, labels=labels,
+                               by_label=args.by_label)
+        except ValueError as exc:
+            if "labels" in str(exc) or "conditional" in str(exc):
+                raise ValueError(f"--labels: {exc}") from None
+            raise
     notes: list[str] = []
     for w in caught:
         if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)):
@@ -491,6 +549,9 @@ def _run_score(args: argparse.Namespace) -> int:
              "solver": r["map"].get("solver", "-")} for role, r in (("reference", report["reference"]),
                                                                   ("student", report["student"]))]
     print(format_table(rows, ["role", "spec", "type", "NFE", "solver"]))
+    if res.by_label is not None:
+        print(format_table([{"label": c, "pfd": v["value"], "stderr": v["stderr"], "n": v["n"]}
+                            for c, v in res.by_label.items()], ["label", "pfd", "stderr", "n"]))
     print(f"kind {args.kind}  seed {args.seed}  shape {report['settings']['shape']}  pfd {pfd.__version__}"
           + (f"  wrote {args.out}" if args.out else ""))
     return 0

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from pfd._checks import NonFiniteError, check_positive_int, check_shape
-from pfd.maps import describe_map, map_shape
+from pfd.maps import describe_map, is_conditional, map_shape
 
 __all__ = ["ADAPTERS", "TORCHSCRIPT_SUFFIXES", "LabelledMap", "load_map", "load_object", "load_weights",
            "parse_assignments", "resolve_device"]
@@ -70,6 +70,11 @@ SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
     "consistency": ("sigma_max",),
 }
 SCHEDULE_KEYS["eps"] = (*SCHEDULE_KEYS["eps"], "grid")
+_COND = ("condition", "guidance", "null_condition")
+for _k in ("denoiser", "eps", "velocity", "score"):
+    SCHEDULE_KEYS[_k] = (*SCHEDULE_KEYS[_k], *_COND)
+for _k in ("one-step", "flow-map", "consistency"):
+    SCHEDULE_KEYS[_k] = (*SCHEDULE_KEYS[_k], "conditional")
 SCHEDULE_KEYS["v"] = SCHEDULE_KEYS["x0"] = SCHEDULE_KEYS["eps"]
 FOLDER_SCHEDULE_KEYS = ("grid", "start", *_RANGE)
 """Schedule keys of a diffusers folder SPEC (the schedule itself is read from the folder)."""
@@ -401,7 +406,11 @@ def load_map(
         required), ``signature``, ``start_scale`` (flow-map), ``sigma_max`` (consistency); ``grid``
         (eps / v / x0: ``schedule``, ``karras`` or ``loglinear``; see
         :meth:`pfd.adapters.VPDenoiser.ode_map`). A diffusers folder takes ``grid``, ``start``,
-        ``sigma_min``, ``sigma_max`` (its schedule comes from the folder).
+        ``sigma_min``, ``sigma_max`` (its schedule comes from the folder). Conditional models:
+        ``condition`` (the model keyword that takes the labels, e.g. ``class_labels``),
+        ``guidance`` and ``null_condition`` (two-call classifier-free guidance) for diffusion
+        types, ``conditional=true`` for one-step / flow-map / consistency students (the labels
+        are their last argument).
     kind:
         ``"trajectory"`` or ``"distribution"``: what a raw-map student (one-step, flow-map,
         consistency) was trained to match. A distribution student issues a
@@ -522,20 +531,23 @@ def _wrap(obj: Any, spec: str, adapter: str, sched: dict[str, Any], kind: str, s
         if declared is not None:
             shape = check_shape(tuple(declared), "the model's event_shape")
     rng = {k: sched.pop(k) for k in _RANGE if k in sched}
+    cond = {k: sched.pop(k) for k in _COND if k in sched}
+    if "conditional" in sched and not isinstance(sched["conditional"], bool):
+        raise TypeError(f"schedule key conditional must be true or false, got {sched['conditional']!r}")
     if adapter in ("denoiser", "velocity", "score"):
         if adapter == "denoiser":
-            den: Any = ad.EDMDenoiser(obj)
+            den: Any = ad.EDMDenoiser(obj, **cond)
         elif adapter == "velocity":
-            den = ad.FlowMatchingDenoiser(obj, **sched)
+            den = ad.FlowMatchingDenoiser(obj, **sched, **cond)
         else:
             if "process" not in sched:
                 raise ValueError("a score model needs its forward process: schedule key process=ve|vp|ou")
-            den = ad.ScoreDenoiser(obj, **sched)
+            den = ad.ScoreDenoiser(obj, **sched, **cond)
         return DiffusionMap(den, solver=solver, steps=steps, shape=shape, name=spec, **rng)
     if adapter in _VP_PREDICTION:
         abar = _vp_alphas_cumprod(sched, label)
         opts = {"timesteps": sched.get("timesteps", "continuous")}
-        den = ad.VPDenoiser(obj, abar, _VP_PREDICTION[adapter], name=f"VPDenoiser({adapter})", **opts)
+        den = ad.VPDenoiser(obj, abar, _VP_PREDICTION[adapter], name=f"VPDenoiser({adapter})", **opts, **cond)
         grid = sched.get("grid", "karras" if rng else None)
         return den.ode_map(solver=solver, steps=steps, start=sched.get("start", "vp"), grid=grid, shape=shape, name=spec,
                            **rng)
@@ -544,7 +556,7 @@ def _wrap(obj: Any, spec: str, adapter: str, sched: dict[str, Any], kind: str, s
 
         warnings.warn(COUPLING_MESSAGE.format(name=spec), CouplingWarning, stacklevel=3)
     if adapter == "one-step":
-        return ad.GeneratorStudent(obj, kind=kind, shape=shape, name=spec)
+        return ad.GeneratorStudent(obj, kind=kind, shape=shape, name=spec, conditional=sched.get("conditional", False))
     if adapter == "flow-map":
         if "grid" not in sched:
             raise ValueError("a flow-map student needs its time grid: schedule key grid=[t_0, ..., t_K] (noise to data)")
@@ -573,6 +585,7 @@ class LabelledMap:
         self.base = base
         self.label = label
         self.shape = map_shape(base)
+        self.conditional = is_conditional(base)
 
     @property
     def last_nfe(self) -> Any:
@@ -581,9 +594,9 @@ class LabelledMap:
     def describe(self) -> dict[str, Any]:
         return describe_map(self.base)
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+    def __call__(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         try:
-            return self.base(z)
+            return self.base(z) if labels is None else self.base(z, labels)
         except NonFiniteError as exc:
             raise NonFiniteError(exc.indices, exc.sigma, f"{self.label} ({exc.where})") from None
         except (ValueError, TypeError) as exc:

@@ -353,3 +353,65 @@ def test_guidance_benchmark_pieces_on_a_tiny_mixture():
     # class 2 is one Gaussian: its map is affine, so the mirrored coupling has the same law (FD ~ 0)
     m = bench.class_metrics(teacher, mirror, cg.class_probs, 400, 0, shape=(3,))
     assert m[2]["fd"] < 0.05 * r_m.by_label[2]["mean_sq"]
+
+
+# ---------------------------------------------------------------- pfd score
+_FACTORY = '''
+import torch
+import pfd
+
+CG = pfd.ConditionalGaussianMixture([0.3, 0.3, 0.4], [[-2.0, 0.0], [2.0, 1.0], [0.0, -3.0]], [0.2, 0.5, 0.1],
+                                    labels=[0, 1, 2])
+
+
+class Teacher(torch.nn.Module):
+    event_shape = (2,)
+
+    def forward(self, x, sigma, c=None):  # exact conditional denoiser; class -1 is the null input
+        if bool((c == -1).all()):
+            return CG.denoiser(x, sigma)
+        return CG.denoiser(x, sigma, labels=c)
+
+
+def teacher():
+    return Teacher()
+'''
+
+
+def test_score_cli_with_labels_guidance_and_per_class_table(tmp_path, capsys):
+    import json
+    import sys
+
+    from pfd.cli import main
+
+    (tmp_path / "cond_models.py").write_text(_FACTORY)
+    spec = f"{tmp_path / 'cond_models.py'}:teacher"
+    common = ["--reference", spec, "--student", spec, "--reference-schedule", "condition=\"c\"",
+              "--reference-schedule", "null_condition=-1", "--student-schedule", "condition=\"c\"",
+              "--n", "200", "--steps", "8", "--no-progress"]
+    rc = main(["score", *common, "--guidance", "2", "--labels", "[0.3, 0.3, 0.4]", "--by-label", "--json"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    rep = json.loads(out.out)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import cond_models
+    finally:
+        sys.path.remove(str(tmp_path))
+    cg = cond_models.CG
+    ref = pfd.distance(cg.ode_map(guidance=2.0, steps=8), cg.ode_map(steps=8), n=200, labels=[0.3, 0.3, 0.4],
+                       progress=False)
+    assert rep["value"] == pytest.approx(ref.value, rel=1e-9)
+    assert rep["provenance"]["labels"]["kind"] == "canonical"
+    # explicit labels from a file, and the table shows one row per class
+    torch.save(torch.tensor([0, 1, 2, 1] * 50), tmp_path / "labels.pt")
+    assert main(["score", *common, "--guidance", "2", "--labels", str(tmp_path / "labels.pt"), "--by-label"]) == 0
+    table = capsys.readouterr().out
+    assert "label" in table and table.count("\n") > 8
+    # errors are one line naming the option
+    assert main(["score", *common]) == 2
+    assert "--labels" in capsys.readouterr().err
+    assert main(["score", *common, "--labels", "nonsense"]) == 2
+    assert "--labels" in capsys.readouterr().err
+    assert main(["score", *common, "--guidance", "1", "--reference-schedule", "guidance=1", "--labels", "3"]) == 2
+    assert "--guidance" in capsys.readouterr().err
