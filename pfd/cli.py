@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     demo.add_argument("--out", help="also write the JSON report to this file (atomically)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    demo.add_argument("--solver-error", default="cheap", choices=SOLVER_ERROR_CHOICES,
+                      help="estimate each PFD's PF-ODE solver error: cheap (default), thorough or off")
 
     grid = sub.add_parser(
         "grid",
@@ -53,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analysis_parsers(sub)
     _add_score_parser(sub)
     return parser
+
+
+SOLVER_ERROR_CHOICES = ["cheap", "thorough", "off"]
+
+
+def _solver_error_mode(text: str) -> str | bool:
+    return False if text == "off" else text
 
 
 # built-in mixtures for `pfd grid`: (weights, means, isotropic variances)
@@ -261,7 +270,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise ValueError("--seed must be >= 0")
     report = run_demo(n=args.n, seed=args.seed, batch_size=args.batch_size,
-                      progress=not args.no_progress, train_steps=args.train_steps)
+                      progress=not args.no_progress, train_steps=args.train_steps,
+                      solver_error=_solver_error_mode(args.solver_error))
     if args.out:
         write_json(args.out, report)
     if args.json:
@@ -319,6 +329,12 @@ def _add_score_parser(sub) -> None:
     s.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     s.add_argument("--out", help="also write the JSON result to this file (atomically; nothing is written on error)")
     s.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    s.add_argument("--solver-error", default="cheap", choices=SOLVER_ERROR_CHOICES,
+                   help="estimate the PF-ODE solver error of the PFD from a refined solve of a subsample: cheap "
+                   "(default, ~25%% extra work), thorough (~100%%) or off")
+    s.add_argument("--rtol", type=float, default=None, metavar="R",
+                   help="re-solve diffusion models on the cheapest unipc3 grid whose estimated solver error is "
+                   "below R x PFD (e.g. 0.005); overrides --solver/--steps for them and reports the choice")
 
     def one_line_error(message: str) -> None:  # argparse's default prints the whole usage first
         s.exit(2, f"pfd score: error: {message} (see pfd score --help)\n")
@@ -333,7 +349,7 @@ def _score_report(args: argparse.Namespace, res, kv: dict) -> dict:
     for role, label in (("reference", "a"), ("student", "b")):
         roles[role] = {"spec": getattr(args, role), "type": getattr(args, f"{role}_type"), "args": kv[f"{role}_arg"],
                        "schedule": kv[f"{role}_schedule"], "map": res.provenance[label]}
-    prov = {k: v for k, v in res.provenance.items() if k not in ("a", "b")}
+    prov = {k: v for k, v in res.provenance.items() if k not in ("a", "b", "auto_solver")}
     return {
         "command": "score",
         "value": res.value,
@@ -348,7 +364,10 @@ def _score_report(args: argparse.Namespace, res, kv: dict) -> dict:
         "settings": {"seed": args.seed, "solver": args.solver, "steps": args.steps, "batch_size": args.batch_size,
                      "device": args.device, "shape": list(prov.get("shape") or [])},
         "provenance": {**prov, "pfd_version": pfd.__version__},
-        "timing": {"seconds": res.seconds},
+        "solver_error": None if res.solver_error is None else res.solver_error.to_dict(),
+        **({"auto_solver": res.provenance["auto_solver"]} if "auto_solver" in res.provenance else {}),
+        "timing": {"seconds": res.seconds,
+                   "solver_error_seconds": None if res.solver_error is None else res.solver_error.seconds},
     }
 
 
@@ -377,6 +396,8 @@ def _run_score(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.steps < 2:
         raise ValueError(f"--steps must be >= 2, got {args.steps}")
+    if args.rtol is not None and not 0 < args.rtol < 1:
+        raise ValueError(f"--rtol must be a relative error in (0, 1), got {args.rtol}")
     try:
         resolve_solver(args.solver)
     except ValueError as exc:
@@ -401,7 +422,8 @@ def _run_score(args: argparse.Namespace) -> int:
         if sa is None and sb is None and args.shape is None:
             raise ValueError("--shape is required: neither model declares the shape of a sample (e.g. --shape 3,32,32)")
         res = pfd.distance(maps["reference"], maps["student"], n=args.n, shape=args.shape, seed=args.seed,
-                           batch_size=args.batch_size, progress=not args.no_progress)
+                           batch_size=args.batch_size, progress=not args.no_progress, rtol=args.rtol,
+                           solver_error=_solver_error_mode(args.solver_error) or args.rtol is not None)
     notes: list[str] = []
     for w in caught:
         if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)):
@@ -418,6 +440,14 @@ def _run_score(args: argparse.Namespace) -> int:
         print(json.dumps(to_jsonable(report), indent=2))
         return 0
     print(res)
+    se = res.solver_error
+    if se is not None:
+        print(f"solver error: {se}" + ("" if se.value is None else f"; sampling stderr {res.stderr:.2g}: "
+                                       + _dominant(res.stderr, se.value)))
+    if "auto_solver" in res.provenance:
+        au = res.provenance["auto_solver"]
+        print(f"rtol {au['rtol']:g}: chose {au['chosen']['solver']}/{au['chosen']['steps']} "
+              f"({'met' if au['met'] else 'NOT met'}, {len(au['attempts'])} attempt(s))")
     rows = [{"role": role, "spec": r["spec"], "type": r["type"], "NFE": report["nfe"][role],
              "solver": r["map"].get("solver", "-")} for role, r in (("reference", report["reference"]),
                                                                   ("student", report["student"]))]
@@ -425,6 +455,15 @@ def _run_score(args: argparse.Namespace) -> int:
     print(f"kind {args.kind}  seed {args.seed}  shape {report['settings']['shape']}  pfd {pfd.__version__}"
           + (f"  wrote {args.out}" if args.out else ""))
     return 0
+
+
+def _dominant(stderr: float, solver: float) -> str:
+    """Which error to reduce first (see docs/solver-error.md)."""
+    if solver > 2 * stderr:
+        return "the solver error dominates: raise --steps (or use --rtol), not --n"
+    if stderr > 2 * solver:
+        return "the sampling error dominates: raise --n, not --steps"
+    return "both errors are comparable"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -112,6 +112,7 @@ class PFDResult:
     seconds: float
     mean_sq: float
     provenance: dict[str, Any] = field(default_factory=dict)
+    solver_error: Any = None  # pfd.solver_error.SolverError when asked for (distance(solver_error=...))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of every field."""
@@ -124,11 +125,16 @@ class PFDResult:
             "seconds": self.seconds,
             "mean_sq": self.mean_sq,
             "provenance": self.provenance,
+            "solver_error": None if self.solver_error is None else self.solver_error.to_dict(),
         }
 
     def __str__(self) -> str:
         lo, hi = self.ci95
-        return f"PFD = {self.value:.6g} ± {self.stderr:.2g} (95% CI [{lo:.6g}, {hi:.6g}], n={self.n})"
+        se = ""
+        if self.solver_error is not None:
+            v = self.solver_error.value
+            se = " ± solver error unknown" if v is None else f" ± {v:.2g} (solver)"
+        return f"PFD = {self.value:.6g} ± {self.stderr:.2g} (sampling){se} (95% CI [{lo:.6g}, {hi:.6g}], n={self.n})"
 
 
 def summarize(sum_sq: float, sum_sq2: float, n: int) -> tuple[float, float, tuple[float, float], float]:
@@ -225,6 +231,8 @@ def distance(
     descriptor: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: bool = True,
     group: Any = None,
+    solver_error: bool | str = False,
+    rtol: float | None = None,
 ) -> PFDResult:
     """Probability flow distance between two noise-to-data maps on shared noise.
 
@@ -255,6 +263,16 @@ def distance(
         bit-identical to the single-process value for any world size. Every rank of the group
         must call ``distance`` with the same arguments. A ``ProcessGroup`` selects the group;
         ``False`` forces a local, single-process evaluation. NFE and counts are summed over ranks.
+    solver_error:
+        Also estimate the PF-ODE discretisation error of the value (``result.solver_error``, a
+        :class:`pfd.solver_error.SolverError`): ``True`` or ``"cheap"`` (extra work about a
+        quarter of the run's), ``"thorough"`` (about the run's). Zero when both maps are exact,
+        unknown (None, with a reason) for opaque callables. Single-process only.
+    rtol:
+        Target relative solver error of the PFD (e.g. 0.005): the PF-ODE maps among ``a``, ``b``
+        are re-solved on the cheapest fixed grid whose estimated solver error is below
+        ``rtol * value``; the choice and its history are in ``provenance["auto_solver"]``
+        (see :func:`pfd.solver_error.auto_distance`). Implies ``solver_error``.
 
     Example
     -------
@@ -265,6 +283,15 @@ def distance(
     >>> round(res.value, 4), res.nfe  # exact maps: 0.5 (1 - 1/sqrt(1 + 80^2)) = 0.4938; Heun/18 is 3e-4 off
     (0.4935, (35.0, 35.0))
     """
+    if rtol is not None:
+        from pfd.solver_error import auto_distance
+
+        return auto_distance(a, b, rtol=rtol, n=n, shape=shape, seed=seed, batch_size=batch_size, noise=noise,
+                             descriptor=descriptor, progress=progress, group=group,
+                             solver_error=solver_error or True)
+    from pfd.solver_error import check_mode
+
+    se_mode = check_mode(solver_error)
     if not callable(a):
         raise TypeError(f"a must be a callable noise-to-data map, got {type(a).__name__}")
     if not callable(b):
@@ -311,6 +338,9 @@ def distance(
     from tqdm.auto import tqdm
 
     dist_info = _resolve_group(group)
+    if se_mode is not None and dist_info is not None:
+        raise ValueError("solver_error= is single-process only; pass group=False or run without torch.distributed")
+    kept: list[torch.Tensor] | None = [] if se_mode is not None else None
     lo, hi = (0, n) if dist_info is None else shard_range(n, dist_info[1], dist_info[2])
     show = progress and (dist_info is None or dist_info[1] == 0)
     s2, s4 = ExactSum(), ExactSum()
@@ -318,7 +348,7 @@ def distance(
     t0 = time.perf_counter()
     error: BaseException | None = None
     try:
-        _accumulate(a, b, n, lo, hi, batch_size, noise, source, descriptor, s2, s4, nfe_tot, show, tqdm)
+        _accumulate(a, b, n, lo, hi, batch_size, noise, source, descriptor, s2, s4, nfe_tot, show, tqdm, kept)
     except Exception as exc:
         if dist_info is None:
             raise
@@ -359,7 +389,13 @@ def distance(
         "world_size": world,
         "versions": versions(),
     }
-    return PFDResult(value, stderr, ci95, n, nfe, seconds, mean_sq, provenance)  # type: ignore[arg-type]
+    se = None
+    if kept is not None:
+        from pfd.solver_error import estimate, indexer
+
+        se = estimate(a, b, torch.cat(kept), indexer(noise, source), descriptor=descriptor, mode=se_mode,
+                      seed=seed, run_nfe=nfe, batch_size=batch_size)  # type: ignore[arg-type]
+    return PFDResult(value, stderr, ci95, n, nfe, seconds, mean_sq, provenance, se)  # type: ignore[arg-type]
 
 
 def _picklable(exc: BaseException | None) -> BaseException | str | None:
@@ -374,8 +410,9 @@ def _picklable(exc: BaseException | None) -> BaseException | str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
-def _accumulate(a, b, n, lo, hi, batch_size, noise, source, descriptor, s2, s4, nfe_tot, show, tqdm) -> None:
-    """Add d^2 and d^4 of noise rows [lo, hi) to the exact sums s2, s4 (and NFE totals)."""
+def _accumulate(a, b, n, lo, hi, batch_size, noise, source, descriptor, s2, s4, nfe_tot, show, tqdm, keep=None) -> None:
+    """Add d^2 and d^4 of noise rows [lo, hi) to the exact sums s2, s4 (and NFE totals);
+    the per-sample d^2 are appended to ``keep`` when it is a list."""
     with tqdm(total=hi - lo, unit="sample", desc="pfd", disable=not show, file=sys.stderr, leave=False) as bar:
         for start in range(lo, hi, batch_size):
             stop = min(hi, start + batch_size)
@@ -400,4 +437,6 @@ def _accumulate(a, b, n, lo, hi, batch_size, noise, source, descriptor, s2, s4, 
             d2 = (xa - xb).reshape(stop - start, -1).pow(2).sum(1)
             s2.add_many(d2)
             s4.add_many(d2 * d2)
+            if keep is not None:
+                keep.append(d2.detach().to("cpu", torch.float64))
             bar.update(stop - start)
