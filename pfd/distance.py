@@ -133,8 +133,8 @@ class PFDResult:
         se = ""
         if self.solver_error is not None:
             v = self.solver_error.value
-            se = " ± solver error unknown" if v is None else f" ± {v:.2g} (solver)"
-        return f"PFD = {self.value:.6g} ± {self.stderr:.2g} (sampling){se} (95% CI [{lo:.6g}, {hi:.6g}], n={self.n})"
+            se = " (sampling) ± solver error unknown" if v is None else f" (sampling) ± {v:.2g} (solver)"
+        return f"PFD = {self.value:.6g} ± {self.stderr:.2g}{se} (95% CI [{lo:.6g}, {hi:.6g}], n={self.n})"
 
 
 def summarize(sum_sq: float, sum_sq2: float, n: int) -> tuple[float, float, tuple[float, float], float]:

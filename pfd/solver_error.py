@@ -20,7 +20,7 @@ estimator here:
    4, on the run's own sigma grid, or a 100x tighter tolerance for adaptive solvers) and with a
    *check* at half the reference resolution (every other grid point); the reference is refined
    (its grid subdivided 2x, 4x, ...) until check and reference agree to a quarter of the
-   estimate: an order check, whose gap / 7 is the reference's own error (RK4 cuts its error 16x
+   estimate (or everything is below a tenth of the sampling error): an order check, whose gap / 7 is the reference's own error (RK4 cuts its error 16x
    per halving of the step in its asymptotic regime; 8x is assumed);
 4. estimates Delta by Horvitz-Thompson, sum_S D_i / (n pi_i), with the unbiased Poisson-sampling
    variance sum_S (1 - pi_i) D_i^2 / (n pi_i)^2;
@@ -206,12 +206,21 @@ def refined_map(m: Any, level: int = 0) -> Any:
         out.rtol = max(inner.rtol * tighten, 1e-13)
         out.atol = max(inner.atol * tighten, 1e-14)
         return out
-    out.backend, out.method, out.adaptive = "builtin", "rk4", False
+    _set_solver(out, "rk4")
     out.sigmas = _resample(inner.sigmas, level)
     out.steps = int(out.sigmas.numel())
     if hasattr(out, "grid") and not isinstance(out.grid, str):  # pragma: no cover - defensive
         out.grid = "explicit"
     return out
+
+
+def _set_solver(m: Any, name: str) -> None:
+    """Point a copied DiffusionMap at the built-in fixed-grid method ``name``."""
+    m.backend, m.method, m.solver, m.adaptive = "builtin", name, name, False
+    if hasattr(m, "stepper"):  # maps that hold a solver-registry entry
+        from pfd.solvers import get_solver  # type: ignore[attr-defined]
+
+        m.stepper = get_solver(name)
 
 
 def _ref_nfe(m: Any, level: int) -> float:
@@ -274,6 +283,28 @@ def _eval(m: Any, z: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, float
     return torch.cat(outs), nfe
 
 
+def _eval_memo(orig: Any, ref: Any, level: int, z: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, float]:
+    """``_eval(ref, z)``; for a :class:`pfd.maps.CachedMap` the reference outputs are memoised on
+    it too (by the content of each noise row), so scoring many students against one cached
+    teacher re-solves each teacher row once."""
+    from pfd.maps import CachedMap
+
+    if not isinstance(orig, CachedMap):
+        return _eval(ref, z, batch_size)
+    import hashlib
+
+    memo = orig.__dict__.setdefault("_refined_outputs", {})
+    keys = [(level, hashlib.sha1(row.detach().to("cpu", _F64).contiguous().numpy().tobytes()).hexdigest())
+            for row in z]
+    missing = [i for i, key in enumerate(keys) if key not in memo]
+    nfe = 0.0
+    if missing:
+        x, nfe = _eval(ref, z[missing], batch_size)
+        for j, i in enumerate(missing):
+            memo[keys[i]] = x[j].clone()
+    return torch.stack([memo[key] for key in keys]), nfe
+
+
 def _mode(solver_error: Any) -> str:
     if solver_error is True:
         return "cheap"
@@ -320,6 +351,9 @@ def estimate(
     value = math.sqrt(max(mean_sq, 0.0))
     ode = [k for k, v in kinds.items() if v[0] == "ode"]
     the = {"a": a, "b": b}
+    sampling_ms = float(d2np.std()) / math.sqrt(n)  # standard error of mean d^2
+    # adaptive solvers are refined by tolerance: at most 1000x tighter than the map's
+    max_level = 1 if any(_unwrap(the[k]).adaptive for k in ode) else _MAX_LEVEL
     # the reference starts on the run's own grid (check: every other point) unless that is one step
     level = 0 if all(_unwrap(the[k]).adaptive or _unwrap(the[k]).sigmas.numel() > 2 for k in ode) else 1
     # subsample size from the budget: reference work ~ budget x the run's work
@@ -350,7 +384,7 @@ def estimate(
         nonlocal nfe
         for k in ode:
             if level not in outs[k]:
-                x, used = _eval(refined_map(the[k], level), z, batch_size)
+                x, used = _eval_memo(the[k], refined_map(the[k], level), level, z, batch_size)
                 outs[k][level] = x
                 nfe += used
 
@@ -370,7 +404,8 @@ def estimate(
         gap = abs(float(((e2_ref - e2_chk) / p).sum())) / n
         # RK4 halves its error 16x per halving of the step in its asymptotic regime; assume only 8x
         ref_err = gap / 7.0
-        if gap <= 0.25 * (abs(delta_ms) + sd_ms) or level >= _MAX_LEVEL:
+        negligible = abs(delta_ms) + sd_ms + gap < 0.1 * sampling_ms  # far below the sampling error
+        if gap <= 0.25 * (abs(delta_ms) + sd_ms) or negligible or level >= max_level:
             break
         level += 1
     exact_ms = max(mean_sq - delta_ms, 0.0)
@@ -434,7 +469,7 @@ def retuned_map(m: Any, solver: str, steps: int) -> Any:
     if solver not in BUILTIN_SOLVERS:
         raise ValueError(f"solver must be a built-in fixed-grid method {sorted(BUILTIN_SOLVERS)}, got {solver!r}")
     out = copy.copy(inner)
-    out.backend, out.method, out.solver, out.adaptive = "builtin", solver, solver, False
+    _set_solver(out, solver)
     out.steps, out.grid = int(steps), "karras"
     out.sigmas = make_grid("karras", out.steps, inner.sigma_min, inner.sigma_max, inner.rho)
     out.last_nfe = None
