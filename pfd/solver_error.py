@@ -17,11 +17,12 @@ estimator here:
    mixture of d_i (|D_i| ~ 2 d_i |delta_a - delta_b| grows with d_i) and the uniform law, capped
    at 1 so the largest d_i are taken with certainty;
 3. solves both maps on the subsample with a *reference* more accurate than the run (RK4, order
-   4, on the run's own sigma grid, or a 100x tighter tolerance for adaptive solvers) and with a
+   4, on the run's own sigma grid, or 100x tighter tolerances for adaptive solvers) and with a
    *check* at half the reference resolution (every other grid point); the reference is refined
    (its grid subdivided 2x, 4x, ...) until check and reference agree to a quarter of the
-   estimate (or everything is below a tenth of the sampling error): an order check, whose gap / 7 is the reference's own error (RK4 cuts its error 16x
-   per halving of the step in its asymptotic regime; 8x is assumed);
+   estimate (or everything is below a tenth of the sampling error): an order check, whose
+   gap / 7 is the reference's own error (RK4 cuts its error 16x per halving of the step in its
+   asymptotic regime; 8x is assumed);
 4. estimates Delta by Horvitz-Thompson, sum_S D_i / (n pi_i), with the unbiased Poisson-sampling
    variance sum_S (1 - pi_i) D_i^2 / (n pi_i)^2;
 5. reports ``value`` = (|Delta_hat| + sd + reference error) converted to PFD units: an estimate
