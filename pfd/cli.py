@@ -445,7 +445,7 @@ def _run_score(args: argparse.Namespace) -> int:
     print(res)
     se = res.solver_error
     if se is not None:
-        print(f"solver error: {se}" + ("" if se.value is None else f"; sampling stderr {res.stderr:.2g}: "
+        print(f"{se}" + ("" if se.value is None else f"; sampling stderr {res.stderr:.2g}: "
                                        + _dominant(res.stderr, se.value)))
     if "auto_solver" in res.provenance:
         au = res.provenance["auto_solver"]

@@ -103,7 +103,7 @@ def test_gmm_reference_py_file_factory_table_and_coupling_warning(models):
                        n=N, progress=False, solver_error=True)
     first = out.stdout.splitlines()[0]
     assert first == str(res)  # "PFD = v ± se (sampling) ± e (solver) (95% CI [lo, hi], n=256)"
-    assert "(solver)" in first and out.stdout.splitlines()[1].startswith("solver error: ")
+    assert "(solver)" in first and out.stdout.splitlines()[1].startswith("solver error ")
     assert "one-step" in out.stdout and "kind distribution" in out.stdout
     warn = [ln for ln in out.stderr.splitlines() if "CouplingWarning" in ln]
     assert len(warn) == 1 and "measures the coupling" in warn[0] and "RatioCorrectedMap" in warn[0]
