@@ -62,8 +62,8 @@ def run_case(name: str, teacher, student, n: int, quick: bool) -> dict:
     if cache.exists():
         ra, rb, ref_seconds = torch.load(cache)
     else:
-        ra = outputs(teacher.flow_map(**REF), z)
-        rb = outputs(student.flow_map(**REF), z)
+        ra = outputs(teacher.ode_map(**REF), z)
+        rb = outputs(student.ode_map(**REF), z)
         ref_seconds = time.perf_counter() - t0
         CACHE.mkdir(parents=True, exist_ok=True)
         torch.save((ra, rb, ref_seconds), cache)
@@ -71,8 +71,8 @@ def run_case(name: str, teacher, student, n: int, quick: bool) -> dict:
     print(f"[{name}] n={n} reference PFD {ref:.6g} ({REF['solver']}, {ref_seconds:.0f} s)", flush=True)
     rows = []
     for solver, steps in SETTINGS:
-        a = teacher.flow_map(solver=solver, steps=steps)
-        b = student.flow_map(solver=solver, steps=steps)
+        a = teacher.ode_map(solver=solver, steps=steps)
+        b = student.ode_map(solver=solver, steps=steps)
         plain = pfd.distance(a, b, noise=z, progress=False)
         res = pfd.distance(a, b, noise=z, progress=False, solver_error=True)
         se = res.solver_error
@@ -102,7 +102,7 @@ def speed_race(teacher, student, z: torch.Tensor, ref: float, quick: bool) -> di
     """Time to a PFD within 0.5% of the reference: rtol= vs dopri5 as a user calls it."""
     out: dict = {}
     t0 = time.perf_counter()
-    res = pfd.distance(teacher.flow_map(), student.flow_map(), noise=z, rtol=TARGET, progress=False)
+    res = pfd.distance(teacher.ode_map(), student.ode_map(), noise=z, rtol=TARGET, progress=False)
     auto = res.provenance["auto_solver"]
     out["pfd_rtol"] = {"seconds": time.perf_counter() - t0, "rel_error": abs(res.value - ref) / ref,
                        "chosen": auto["chosen"], "met": auto["met"], "attempts": auto["attempts"],
@@ -110,12 +110,12 @@ def speed_race(teacher, student, z: torch.Tensor, ref: float, quick: bool) -> di
     print(f"  rtol={TARGET}: {out['pfd_rtol']['seconds']:.1f} s, chose {auto['chosen']['solver']}/"
           f"{auto['chosen']['steps']}, true rel err {out['pfd_rtol']['rel_error']:.2e}", flush=True)
     t0 = time.perf_counter()
-    res = pfd.distance(teacher.flow_map(), student.flow_map(), noise=z, progress=False)
+    res = pfd.distance(teacher.ode_map(), student.ode_map(), noise=z, progress=False)
     out["heun18"] = {"seconds": time.perf_counter() - t0, "rel_error": abs(res.value - ref) / ref}
     dopri = []
     for rt in ([1e-4, 1e-6] if quick else DOPRI_RTOLS):
         t0 = time.perf_counter()
-        res = pfd.distance(teacher.flow_map(solver="dopri5", rtol=rt), student.flow_map(solver="dopri5", rtol=rt),
+        res = pfd.distance(teacher.ode_map(solver="dopri5", rtol=rt), student.ode_map(solver="dopri5", rtol=rt),
                            noise=z, progress=False)
         dopri.append({"rtol": rt, "seconds": time.perf_counter() - t0, "rel_error": abs(res.value - ref) / ref,
                       "nfe": res.nfe[0]})

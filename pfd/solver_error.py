@@ -35,7 +35,7 @@ None, with a reason).
 >>> import pfd
 >>> p = pfd.GaussianMixture([1.0], [[0.0, 0.0]], [1.0])
 >>> q = pfd.GaussianMixture([1.0], [[0.5, 0.0]], [1.0])
->>> res = pfd.distance(p.flow_map(), q.flow_map(), n=512, progress=False, solver_error=True)
+>>> res = pfd.distance(p.ode_map(), q.ode_map(), n=512, progress=False, solver_error=True)
 >>> res.solver_error.value < 1e-3, res.solver_error.status
 (True, 'estimated')
 """
@@ -124,7 +124,7 @@ def classify_map(m: Any) -> tuple[str, str]:
     ``"unknown"`` (an opaque callable).
 
     >>> import pfd
-    >>> classify_map(pfd.GaussianMixture([1.0], [[0.0]], [1.0]).flow_map())[0]
+    >>> classify_map(pfd.GaussianMixture([1.0], [[0.0]], [1.0]).ode_map())[0]
     'ode'
     >>> classify_map(pfd.OneStepMap(lambda z: z, shape=(1,)))[0]
     'exact'
@@ -190,7 +190,7 @@ def refined_map(m: Any, level: int = 0) -> Any:
     are looked through.
 
     >>> import pfd
-    >>> m = pfd.GaussianMixture([1.0], [[0.0]], [1.0]).flow_map(solver="euler", steps=5)
+    >>> m = pfd.GaussianMixture([1.0], [[0.0]], [1.0]).ode_map(solver="euler", steps=5)
     >>> ref = refined_map(m, 1)
     >>> ref.method, ref.sigmas.numel(), ref.nfe_per_sample
     ('rk4', 9, 33)
@@ -219,7 +219,7 @@ def _set_solver(m: Any, name: str) -> None:
     """Point a copied DiffusionMap at the built-in fixed-grid method ``name``."""
     m.backend, m.method, m.solver, m.adaptive = "builtin", name, name, False
     if hasattr(m, "stepper"):  # maps that hold a solver-registry entry
-        from pfd.solvers import get_solver  # type: ignore[attr-defined]
+        from pfd.solvers import get_solver
 
         m.stepper = get_solver(name)
 
@@ -455,20 +455,21 @@ def retuned_map(m: Any, solver: str, steps: int) -> Any:
     ``steps`` points with a built-in fixed-grid ``solver``; same denoiser, sigma range and rho.
 
     >>> import pfd
-    >>> m = pfd.GaussianMixture([1.0], [[0.0]], [1.0]).flow_map(solver="dopri5")
+    >>> m = pfd.GaussianMixture([1.0], [[0.0]], [1.0]).ode_map(solver="dopri5")
     >>> r = retuned_map(m, "unipc3", 12)
     >>> r.method, r.nfe_per_sample, m.method
     ('unipc3', 12, 'dopri5')
     """
     from pfd.maps import DiffusionMap
     from pfd.schedules import make_grid
-    from pfd.solvers import BUILTIN_SOLVERS
+    from pfd.solvers import SOLVERS
 
     inner = _unwrap(m)
     if type(inner) is not DiffusionMap:
         raise TypeError(f"only a pfd.DiffusionMap can be re-solved on another grid, got {type(inner).__name__}")
-    if solver not in BUILTIN_SOLVERS:
-        raise ValueError(f"solver must be a built-in fixed-grid method {sorted(BUILTIN_SOLVERS)}, got {solver!r}")
+    builtin = sorted(k for k, v in SOLVERS.items() if v.backend == "builtin")
+    if solver not in builtin:
+        raise ValueError(f"solver must be a built-in fixed-grid method {builtin}, got {solver!r}")
     out = copy.copy(inner)
     _set_solver(out, solver)
     out.steps, out.grid = int(steps), "karras"
@@ -492,13 +493,13 @@ def auto_distance(a: Any, b: Any, *, rtol: float, solver_error: bool | str = Tru
     >>> import pfd
     >>> p = pfd.GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], [0.1, 0.1])
     >>> q = pfd.GaussianMixture([0.5, 0.5], [[-1.1, 0.0], [1.1, 0.0]], [0.1, 0.1])
-    >>> res = pfd.distance(p.flow_map(), q.flow_map(), n=1024, rtol=0.01, progress=False)
+    >>> res = pfd.distance(p.ode_map(), q.ode_map(), n=1024, rtol=0.01, progress=False)
     >>> auto = res.provenance["auto_solver"]
     >>> auto["met"], auto["chosen"]["solver"], res.solver_error.value <= 0.01 * res.value
     (True, 'unipc3', True)
     """
     from pfd._checks import check_positive_float
-    from pfd.distance import distance
+    from pfd.estimator import distance
 
     rtol = check_positive_float(rtol, "rtol")
     if not rtol < 1.0:

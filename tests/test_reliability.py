@@ -41,7 +41,7 @@ RO = pytest.mark.skipif(not _sys_is_read_only(), reason="/sys is writable here: 
 
 
 def m2(steps=4):
-    return G2.flow_map(steps=steps)
+    return G2.ode_map(steps=steps)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ API_CASES = [
      ValueError, "n must be >= 2"),
     ("distance-n-float", "n = 2.5", lambda d: pfd.distance(m2(), m2(), n=2.5, progress=False), TypeError, "n must be an int"),
     ("distance-maps-different-shapes", "maps of different output shape (declared)",
-     lambda d: pfd.distance(m2(), G3.flow_map(steps=4), n=4, progress=False), ValueError, "different sample shapes"),
+     lambda d: pfd.distance(m2(), G3.ode_map(steps=4), n=4, progress=False), ValueError, "different sample shapes"),
     ("distance-map-returns-wrong-shape", "a map that returns another shape than its noise",
      lambda d: pfd.distance(lambda z: z[:, :1], lambda z: z, n=4, shape=(2,), progress=False), ValueError,
      "map a returned shape (4, 1)"),

@@ -28,6 +28,7 @@ import numpy as np
 
 from pfd._checks import check_positive_int
 from pfd.analysis._runs import read_records, train_student
+from pfd.analysis.students import TrainConfig
 from pfd.analytic.gmm import GaussianMixture
 from pfd.maps import CachedMap
 from pfd.report import append_jsonl
@@ -186,20 +187,15 @@ def mtog_scaling(
     seeds: Sequence[int] = (0,),
     *,
     out: str | os.PathLike[str],
-    depth: int = 3,
-    steps: int = 2000,
-    batch_size: int = 256,
-    lr: float = 2e-3,
-    n_eval: int = 2048,
-    eval_seed: int = 0,
-    solver: dict[str, Any] | None = None,
-    progress: bool = True,
+    config: TrainConfig | None = None,
     on_run: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the MtoG sweep; return all runs plus the transition and collapse fits.
 
     ``out`` is the JSONL file of finished runs (created if missing; runs already in it are
-    skipped). ``on_run(record)`` is called after each new run is written.
+    skipped). ``on_run(record)`` is called after each new run is written. ``config``
+    (:class:`pfd.analysis.TrainConfig`) sets training and evaluation; its ``width`` is replaced
+    by each of ``widths``.
     """
     if not isinstance(teacher, GaussianMixture):
         raise TypeError(f"teacher must be a pfd.GaussianMixture, got {type(teacher).__name__}")
@@ -210,22 +206,21 @@ def mtog_scaling(
         raise ValueError("n_trains, widths and seeds must be non-empty")
     done = read_records(out, KEY)
     todo = [(n, w, s) for w in grid_w for n in grid_n for s in grid_s if (n, w, s) not in done]
-    teacher_map = CachedMap(teacher.flow_map(**(solver or {})))  # computed once, reused by every run
+    cfg = config or TrainConfig()
+    teacher_map = CachedMap(teacher.ode_map(**cfg.solver.kwargs()))  # computed once, reused by every run
 
     from tqdm.auto import tqdm
 
-    for n, w, s in tqdm(todo, desc="mtog", unit="run", disable=not progress, leave=False):
-        rec, _ = train_student(teacher, n, w, depth=depth, seed=s, steps=steps, batch_size=batch_size, lr=lr,
-                               n_eval=n_eval, eval_seed=eval_seed, teacher_map=teacher_map, solver=solver)
+    for n, w, s in tqdm(todo, desc="mtog", unit="run", disable=not cfg.progress, leave=False):
+        rec, _ = train_student(teacher, n, cfg.replace(width=w), seed=s, teacher_map=teacher_map)
         append_jsonl(out, rec)
         done[(n, w, s)] = rec
         if on_run is not None:
             on_run(rec)
     runs = [_with_relative(done[(n, w, s)]) for w in grid_w for n in grid_n for s in grid_s]
     result = {
-        "config": {"n_trains": grid_n, "widths": grid_w, "seeds": grid_s, "depth": depth, "steps": steps,
-                   "batch_size": batch_size, "lr": lr, "n_eval": n_eval, "eval_seed": eval_seed,
-                   "solver": solver or {"solver": "heun", "steps": 18}, "teacher": teacher.to_dict()},
+        "config": {"n_trains": grid_n, "widths": grid_w, "seeds": grid_s,
+                   **{k: v for k, v in cfg.to_dict().items() if k != "width"}, "teacher": teacher.to_dict()},
         "runs": runs,
         "transitions": {f: fit_transitions(runs, f) for f in FIELDS},
         "collapse": {f: collapse_scan(runs, f) for f in FIELDS},
