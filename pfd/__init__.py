@@ -11,7 +11,7 @@ two noise-to-data maps and take the root-mean-square distance of the outputs.
 True
 """
 
-from pfd import adapters, analysis, analytic, spec, stability
+from pfd import adapters, analysis, analytic, solver_error, spec, stability
 from pfd._checks import NonFiniteError
 from pfd._version import __version__
 from pfd.analysis import bias_variance, generalization_errors
@@ -23,6 +23,7 @@ from pfd.maps import DiffusionMap, NoiseToData, OneStepMap
 from pfd.monitor import PFDMonitor
 from pfd.noise import canonical_labels, canonical_noise
 from pfd.schedules import karras_sigmas
+from pfd.solver_error import SolverError
 
 __all__ = [
     "ConditionalGaussianMixture",
@@ -33,6 +34,7 @@ __all__ = [
     "OneStepMap",
     "PFDMonitor",
     "PFDResult",
+    "SolverError",
     "__version__",
     "adapters",
     "analysis",
@@ -44,6 +46,7 @@ __all__ = [
     "distance",
     "generalization_errors",
     "karras_sigmas",
+    "solver_error",
     "spec",
     "stability",
 ]

@@ -68,15 +68,20 @@ def train_one_step_student(
 
 
 def run_demo(n: int = 4096, seed: int = 0, batch_size: int = 1024, progress: bool = True,
-             train_steps: int = 1500) -> dict[str, Any]:
-    """Run the default job and return a JSON-serialisable report (rows of PFD results)."""
+             train_steps: int = 1500, solver_error: bool | str = "cheap") -> dict[str, Any]:
+    """Run the default job and return a JSON-serialisable report (rows of PFD results).
+
+    ``solver_error``: each PFD's solver-error estimate (see :func:`pfd.distance`); False for none.
+    """
     gmm = hexagon_teacher()
     teacher = CachedMap(gmm.ode_map(**REFERENCE, name="teacher GMM (reference)"))
     rows: list[dict[str, Any]] = []
 
     def score(label: str, student, setting: str, extra: dict[str, Any] | None = None) -> None:
         t0 = time.perf_counter()
-        res = distance(teacher, student, n=n, seed=seed, batch_size=batch_size, progress=progress)
+        res = distance(teacher, student, n=n, seed=seed, batch_size=batch_size, progress=progress,
+                       solver_error=solver_error)
+        se = res.solver_error
         row = {
             "student": label,
             "setting": setting,
@@ -84,6 +89,7 @@ def run_demo(n: int = 4096, seed: int = 0, batch_size: int = 1024, progress: boo
             "stderr": res.stderr,
             "ci95": list(res.ci95),
             "nfe": res.nfe[1],
+            "solver_error": None if se is None else se.value,
             "seconds": time.perf_counter() - t0,
             "result": res.to_dict(),
         }
@@ -127,6 +133,7 @@ def format_demo(report: dict[str, Any]) -> str:
             "NFE": None if r["nfe"] is None else round(r["nfe"]),
             "PFD": f"{r['pfd']:.4f}",
             "± se": f"{r['stderr']:.4f}",
+            "± solver": _fmt_solver(r),
             "95% CI": f"[{lo:.4f}, {hi:.4f}]",
             "time (s)": f"{r['seconds']:.2f}",
         })
@@ -135,5 +142,19 @@ def format_demo(report: dict[str, Any]) -> str:
         f"(rtol={REFERENCE['rtol']:g}), sigma 80 -> 0.002 -> denoise; n = {report['n']} shared noise "
         f"samples, seed {report['seed']}."
     )
-    return head + "\n\n" + format_table(rows, ["student", "map", "NFE", "PFD", "± se", "95% CI", "time (s)"])
+    cols = ["student", "map", "NFE", "PFD", "± se", "± solver", "95% CI", "time (s)"]
+    if all(r.get("solver_error") is None and not r["result"].get("solver_error") for r in report["rows"]):
+        cols.remove("± solver")
+    foot = ("\n\n± se: sampling error (more noise samples shrink it); ± solver: estimated PF-ODE solver error "
+            "of the value (more steps shrink it; see docs/solver-error.md).") if "± solver" in cols else ""
+    return head + "\n\n" + format_table(rows, cols) + foot
+
+
+def _fmt_solver(row: dict[str, Any]) -> str:
+    se = row["result"].get("solver_error")
+    if not se:
+        return "-"
+    if se["value"] is None:
+        return "unknown"
+    return "0 (exact)" if se["status"] == "exact" else f"{se['value']:.4f}"
 

@@ -65,6 +65,7 @@ class PFDResult:
     mean_sq: float
     provenance: dict[str, Any] = field(default_factory=dict)
     by_label: dict[int, dict[str, Any]] | None = None
+    solver_error: Any = None  # pfd.solver_error.SolverError when asked for (distance(solver_error=...))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of every field."""
@@ -77,6 +78,7 @@ class PFDResult:
             "seconds": self.seconds,
             "mean_sq": self.mean_sq,
             "provenance": self.provenance,
+            "solver_error": None if self.solver_error is None else self.solver_error.to_dict(),
         }
         if self.by_label is not None:
             d["by_label"] = {str(k): dict(v, ci95=list(v["ci95"])) for k, v in self.by_label.items()}
@@ -84,7 +86,11 @@ class PFDResult:
 
     def __str__(self) -> str:
         lo, hi = self.ci95
-        return f"PFD = {self.value:.6g} ± {self.stderr:.2g} (95% CI [{lo:.6g}, {hi:.6g}], n={self.n})"
+        se = ""
+        if self.solver_error is not None:
+            v = self.solver_error.value
+            se = " (sampling) ± solver error unknown" if v is None else f" (sampling) ± {v:.2g} (solver)"
+        return f"PFD = {self.value:.6g} ± {self.stderr:.2g}{se} (95% CI [{lo:.6g}, {hi:.6g}], n={self.n})"
 
 
 def _resolve_shape(a: Any, b: Any, shape: Sequence[int] | None) -> tuple[int, ...] | None:
@@ -131,6 +137,8 @@ def distance(
     group: Any = None,
     labels: Any = None,
     by_label: bool = False,
+    solver_error: bool | str = False,
+    rtol: float | None = None,
 ) -> PFDResult:
     """Probability flow distance between two noise-to-data maps on shared noise.
 
@@ -171,6 +179,16 @@ def distance(
         Also break the result down by class (class-id labels only): ``result.by_label[c]`` holds
         value, stderr, ci95, n and mean_sq of the samples with label c. The overall value is
         the same number with or without the breakdown, and sum_c n_c mean_sq_c = n mean_sq.
+    solver_error:
+        Also estimate the PF-ODE discretisation error of the value (``result.solver_error``, a
+        :class:`pfd.solver_error.SolverError`): ``True`` or ``"cheap"`` (extra work about a
+        quarter of the run's), ``"thorough"`` (about the run's). Zero when both maps are exact,
+        unknown (None, with a reason) for opaque callables. Single-process only.
+    rtol:
+        Target relative solver error of the PFD (e.g. 0.005): the PF-ODE maps among ``a``, ``b``
+        are re-solved on the cheapest fixed grid whose estimated solver error is below
+        ``rtol * value``; the choice and its history are in ``provenance["auto_solver"]``
+        (see :func:`pfd.solver_error.auto_distance`). Implies ``solver_error``.
 
     Example
     -------
@@ -181,6 +199,18 @@ def distance(
     >>> round(res.value, 4), res.nfe  # exact maps: 0.5 (1 - 1/sqrt(1 + 80^2)) = 0.4938; Heun/18 is 3e-4 off
     (0.4935, (35.0, 35.0))
     """
+    if labels is not None and (rtol is not None or solver_error):
+        raise ValueError("solver_error= and rtol= do not support conditional maps (labels=) yet; "
+                         "score without them, or estimate the solver error per class with labels fixed")
+    if rtol is not None:
+        from pfd.solver_error import auto_distance
+
+        return auto_distance(a, b, rtol=rtol, n=n, shape=shape, seed=seed, batch_size=batch_size, noise=noise,
+                             descriptor=descriptor, progress=progress, group=group,
+                             solver_error=solver_error or True)
+    from pfd.solver_error import check_mode
+
+    se_mode = check_mode(solver_error)
     if not callable(a):
         raise TypeError(f"a must be a callable noise-to-data map, got {type(a).__name__}")
     if not callable(b):
@@ -232,6 +262,9 @@ def distance(
         batch_size = auto_batch_size(sample_shape, a, b, n=n)
 
     dist_info = resolve_group(group)
+    if se_mode is not None and dist_info is not None:
+        raise ValueError("solver_error= is single-process only; pass group=False or run without torch.distributed")
+    kept: list[torch.Tensor] | None = [] if se_mode is not None else None
     lo, hi = (0, n) if dist_info is None else shard_range(n, dist_info[1], dist_info[2])
     show = progress and (dist_info is None or dist_info[1] == 0)
     sums, nfe_tot = SquaredDistances(), [0.0, 0.0]
@@ -240,7 +273,7 @@ def distance(
     error: BaseException | None = None
     try:
         rows = source.get if source is not None else (lambda start, stop: noise[start:stop])
-        sums, nfe_tot, groups = _accumulate((a, b), rows, lo, hi, batch_size, descriptor, show, conds, by_label)
+        sums, nfe_tot, groups = _accumulate((a, b), rows, lo, hi, batch_size, descriptor, show, kept, conds, by_label)
     except Exception as exc:
         if dist_info is None:
             raise
@@ -290,7 +323,14 @@ def distance(
             acc, k = groups[c]
             v, se, ci, ms = acc.summary(k)
             breakdown[c] = {"value": v, "stderr": se, "ci95": ci, "n": k, "mean_sq": ms}
-    return PFDResult(value, stderr, ci95, n, nfe, seconds, mean_sq, provenance, breakdown)  # type: ignore[arg-type]
+    se = None
+    if kept is not None:
+        from pfd.solver_error import estimate, indexer
+
+        se = estimate(a, b, torch.cat(kept), indexer(noise, source), descriptor=descriptor, mode=se_mode,
+                      seed=seed, run_nfe=nfe, batch_size=batch_size)  # type: ignore[arg-type]
+    return PFDResult(value, stderr, ci95, n, nfe, seconds, mean_sq, provenance,  # type: ignore[arg-type]
+                     by_label=breakdown, solver_error=se)
 
 
 def _accumulate(
@@ -301,12 +341,14 @@ def _accumulate(
     batch_size: int,
     descriptor: Callable[[torch.Tensor], torch.Tensor] | None,
     show: bool,
+    keep: list[torch.Tensor] | None = None,
     conds: Conditions | None = None,
     by_label: bool = False,
 ) -> tuple[SquaredDistances, list[float | None], dict[int, tuple[SquaredDistances, int]]]:
     """The exact sums of d^2, d^4 over noise rows [lo, hi) (``rows(start, stop)`` gives the noise)
-    and the NFE totals of both maps (None for a map that does not count them); with ``by_label``
-    also the sums and counts per class."""
+    and the NFE totals of both maps (None for a map that does not count them); the per-sample
+    d^2 are appended to ``keep`` when it is a list (for the solver-error estimate); with
+    ``by_label`` also the sums and counts per class."""
     from tqdm.auto import tqdm
 
     from pfd.report import pfd_bar_label
@@ -344,5 +386,7 @@ def _accumulate(
                     acc, k = groups.get(c, (SquaredDistances(), 0))
                     acc.add_d2(d2[hit])
                     groups[c] = (acc, k + int(hit.sum()))
+            if keep is not None:
+                keep.append(d2.detach().to("cpu", torch.float64))
             bar.update(stop - start)
     return sums, nfe_tot, groups

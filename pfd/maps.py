@@ -320,6 +320,7 @@ class CachedMap:
 
     def clear(self) -> None:
         self._store.clear()
+        self.__dict__.pop("_refined_outputs", None)  # reference solves memoised by pfd.solver_error
 
     def describe(self) -> dict[str, Any]:
         return describe_map(self.base)

@@ -21,7 +21,8 @@ def test_version():
 
 def test_demo_json_matches_library(tmp_path):
     path = tmp_path / "demo.json"
-    out = _run("demo", "--n", "128", "--train-steps", "30", "--json", "--no-progress", "--out", str(path))
+    out = _run("demo", "--n", "128", "--train-steps", "30", "--json", "--no-progress", "--out", str(path),
+               "--solver-error", "off")  # the estimate is checked in test_demo_table (in-process, faster)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert json.loads(path.read_text()) == report
@@ -47,6 +48,9 @@ def test_demo_table(capsys):
     assert main(["demo", "--n", "32", "--train-steps", "5", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "memorizing, N=256" in text and "95% CI" in text and "NFE" in text
+    # the solver error is on by default: the one-step student's row is exact only on its side, the
+    # teacher is re-solved; every row has a number (no opaque maps in the demo)
+    assert "± solver" in text and "unknown" not in text
 
 
 def test_bad_cli_input(capsys):

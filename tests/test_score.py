@@ -79,11 +79,16 @@ def test_factory_teacher_torchscript_student_matches_library(models):
     assert report["student"]["spec"] == "student.pt" and report["student"]["type"] == "one-step"
     assert report["reference"]["map"]["solver"] == "heun" and report["reference"]["map"]["steps"] == STEPS
     assert report["settings"]["solver"] == "heun" and report["provenance"]["pfd_version"] == pfd.__version__
-    assert report["provenance"]["noise"]["seed"] == 0 and set(report["timing"]) == {"seconds"}
+    assert report["provenance"]["noise"]["seed"] == 0 and set(report["timing"]) == {"seconds", "solver_error_seconds"}
+    # the solver-error estimate (on by default): the one-step student adds none, the reference is re-solved
+    assert report["solver_error"] == {k: v for k, v in
+                                      pfd.distance(ref, stu, n=N, progress=False, solver_error=True).solver_error
+                                      .to_dict().items() if k != "seconds"}
+    assert report["solver_error"]["status"] == "estimated" and "a" in report["solver_error"]["reference"]
     # determinism: the same command again gives byte-identical JSON once the timing is removed
     again = run_score(models, *args[:-2])
     assert again.returncode == 0, again.stderr
-    strip = re.compile(r'"seconds": [0-9.e+-]+')
+    strip = re.compile(r'"(\w+_)?seconds(_total)?": [0-9.e+-]+')
     assert strip.sub("", out.stdout) == strip.sub("", again.stdout)
     assert "seconds" not in json.dumps(drop_timing(out.stdout))  # no other timing anywhere
 
@@ -95,9 +100,10 @@ def test_gmm_reference_py_file_factory_table_and_coupling_warning(models):
     assert out.returncode == 0, out.stderr
     mod = import_models(models)
     res = pfd.distance(TEACHER.ode_map(steps=STEPS), pfd.OneStepMap(mod.student(width=4, seed=1), shape=(2,)),
-                       n=N, progress=False)
+                       n=N, progress=False, solver_error=True)
     first = out.stdout.splitlines()[0]
-    assert first == str(res)  # "PFD = v ± se (95% CI [lo, hi], n=256)"
+    assert first == str(res)  # "PFD = v ± se (sampling) ± e (solver) (95% CI [lo, hi], n=256)"
+    assert "(solver)" in first and out.stdout.splitlines()[1].startswith("solver error ")
     assert "one-step" in out.stdout and "kind distribution" in out.stdout
     warn = [ln for ln in out.stderr.splitlines() if "CouplingWarning" in ln]
     assert len(warn) == 1 and "measures the coupling" in warn[0] and "RatioCorrectedMap" in warn[0]
@@ -215,3 +221,22 @@ def test_distribution_student_warning_is_in_the_json(models, monkeypatch, capsys
     assert report["warnings"][0].startswith("CouplingWarning: user_models.py:student is a distribution-matching")
     assert report["student"]["args"] == {"width": 4, "seed": 2} and report["student"]["schedule"] == {}
     assert list(report)[-1] == "timing"
+
+
+def test_solver_error_off_and_rtol(models, monkeypatch, capsys):
+    from pfd.cli import main
+
+    monkeypatch.chdir(models)
+    base = ["score", "--reference", "gmm:teacher.json", "--student", "user_models.py:student", "--student-type",
+            "one-step", "--student-arg", "width=4", "--n", "200", "--json", "--no-progress"]
+    assert main([*base, "--solver-error", "off"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["solver_error"] is None and set(report["timing"]) == {"seconds"}
+    assert main([*base, "--rtol", "0.01"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    auto = report["auto_solver"]
+    assert auto["chosen"]["solver"] == "unipc3" and auto["chosen"]["steps"] == report["reference"]["map"]["steps"]
+    assert auto["met"] == (report["solver_error"]["value"] <= 0.01 * report["value"])
+    assert "rtol_seconds_total" in report["timing"] and "seconds" not in json.dumps(auto)
+    assert main([*base, "--rtol", "2"]) == 2
+    assert "--rtol must be" in capsys.readouterr().err
