@@ -12,7 +12,7 @@ True
 """
 
 from pfd import adapters, analysis, analytic, spec, stability
-from pfd._checks import NonFiniteError
+from pfd._checks import NonFiniteError, SolveBudgetError
 from pfd._version import __version__
 from pfd.analysis import bias_variance, generalization_errors
 from pfd.analytic.gmm import GaussianMixture
@@ -31,6 +31,7 @@ __all__ = [
     "OneStepMap",
     "PFDMonitor",
     "PFDResult",
+    "SolveBudgetError",
     "__version__",
     "adapters",
     "analysis",

@@ -174,6 +174,17 @@ def _check_common(args: argparse.Namespace):
     return get_teacher(args.teacher), out
 
 
+def _check_outputs(out, names: Sequence[str], args: argparse.Namespace) -> None:
+    """Every file a long command will write into --out-dir must be writable before any training
+    (the message names the user's path, not a temporary file)."""
+    from pfd.report import check_writable
+
+    for name in names:
+        if name.endswith(".png") and args.no_plot:
+            continue
+        check_writable(out / name, "--out-dir")
+
+
 def _cmd_mtog(args: argparse.Namespace) -> int:
     from pfd.analysis.mtog import mtog_scaling
     from pfd.report import format_table, write_json
@@ -183,6 +194,7 @@ def _cmd_mtog(args: argparse.Namespace) -> int:
         raise ValueError("--n-trains must be >= 2, --widths >= 1 and --seeds >= 0")
     if args.steps < 1:
         raise ValueError("--steps must be >= 1")
+    _check_outputs(out, ("mtog_runs.jsonl", "mtog.json", "mtog.png"), args)
     res = mtog_scaling(teacher, args.n_trains, args.widths, args.seeds, out=out / "mtog_runs.jsonl", depth=args.depth,
                        steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_eval=args.n_eval,
                        eval_seed=args.eval_seed, progress=not args.no_progress)
@@ -197,8 +209,11 @@ def _cmd_mtog(args: argparse.Namespace) -> int:
     for t in res["transitions"]["e_gen"]:
         print(f"width {t['width']} (|θ| = {t['n_params']}, sqrt = {t['sqrt_params']:.1f}): E_gen transition N* = "
               + ("-" if t["n_star"] is None else f"{t['n_star']:.1f}"))
+    for f in res["failed_runs"]:
+        print(f"FAILED: N={f['n_train']} width={f['width']} seed={f['seed']}: {f['error']}")
     c = res["collapse"]["e_gen"]
-    print(f"best-collapsing exponent of |θ| (E_gen): {c['best_alpha']}; wrote {out / 'mtog.json'}")
+    print(f"best-collapsing exponent of |θ| (E_gen): {c['best_alpha']}; wrote {out / 'mtog.json'}"
+          + (f"; {len(res['failed_runs'])} run(s) failed and are left out of the fits" if res["failed_runs"] else ""))
     return 0
 
 
@@ -212,6 +227,7 @@ def _cmd_dynamics(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {2 if name == 'n_train' else 1}")
     if args.seed < 0:
         raise ValueError("--seed must be >= 0")
+    _check_outputs(out, ("dynamics.pt", "dynamics.json", "dynamics.png"), args)
     res = training_dynamics(teacher, args.n_train, width=args.width, depth=args.depth, epochs=args.epochs,
                             eval_every=args.eval_every, seed=args.seed, lr=args.lr, batch_size=args.batch_size,
                             n_eval=args.n_eval, eval_seed=args.eval_seed, checkpoint=out / "dynamics.pt",
@@ -236,6 +252,7 @@ def _cmd_bias_variance(args: argparse.Namespace) -> int:
     teacher, out = _check_common(args)
     if any(n < 2 for n in args.n_train) or args.k < 2 or args.width < 1 or args.steps < 1 or args.seed < 0:
         raise ValueError("--n-train must be >= 2, --k >= 2, --width >= 1, --steps >= 1 and --seed >= 0")
+    _check_outputs(out, ("bias_variance.json", "bias_variance.png"), args)
     studies = [bias_variance_study(teacher, n, args.k, width=args.width, depth=args.depth, steps=args.steps,
                                    batch_size=args.batch_size, lr=args.lr, n_eval=args.n_eval, eval_seed=args.eval_seed,
                                    seed=args.seed, progress=not args.no_progress) for n in args.n_train]
@@ -260,6 +277,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {2 if name == 'n' else 1}")
     if args.seed < 0:
         raise ValueError("--seed must be >= 0")
+    if args.out:
+        from pfd.report import check_writable
+
+        check_writable(args.out, "--out")
     report = run_demo(n=args.n, seed=args.seed, batch_size=args.batch_size,
                       progress=not args.no_progress, train_steps=args.train_steps)
     if args.out:
@@ -311,7 +332,8 @@ def _add_score_parser(sub) -> None:
     s.add_argument("--n", type=int, default=10_000, help="noise samples (default 10000)")
     s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     s.add_argument("--solver", default="heun", help="PF-ODE solver of diffusion models (default heun)")
-    s.add_argument("--steps", type=int, default=18, help="grid points of fixed-grid solvers (default 18)")
+    s.add_argument("--steps", type=int, default=None, help="grid points of fixed-grid solvers (default 18; adaptive "
+                   "solvers such as dopri5 choose their own steps and refuse --steps)")
     s.add_argument("--batch-size", type=int, default=1024, help="samples per batch (value-neutral)")
     s.add_argument("--shape", type=_score_shape, help="shape of one sample, e.g. 2 or 3,32,32 (needed unless a model "
                    "declares it)")
@@ -366,8 +388,9 @@ def _run_score(args: argparse.Namespace) -> int:
     import pfd
     from pfd.maps import map_shape
     from pfd.report import check_writable, format_table, to_jsonable, write_json
-    from pfd.solvers import resolve_solver
-    from pfd.spec import LabelledMap, load_map, parse_assignments, resolve_device
+    from pfd.maps import DEFAULT_STEPS
+    from pfd.solvers import ADAPTIVE_TORCHDIFFEQ, resolve_solver
+    from pfd.spec import LabelledMap, input_files, load_map, parse_assignments, resolve_device, same_file
 
     if args.n < 2:
         raise ValueError(f"--n must be >= 2 (a confidence interval needs two samples), got {args.n}")
@@ -375,15 +398,25 @@ def _run_score(args: argparse.Namespace) -> int:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.steps < 2:
+    if args.steps is not None and args.steps < 2:
         raise ValueError(f"--steps must be >= 2, got {args.steps}")
     try:
-        resolve_solver(args.solver)
+        backend, method = resolve_solver(args.solver)
     except ValueError as exc:
         raise ValueError(f"--solver: {exc}") from None
+    if backend == "torchdiffeq" and method in ADAPTIVE_TORCHDIFFEQ:
+        if args.steps is not None:
+            raise ValueError(f"--steps {args.steps} does not apply to --solver {args.solver}: an adaptive solver chooses "
+                             "its own steps; drop --steps, or use a fixed-grid solver (heun, euler, rk4, dpm2m, ...)")
+    elif args.steps is None:
+        args.steps = DEFAULT_STEPS
     resolve_device(args.device, name="--device")
     if args.out:
         check_writable(args.out, "--out")
+        for role in ("reference", "student"):
+            if any(same_file(args.out, f) for f in input_files(getattr(args, role))):
+                raise ValueError(f"--out {args.out!r} is the {role} model's file ({getattr(args, role)}); "
+                                 "writing the result there would destroy it: choose another --out")
     kv = {f"{role}_{what}": parse_assignments(getattr(args, f"{role}_{what}"), f"--{role}-{what}")
           for role in ("reference", "student") for what in ("arg", "schedule")}
     with warnings.catch_warnings(record=True) as caught:
@@ -395,9 +428,18 @@ def _run_score(args: argparse.Namespace) -> int:
                                               kind=args.kind if role == "student" else "trajectory",
                                               solver=args.solver, steps=args.steps, shape=args.shape,
                                               device=args.device, label=f"--{role}"), f"--{role}")
+        if args.out:  # a factory's module file is known once it is imported
+            for role in ("reference", "student"):
+                if any(same_file(args.out, f) for f in input_files(getattr(args, role))):
+                    raise ValueError(f"--out {args.out!r} is the {role} model's file ({getattr(args, role)}); "
+                                     "writing the result there would destroy it: choose another --out")
         sa, sb = map_shape(maps["reference"]), map_shape(maps["student"])
         if sa is not None and sb is not None and sa != sb:
             raise ValueError(f"--reference and --student have different sample shapes: {sa} vs {sb}")
+        for role, declared in (("reference", sa), ("student", sb)):
+            if args.shape is not None and declared is not None and tuple(args.shape) != declared:
+                raise ValueError(f"--shape {','.join(map(str, args.shape))} does not match the --{role} model's "
+                                 f"sample shape {declared}; drop --shape (it is declared) or fix it")
         if sa is None and sb is None and args.shape is None:
             raise ValueError("--shape is required: neither model declares the shape of a sample (e.g. --shape 3,32,32)")
         res = pfd.distance(maps["reference"], maps["student"], n=args.n, shape=args.shape, seed=args.seed,

@@ -14,6 +14,7 @@ import math
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pfd._checks import NonFiniteError, check_positive_int, check_shape
+from pfd._checks import NonFiniteError, call_map, call_model, check_finite, check_output, check_positive_int, check_shape
 from pfd.maps import describe_map, map_shape
 from pfd.noise import BLOCK, NoiseSource, derive_seed
 
-__all__ = ["ExactSum", "PFDResult", "distance", "shard_range", "summarize", "versions"]
+__all__ = ["MIN_CI_SAMPLES", "ExactSum", "PFDResult", "distance", "shard_range", "summarize", "versions"]
 
 Z95 = 1.959963984540054
 
@@ -131,6 +132,18 @@ class PFDResult:
         return f"PFD = {self.value:.6g} ± {self.stderr:.2g} (95% CI [{lo:.6g}, {hi:.6g}], n={self.n})"
 
 
+MIN_CI_SAMPLES = 30
+"""Below this many samples the normal 95% interval of mean d^2 is not reliable (a warning says so)."""
+
+
+def warn_small_n(n: int) -> None:
+    """Warn that the confidence interval of an estimate from ``n < 30`` samples is not meaningful."""
+    if n < MIN_CI_SAMPLES:
+        warnings.warn(f"n={n} samples: the 95% CI (a normal approximation of the mean of d^2) is not meaningful "
+                      f"below n={MIN_CI_SAMPLES}; use more samples for an interval (pfd's default is n=10,000)",
+                      UserWarning, stacklevel=3)
+
+
 def summarize(sum_sq: float, sum_sq2: float, n: int) -> tuple[float, float, tuple[float, float], float]:
     """(value, stderr, ci95, mean_sq) from the sums of d^2 and d^4 over n samples."""
     mean_sq = max(sum_sq / n, 0.0)
@@ -157,18 +170,28 @@ def _resolve_shape(a: Any, b: Any, shape: Sequence[int] | None) -> tuple[int, ..
 
 
 def _run_map(m: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, label: str, start: int) -> torch.Tensor:
+    return call_map(m, z, f"map {label}", start)
+
+
+def _apply_descriptor(descriptor: Callable[[torch.Tensor], Any], x: torch.Tensor, label: str, start: int) -> torch.Tensor:
+    """Psi(x) of one map's outputs, checked: a real floating tensor (B, ...) with finite values."""
+    where = f"descriptor (on the outputs of map {label})"
     try:
-        out = m(z)
+        out = call_model(descriptor, x)
     except NonFiniteError as exc:
         raise exc.shifted(start) from None
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"map {label} must return a torch.Tensor, got {type(out).__name__}")
-    if out.shape[0] != z.shape[0]:
-        raise ValueError(f"map {label} returned {out.shape[0]} samples for {z.shape[0]} noise vectors")
+    if isinstance(out, np.ndarray):
+        raise TypeError("descriptor must return a torch.Tensor, got a numpy array (on the outputs of map "
+                        f"{label}); convert it with torch.from_numpy(...)")
+    out = check_output(out, None, "descriptor")
+    if out.ndim < 1 or out.shape[0] != x.shape[0]:
+        raise ValueError(f"descriptor must return one row per sample, shape ({x.shape[0]}, ...), got "
+                         f"{tuple(out.shape)} (on the outputs of map {label})")
     out = out.to(torch.float64)
-    if not bool(torch.isfinite(out).all()):
-        bad = ~torch.isfinite(out.reshape(out.shape[0], -1)).all(1)
-        raise NonFiniteError((torch.nonzero(bad).flatten() + start).tolist(), None, f"map {label}")
+    try:
+        check_finite(out.reshape(out.shape[0], -1), None, where)
+    except NonFiniteError as exc:
+        raise exc.shifted(start) from None
     return out
 
 
@@ -343,6 +366,7 @@ def distance(
                 nfe_tot[j] = None if nfe_tot[j] is None or p[5][j] is None else nfe_tot[j] + p[5][j]
     seconds = time.perf_counter() - t0
     value, stderr, ci95, mean_sq = summarize(s2.value, s4.value, n)
+    warn_small_n(n)
     nfe = tuple(None if t is None else t / n for t in nfe_tot)
     provenance = {
         "a": describe_map(a),
@@ -383,8 +407,6 @@ def _accumulate(a, b, n, lo, hi, batch_size, noise, source, descriptor, s2, s4, 
             outs = []
             for j, (m, label) in enumerate(((a, "a"), (b, "b"))):
                 x = _run_map(m, z, label, start)
-                if x.shape != z.shape:
-                    raise ValueError(f"map {label} returned shape {tuple(x.shape)} for noise of shape {tuple(z.shape)}")
                 nfe = getattr(m, "last_nfe", None)
                 if nfe is None or nfe_tot[j] is None:
                     nfe_tot[j] = None
@@ -393,10 +415,10 @@ def _accumulate(a, b, n, lo, hi, batch_size, noise, source, descriptor, s2, s4, 
                 outs.append(x)
             xa, xb = outs
             if descriptor is not None:
-                xa, xb = descriptor(xa), descriptor(xb)
-                if not isinstance(xa, torch.Tensor) or xa.shape != xb.shape or xa.shape[0] != stop - start:
-                    raise ValueError("descriptor must return tensors of equal shape (B, ...) for both maps")
-                xa, xb = xa.to(torch.float64), xb.to(torch.float64)
+                xa, xb = _apply_descriptor(descriptor, xa, "a", start), _apply_descriptor(descriptor, xb, "b", start)
+                if xa.shape != xb.shape:
+                    raise ValueError(f"descriptor must return tensors of equal shape for both maps, got "
+                                     f"{tuple(xa.shape)} (map a) and {tuple(xb.shape)} (map b)")
             d2 = (xa - xb).reshape(stop - start, -1).pow(2).sum(1)
             s2.add_many(d2)
             s4.add_many(d2 * d2)

@@ -18,14 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from pfd._checks import check_positive_int
+from pfd.analysis._runkey import check_settings, load_checkpoint, run_settings, settings_key
 from pfd.analysis._runs import train_set
 from pfd.analysis.generalization import generalization_errors, reference_maps
 from pfd.analysis.students import DSMTrainer
 from pfd.analytic.gmm import GaussianMixture
 from pfd.noise import derive_seed
+from pfd.report import check_writable
 
 __all__ = ["detect_features", "jitter", "training_dynamics"]
 
@@ -116,8 +117,11 @@ def training_dynamics(
 
     Each evaluation row holds epoch, step, E_gen and E_mem (with CIs, same noise every time), the
     DSM loss on the training set and on ``n_heldout`` fresh teacher samples (fixed noise draws).
-    With ``checkpoint`` the trainer state and rows are saved atomically after every evaluation
-    and a rerun resumes from it. The result adds :func:`detect_features` of E_gen with tolerance
+    With ``checkpoint`` the trainer state and rows are saved atomically after every evaluation,
+    with the settings that determine them (everything but ``epochs``, plus the pfd and torch
+    versions); a rerun resumes from it only with the same settings (and ``epochs`` at least the
+    checkpoint's epoch), and otherwise refuses with a message naming the differing settings, so
+    a resumed curve never mixes two settings. A truncated checkpoint is reported by its path. The result adds :func:`detect_features` of E_gen with tolerance
     max(2 x the largest E_gen standard error, 2 x :func:`jitter` of the curve), so neither the
     PFD estimate's noise nor SGD's epoch-to-epoch noise counts as a feature.
     """
@@ -127,14 +131,24 @@ def training_dynamics(
     check_positive_int(epochs, "epochs")
     check_positive_int(eval_every, "eval_every")
     solver = dict(solver or {})
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None:
+        check_writable(ckpt, "checkpoint")
+    settings = run_settings(teacher=teacher.to_dict(), n_train=n_train, width=width, depth=depth, eval_every=eval_every,
+                            seed=seed, lr=lr, batch_size=batch_size, n_eval=n_eval, eval_seed=eval_seed,
+                            n_heldout=n_heldout, solver=solver)
     data = train_set(teacher, n_train, seed)
     heldout = teacher.sample(n_heldout, seed=derive_seed(seed, 41) % (2**62))
     tr = DSMTrainer(data, width=width, depth=depth, seed=seed, lr=lr, batch_size=batch_size)
     refs = reference_maps(teacher, data, **solver)
     rows: list[dict[str, Any]] = []
-    ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = load_checkpoint(ckpt, "checkpoint")
+        hint = "use another checkpoint (--out-dir) or delete it to start over"
+        check_settings(state.get("settings"), settings, f"checkpoint {str(ckpt)!r}", hint)
+        if int(state["trainer"]["epoch"]) > epochs:
+            raise ValueError(f"checkpoint {str(ckpt)!r} is at epoch {state['trainer']['epoch']}, beyond epochs={epochs}; "
+                             f"ask for epochs >= {state['trainer']['epoch']} or {hint}")
         tr.load_state_dict(state["trainer"])
         rows = state["rows"]
     t0 = time.perf_counter()
@@ -148,7 +162,7 @@ def training_dynamics(
         if ckpt is not None:
             from pfd.analysis.students import _atomic_torch_save
 
-            _atomic_torch_save({"trainer": trainer.state_dict(), "rows": rows}, ckpt)
+            _atomic_torch_save({"trainer": trainer.state_dict(), "rows": rows, "settings": settings}, ckpt)
 
     if not rows:
         evaluate(tr, None)  # epoch 0: the untrained network
@@ -165,7 +179,7 @@ def training_dynamics(
         "config": {"n_train": n_train, "width": width, "depth": depth, "n_params": tr.n_params, "epochs": epochs,
                    "eval_every": eval_every, "seed": seed, "lr": lr, "batch_size": batch_size, "n_eval": n_eval,
                    "eval_seed": eval_seed, "n_heldout": n_heldout, "solver": solver or {"solver": "heun", "steps": 18},
-                   "teacher": teacher.to_dict()},
+                   "teacher": teacher.to_dict(), "settings_key": settings_key(settings), "versions": settings["versions"]},
         "rows": rows,
         "e_gen_empirical": emp,
         "features": detect_features([r["epoch"] for r in rows], eg, tol),

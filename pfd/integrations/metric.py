@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
-from pfd._checks import eval_mode
-from pfd.distance import ExactSum, summarize
+from pfd._checks import call_map, eval_mode
+from pfd.distance import ExactSum, summarize, warn_small_n
 from pfd.integrations.distributed import shard_range, world_info
 from pfd.monitor import NoiseBank, _as_student_map, _behind
 
@@ -129,10 +129,7 @@ class PFDMetric(Metric):
         with eval_mode(*_behind(student)), torch.no_grad():
             for b in range(lo, hi, self.bank.batch_size):
                 e = min(hi, b + self.bank.batch_size)
-                x = smap(self.bank.noise[b:e])
-                if not isinstance(x, torch.Tensor) or x.shape != (e - b, *self.bank.shape):
-                    got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-                    raise ValueError(f"student map returned {got} for noise of shape {(e - b, *self.bank.shape)}")
+                x = call_map(smap, self.bank.noise[b:e], "student map", b)
                 self._add(x, b)
                 nfe = getattr(smap, "last_nfe", None)
                 if nfe is None:
@@ -146,6 +143,7 @@ class PFDMetric(Metric):
         if n < 2:
             raise ValueError(f"PFDMetric needs at least 2 accumulated samples, got {n}; call update() first")
         value, stderr, ci95, mean_sq = summarize(float(self.sum_sq), float(self.sum_sq2), n)
+        warn_small_n(n)
         self.details = {"value": value, "stderr": stderr, "ci95": ci95, "n": n, "mean_sq": mean_sq,
                         "nfe": float(self.nfe_sum) / n if self._nfe_known else None}
         return torch.tensor(value, dtype=torch.float64)
