@@ -25,6 +25,7 @@ __all__ = [
     "check_positive_int",
     "eval_mode",
     "find_modules",
+    "is_int",
 ]
 
 

@@ -386,9 +386,8 @@ def _run_score(args: argparse.Namespace) -> int:
     import warnings
 
     import pfd
-    from pfd.maps import map_shape
+    from pfd.maps import DEFAULT_STEPS, map_shape
     from pfd.report import check_writable, format_table, to_jsonable, write_json
-    from pfd.maps import DEFAULT_STEPS
     from pfd.solvers import ADAPTIVE_TORCHDIFFEQ, resolve_solver
     from pfd.spec import LabelledMap, input_files, load_map, parse_assignments, resolve_device, same_file
 

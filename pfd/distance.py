@@ -298,8 +298,9 @@ def distance(
     if auto_batch and batch_size != "auto":
         raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
     if not auto_batch:
-        check_positive_int(batch_size, "batch_size")
+        batch_size = check_positive_int(batch_size, "batch_size")
     derive_seed(seed)  # validates seed
+    seed = int(seed)  # numpy integers are accepted
     if noise is not None:
         if not isinstance(noise, torch.Tensor):
             raise TypeError(f"noise must be a torch.Tensor of shape (n, *shape), got {type(noise).__name__}")
@@ -325,7 +326,7 @@ def distance(
         if sample_shape is None:
             raise ValueError("shape= is required: neither map declares the shape of a sample")
         source = NoiseSource(seed, sample_shape)
-    check_positive_int(n, "n", minimum=2)
+    n = check_positive_int(n, "n", minimum=2)
     if auto_batch:
         from pfd.batching import auto_batch_size
 

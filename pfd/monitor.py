@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from pfd._checks import call_map, call_model, check_positive_int, eval_mode, find_modules
+from pfd._checks import call_map, call_model, check_positive_int, eval_mode, find_modules, is_int
 from pfd.distance import _gather, _resolve_group, distance, shard_range
 from pfd.integrations.distributed import is_rank_zero
 from pfd.maps import CachedMap, OneStepMap, describe_map, map_shape
@@ -528,8 +528,9 @@ class PFDMonitor:
 
     def should_evaluate(self, step: int) -> bool:
         """True at multiples of ``every`` not evaluated yet (e.g. before a resume)."""
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        if not is_int(step) or step < 0:
             raise TypeError(f"step must be an int >= 0, got {step!r}")
+        step = int(step)
         return step % self.every == 0 and all(h["step"] != step for h in self.history)
 
     def maybe_evaluate(self, student: Any, step: int) -> dict[str, Any] | None:
@@ -539,8 +540,9 @@ class PFDMonitor:
     def evaluate(self, student: Any, step: int) -> dict[str, Any]:
         """Evaluate now: a record with step, pfd, stderr, ci, n, nfe (student, per sample),
         seconds (this call), reference_seconds (reference work done in this call)."""
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        if not is_int(step) or step < 0:
             raise TypeError(f"step must be an int >= 0, got {step!r}")
+        step = int(step)
         smap = _as_student_map(student, self.shape)
         t0 = time.perf_counter()
         ref_before = self.bank.reference_seconds

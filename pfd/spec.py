@@ -89,7 +89,7 @@ def parse_assignments(items: Sequence[str] | None, option: str) -> dict[str, Any
             out[key] = json.loads(text)
         except ValueError as exc:
             if text.strip()[:1] in ("[", "{", '"'):  # meant as JSON (a list, a dict, a quoted string), but broken
-                raise ValueError(f"{option} {item}: the value is not valid JSON ({exc}); write lists as [80, 1, 0]")
+                raise ValueError(f"{option} {item}: the value is not valid JSON ({exc}); write lists as [80, 1, 0]") from None
             out[key] = text
     return out
 

@@ -121,7 +121,8 @@ def training_dynamics(
     with the settings that determine them (everything but ``epochs``, plus the pfd and torch
     versions); a rerun resumes from it only with the same settings (and ``epochs`` at least the
     checkpoint's epoch), and otherwise refuses with a message naming the differing settings, so
-    a resumed curve never mixes two settings. A truncated checkpoint is reported by its path. The result adds :func:`detect_features` of E_gen with tolerance
+    a resumed curve never mixes two settings. A truncated checkpoint is reported by its path.
+    The result adds :func:`detect_features` of E_gen with tolerance
     max(2 x the largest E_gen standard error, 2 x :func:`jitter` of the curve), so neither the
     PFD estimate's noise nor SGD's epoch-to-epoch noise counts as a feature.
     """

@@ -244,7 +244,8 @@ class DSMTrainer:
                 "batch_size": self.batch_size, "p_mean": self.p_mean, "p_std": self.p_std}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"settings": self._settings(), "model": self.model.state_dict(), "config": self.model.config(), "opt": self.opt.state_dict(),
+        return {"settings": self._settings(),
+                "model": self.model.state_dict(), "config": self.model.config(), "opt": self.opt.state_dict(),
                 "ema": None if self.ema_model is None else self.ema_model.state_dict(), "ema_decay": self.ema_decay,
                 "gen": self.gen.get_state(), "epoch": self.epoch, "step": self.step, "seed": self.seed}
 

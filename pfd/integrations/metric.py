@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
-from pfd._checks import call_map, eval_mode
+from pfd._checks import call_map, eval_mode, is_int
 from pfd.distance import ExactSum, summarize, warn_small_n
 from pfd.integrations.distributed import shard_range, world_info
 from pfd.monitor import NoiseBank, _as_student_map, _behind
@@ -116,8 +116,9 @@ class PFDMetric(Metric):
             if student.ndim < 2 or tuple(student.shape[1:]) != self.bank.shape:
                 raise ValueError(f"student outputs must have shape (B, *{self.bank.shape}), got {tuple(student.shape)}")
             lo = start if start is not None else (self._cursor if self._cursor is not None else self.shard()[0])
-            if isinstance(lo, bool) or not isinstance(lo, int) or lo < 0 or lo + student.shape[0] > self.bank.n:
+            if not is_int(lo) or lo < 0 or lo + student.shape[0] > self.bank.n:
                 raise ValueError(f"start={lo!r} with {student.shape[0]} rows does not fit the bank of n={self.bank.n}")
+            lo = int(lo)
             self._add(student, lo)
             self._cursor = lo + student.shape[0]
             self._nfe_known = False
