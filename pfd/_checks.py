@@ -7,6 +7,7 @@ message that names the argument and says what was expected, instead of deep insi
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import numbers
 from collections.abc import Callable, Iterator, Sequence
@@ -200,6 +201,25 @@ def call_map(m: Callable[[torch.Tensor], Any], z: torch.Tensor, who: str, offset
     except NonFiniteError as exc:
         raise exc.shifted(offset) from None
     return out
+
+
+_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("pfd_progress", default=True)
+
+
+def progress_enabled() -> bool:
+    """Whether progress bars inside a computation (e.g. of one long adaptive solve) may be shown:
+    False inside ``pfd.distance(..., progress=False)`` and other calls made with ``progress=False``."""
+    return _PROGRESS.get()
+
+
+@contextlib.contextmanager
+def progress_context(show: bool) -> Iterator[None]:
+    """Within this block, :func:`progress_enabled` is ``show`` (nested bars follow the caller's choice)."""
+    token = _PROGRESS.set(bool(show) and _PROGRESS.get())
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
 
 
 def find_modules(obj: Any) -> list[torch.nn.Module]:

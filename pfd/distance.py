@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from pfd._checks import NonFiniteError, call_map, call_model, check_finite, check_output, check_positive_int, check_shape
+from pfd._checks import (
+    NonFiniteError,
+    call_map,
+    call_model,
+    check_finite,
+    check_output,
+    check_positive_int,
+    check_shape,
+    progress_context,
+)
 from pfd.maps import describe_map, map_shape
 from pfd.noise import BLOCK, NoiseSource, derive_seed
 
@@ -342,7 +351,8 @@ def distance(
     t0 = time.perf_counter()
     error: BaseException | None = None
     try:
-        _accumulate(a, b, n, lo, hi, batch_size, noise, source, descriptor, s2, s4, nfe_tot, show, tqdm)
+        with progress_context(show):
+            _accumulate(a, b, n, lo, hi, batch_size, noise, source, descriptor, s2, s4, nfe_tot, show, tqdm)
     except Exception as exc:
         if dist_info is None:
             raise

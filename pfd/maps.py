@@ -26,6 +26,7 @@ from pfd._checks import (
     check_shape,
     eval_mode,
     find_modules,
+    progress_enabled,
 )
 from pfd.schedules import check_grid, check_sigma_range, make_grid
 from pfd.solvers import (
@@ -43,6 +44,8 @@ DEFAULT_ATOL = 1e-8
 DEFAULT_STEPS = 18
 DEFAULT_MAX_NFE = 10_000
 """Model evaluations one adaptive solve may make (per call, i.e. per noise batch) before it is stopped."""
+SOLVE_BAR_DELAY = 2.0
+"""Seconds an adaptive solve runs before its progress bar appears."""
 MIN_TOL = 1e-13
 """Smallest rtol/atol of adaptive solves: float64 has a machine epsilon of 2.2e-16 and an embedded
 error estimate carries round-off of ~100 eps on states of magnitude ~1-100, so a smaller tolerance
@@ -118,7 +121,7 @@ def _solve_bar(show: bool, method: str) -> Iterator[Any]:
         return
     from tqdm.auto import tqdm
 
-    with tqdm(total=1000, desc=f"{method} solve (log sigma, 1/1000)", delay=2.0, leave=False, file=sys.stderr,
+    with tqdm(total=1000, desc=f"{method} solve (log sigma, 1/1000)", delay=SOLVE_BAR_DELAY, leave=False, file=sys.stderr,
               unit="") as bar:
         yield bar
 
@@ -160,7 +163,8 @@ class DiffusionMap:
         :class:`pfd.SolveBudgetError` naming the noise level it reached, instead of running for hours.
     progress:
         Show the progress of a long adaptive solve (in log sigma) on stderr; the bar appears
-        only after 2 s, so short solves print nothing.
+        only after 2 s, so short solves print nothing, and never inside a call made with
+        ``progress=False`` (e.g. ``pfd.distance(..., progress=False)``, ``--no-progress``).
     shape:
         Shape of one sample; inferred when the denoiser is a bound method of an object with
         ``event_shape`` (e.g. :class:`pfd.GaussianMixture`).
@@ -276,7 +280,7 @@ class DiffusionMap:
             if sigma < reached[0]:
                 reached[0] = sigma
                 if bar is not None:
-                    bar.update(round(1000 * math.log(self.sigma_max / sigma) / span) - bar.n)
+                    bar.update(max(0, min(1000, round(1000 * math.log(self.sigma_max / sigma) / span)) - bar.n))
             sig = torch.full((x.shape[0],), sigma, dtype=mdtype, device=device)
             out = check_output(call_model(fn, x.to(mdtype), sig), x.shape, where, "input")
             out = out.to(torch.float64)
@@ -291,7 +295,8 @@ class DiffusionMap:
         device = _model_device(self.denoiser) or z.device
         x = self.sigma_max * z.to(device=device, dtype=torch.float64)
         counter = [0]
-        with torch.no_grad(), eval_mode(self.denoiser), _solve_bar(self.adaptive and self.progress, self.method) as bar:
+        show = self.adaptive and self.progress and progress_enabled()
+        with torch.no_grad(), eval_mode(self.denoiser), _solve_bar(show, self.method) as bar:
             denoise = self._make_denoise(device, counter, self.max_nfe if self.adaptive else None, bar)
             if self.backend == "builtin":
                 x = integrate_fixed(denoise, x, self.sigmas, self.method)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from pfd._checks import call_map, call_model, check_positive_int, eval_mode, find_modules, is_int
+from pfd._checks import call_map, call_model, check_positive_int, eval_mode, find_modules, is_int, progress_context
 from pfd.distance import _gather, _resolve_group, distance, shard_range
 from pfd.integrations.distributed import is_rank_zero
 from pfd.maps import CachedMap, OneStepMap, describe_map, map_shape
@@ -546,7 +546,8 @@ class PFDMonitor:
         smap = _as_student_map(student, self.shape)
         t0 = time.perf_counter()
         ref_before = self.bank.reference_seconds
-        self.bank.prepare(self.group)
+        with progress_context(self.progress):
+            self.bank.prepare(self.group)
         with eval_mode(*_behind(student)), torch.inference_mode():
             res = distance(self._ref_map, smap, n=self.n, seed=self.seed, batch_size=self.bank.batch_size,
                            descriptor=self.descriptor, progress=self.progress, group=self.group)

@@ -365,6 +365,15 @@ def test_adaptive_steps_and_small_n_warn_and_numpy_integers_are_accepted():
     assert pfd.canonical_noise(np.int64(3), (np.int64(2),)).shape == (3, 2)
 
 
+def test_a_long_adaptive_solve_shows_its_progress_unless_progress_is_off(monkeypatch, capsys):
+    monkeypatch.setattr(pfd.maps, "SOLVE_BAR_DELAY", 0.0)  # as if the solve took longer than 2 s
+    ref = G2.flow_map(solver="dopri5")
+    pfd.distance(ref, m2(), n=8, progress=True)
+    assert "dopri5 solve (log sigma" in capsys.readouterr().err
+    pfd.distance(ref, m2(), n=8, progress=False)
+    assert "dopri5 solve" not in capsys.readouterr().err
+
+
 def test_gmm_weights_are_normalised_as_documented():
     """Weights need not sum to 1: they are divided by their sum (documented), exactly like a normalised mixture."""
     a = pfd.GaussianMixture([2.0, 2.0], [[-1.0, 0.0], [1.0, 0.0]], [0.1, 0.1])
@@ -373,7 +382,7 @@ def test_gmm_weights_are_normalised_as_documented():
     assert "normalised to sum to one" in pfd.GaussianMixture.__doc__
 
 
-def test_bit_identity_covers_float64_maps_on_fixed_grids_only():
+def test_bit_identity_covers_double_precision_maps_on_fixed_grids_only():
     """README's guarantee, exactly: float64 maps with a fixed-grid solver give the same bits for every batch
     size; a float32 network does not (BLAS picks kernels by batch shape) but agrees to ~1e-9 relative."""
     torch.manual_seed(0)
