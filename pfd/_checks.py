@@ -19,6 +19,7 @@ __all__ = [
     "NonFiniteError",
     "SolveBudgetError",
     "as_sigma",
+    "call_descriptor",
     "call_map",
     "call_model",
     "check_output",
@@ -220,6 +221,30 @@ def progress_context(show: bool) -> Iterator[None]:
         yield
     finally:
         _PROGRESS.reset(token)
+
+
+def call_descriptor(descriptor: Callable[[torch.Tensor], Any], x: torch.Tensor, label: str, start: int = 0) -> torch.Tensor:
+    """Psi(x) of the outputs of ``label`` (e.g. ``"map a"``), checked like a map's output: a torch tensor
+    (not numpy), real floating, one row per sample, finite (:class:`NonFiniteError` with rows shifted by
+    ``start``). Returned as float64."""
+    where = f"descriptor (on the outputs of {label})"
+    try:
+        out = call_model(descriptor, x)
+    except NonFiniteError as exc:
+        raise exc.shifted(start) from None
+    if type(out).__module__ == "numpy":
+        raise TypeError("descriptor must return a torch.Tensor, got a numpy array (on the outputs of "
+                        f"{label}); convert it with torch.from_numpy(...)")
+    out = check_output(out, None, "descriptor")
+    if out.ndim < 1 or out.shape[0] != x.shape[0]:
+        raise ValueError(f"descriptor must return one row per sample, shape ({x.shape[0]}, ...), got "
+                         f"{tuple(out.shape)} (on the outputs of {label})")
+    out = out.to(torch.float64)
+    try:
+        check_finite(out.reshape(out.shape[0], -1), None, where)
+    except NonFiniteError as exc:
+        raise exc.shifted(start) from None
+    return out
 
 
 def find_modules(obj: Any) -> list[torch.nn.Module]:

@@ -23,11 +23,8 @@ import numpy as np
 import torch
 
 from pfd._checks import (
-    NonFiniteError,
+    call_descriptor,
     call_map,
-    call_model,
-    check_finite,
-    check_output,
     check_positive_int,
     check_shape,
     progress_context,
@@ -180,28 +177,6 @@ def _resolve_shape(a: Any, b: Any, shape: Sequence[int] | None) -> tuple[int, ..
 
 def _run_map(m: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, label: str, start: int) -> torch.Tensor:
     return call_map(m, z, f"map {label}", start)
-
-
-def _apply_descriptor(descriptor: Callable[[torch.Tensor], Any], x: torch.Tensor, label: str, start: int) -> torch.Tensor:
-    """Psi(x) of one map's outputs, checked: a real floating tensor (B, ...) with finite values."""
-    where = f"descriptor (on the outputs of map {label})"
-    try:
-        out = call_model(descriptor, x)
-    except NonFiniteError as exc:
-        raise exc.shifted(start) from None
-    if isinstance(out, np.ndarray):
-        raise TypeError("descriptor must return a torch.Tensor, got a numpy array (on the outputs of map "
-                        f"{label}); convert it with torch.from_numpy(...)")
-    out = check_output(out, None, "descriptor")
-    if out.ndim < 1 or out.shape[0] != x.shape[0]:
-        raise ValueError(f"descriptor must return one row per sample, shape ({x.shape[0]}, ...), got "
-                         f"{tuple(out.shape)} (on the outputs of map {label})")
-    out = out.to(torch.float64)
-    try:
-        check_finite(out.reshape(out.shape[0], -1), None, where)
-    except NonFiniteError as exc:
-        raise exc.shifted(start) from None
-    return out
 
 
 def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -426,7 +401,7 @@ def _accumulate(a, b, n, lo, hi, batch_size, noise, source, descriptor, s2, s4, 
                 outs.append(x)
             xa, xb = outs
             if descriptor is not None:
-                xa, xb = _apply_descriptor(descriptor, xa, "a", start), _apply_descriptor(descriptor, xb, "b", start)
+                xa, xb = call_descriptor(descriptor, xa, "map a", start), call_descriptor(descriptor, xb, "map b", start)
                 if xa.shape != xb.shape:
                     raise ValueError(f"descriptor must return tensors of equal shape for both maps, got "
                                      f"{tuple(xa.shape)} (map a) and {tuple(xb.shape)} (map b)")

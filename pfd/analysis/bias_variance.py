@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from pfd._checks import check_positive_int
+from pfd._checks import call_descriptor, call_map, check_positive_int
 from pfd.distance import ExactSum, summarize
 from pfd.maps import map_shape
 from pfd.noise import NoiseSource
@@ -87,7 +87,8 @@ def bias_variance(
     shp = shp or next((map_shape(s) for s in students if map_shape(s)), None)
     if shp is None:
         raise ValueError("shape= is required: no map declares the shape of a sample")
-    psi = descriptor or (lambda x: x)
+    def psi(x: torch.Tensor, label: str, offset: int) -> torch.Tensor:
+        return x if descriptor is None else call_descriptor(descriptor, x, label, offset)
     src = NoiseSource(seed, shp)
     k = len(students)
     bias, var = ExactSum(), ExactSum()
@@ -96,8 +97,9 @@ def bias_variance(
     for start in range(0, n, batch_size):
         z = src.get(start, min(n, start + batch_size))
         b = z.shape[0]
-        t = psi(teacher(z).to(torch.float64)).reshape(b, -1)
-        outs = torch.stack([psi(s(z).to(torch.float64)).reshape(b, -1) for s in students])  # (K, B, D)
+        t = psi(call_map(teacher, z, "teacher", start), "teacher", start).reshape(b, -1)
+        outs = torch.stack([psi(call_map(s, z, f"students[{j}]", start), f"students[{j}]", start).reshape(b, -1)
+                            for j, s in enumerate(students)])  # (K, B, D); every map gets its own copy of z
         mean = outs.mean(0)
         bias.add_many((t - mean).pow(2).sum(1))
         var.add_many((outs - mean).pow(2).sum(2).reshape(-1))
