@@ -22,7 +22,7 @@ import torch
 import pfd
 import pfd._checks as checks
 
-MODULES = ["pfd.distance", "pfd.maps", "pfd.adapters.diffusion", "pfd.adapters.students", "pfd._checks"]
+MODULES = ["pfd.estimator", "pfd.maps", "pfd.adapters.diffusion", "pfd.adapters.students", "pfd._checks"]
 
 
 def _by_reference(fn, *args, **kwargs):
@@ -48,9 +48,9 @@ def main() -> None:
     cases = {
         "one-step conv on 3x32x32 (n=2048)": (pfd.OneStepMap(lambda z: z, shape=(3, 32, 32)),
                                              pfd.OneStepMap(conv, shape=(3, 32, 32)), 2048),
-        "GMM 2-D, Heun 18 (n=4096)": (g2.flow_map(), g2.flow_map(steps=10), 4096),
+        "GMM 2-D, Heun 18 (n=4096)": (g2.ode_map(), g2.ode_map(steps=10), 4096),
         "MLP denoiser d=64 via EDMDenoiser, Heun 18 (n=1024)": (
-            g64.flow_map(), pfd.DiffusionMap(pfd.adapters.EDMDenoiser(lambda x, s: x - 0.01 * mlp(x)), shape=(64,)), 1024),
+            g64.ode_map(), pfd.DiffusionMap(pfd.adapters.EDMDenoiser(lambda x, s: x - 0.01 * mlp(x)), shape=(64,)), 1024),
     }
     rows = []
     for label, (a, b, n) in cases.items():

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pfd
-from pfd.demo import demo_teacher
-from pfd.distance import versions
+from pfd.analytic.teachers import hexagon_teacher
+from pfd.estimator import versions
 from pfd.report import format_table, write_json
 
 SETTINGS = [
@@ -39,13 +39,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "core_accuracy.json"))
     args = ap.parse_args()
-    gmm = demo_teacher()
+    gmm = hexagon_teacher()
     z = pfd.canonical_noise(args.n, (2,), seed=0)
-    ref_map = gmm.flow_map(solver="dopri8", rtol=1e-11, atol=1e-11)
+    ref_map = gmm.ode_map(solver="dopri8", rtol=1e-11, atol=1e-11)
     ref = ref_map(z)
     rows = []
     for solver, kw in SETTINGS:
-        m = gmm.flow_map(solver=solver, **kw)
+        m = gmm.ode_map(solver=solver, **kw)
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()

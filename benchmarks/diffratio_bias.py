@@ -29,7 +29,6 @@ import torch
 import pfd
 from pfd.adapters import GeneratorStudent, GridMap, RatioCorrectedMap, fit_ratio, grad_log_ratio
 from pfd.adapters.ratio import ratio_heldout_loss
-from pfd.distance import versions
 from pfd.distill.diffratio import (
     fit_score_net,
     generator_gradient,
@@ -37,6 +36,7 @@ from pfd.distill.diffratio import (
     train_diffratio,
     two_score_difference,
 )
+from pfd.estimator import versions
 from pfd.maps import CachedMap
 from pfd.report import format_table, write_json
 
@@ -83,11 +83,11 @@ def part_a(p, q, budgets, m, seed):
     rows = []
     for steps in budgets:
         t0 = time.perf_counter()
-        fit = fit_ratio(xq_pool, xp_pool, sigma_min=SIGMA_RANGE[0], sigma_max=SIGMA_RANGE[1], steps=steps, seed=seed)
+        fit = fit_ratio(xq_pool, xp_pool, sigma_min=SIGMA_RANGE[0], sigma_max=SIGMA_RANGE[1], train_steps=steps, seed=seed)
         t_ratio = time.perf_counter() - t0
         t0 = time.perf_counter()
-        sq = fit_score_net(xq_pool, sigma_min=SIGMA_RANGE[0], sigma_max=SIGMA_RANGE[1], steps=steps, seed=seed + 10)
-        sp = fit_score_net(xp_pool, sigma_min=SIGMA_RANGE[0], sigma_max=SIGMA_RANGE[1], steps=steps, seed=seed + 11)
+        sq = fit_score_net(xq_pool, sigma_min=SIGMA_RANGE[0], sigma_max=SIGMA_RANGE[1], train_steps=steps, seed=seed + 10)
+        sp = fit_score_net(xp_pool, sigma_min=SIGMA_RANGE[0], sigma_max=SIGMA_RANGE[1], train_steps=steps, seed=seed + 11)
         t_two = time.perf_counter() - t0
         d_ratio, d_two = ratio_score_difference(fit.log_ratio), two_score_difference(sq, sp)
         for sig in SIGMAS:
@@ -121,7 +121,7 @@ def mode_stats(x, gmm, radius_std=3.0):
 def part_b(teacher, train_steps, n, n_emp, seed):
     out = {}
     data = teacher.sample(65536, seed=seed + 20)
-    tmap = CachedMap(teacher.flow_map())
+    tmap = CachedMap(teacher.ode_map())
     z = pfd.canonical_noise(n, (2,), seed=seed)
     t0 = time.perf_counter()
     tmap(z)
@@ -132,13 +132,13 @@ def part_b(teacher, train_steps, n, n_emp, seed):
         return r.value, r.stderr
 
     # --- DiffRatio student
-    res = train_diffratio(data, steps=train_steps, seed=seed)
+    res = train_diffratio(data, train_steps=train_steps, seed=seed)
     out["diffratio_train_seconds"] = res.seconds
     xs = res.sample(n_emp, seed=seed + 30)
     inmode, covered = mode_stats(xs, teacher)
     student_raw = GeneratorStudent(res.generator, kind="distribution", warn=False, shape=(2,))
     raw, raw_se = pfd_of(student_raw)
-    emp_map = pfd.GaussianMixture.empirical(xs).flow_map()
+    emp_map = pfd.GaussianMixture.empirical(xs).ode_map()
     t0 = time.perf_counter()
     exact, exact_se = pfd_of(emp_map)
     t_exact = time.perf_counter() - t0
@@ -156,7 +156,7 @@ def part_b(teacher, train_steps, n, n_emp, seed):
     between = pfd.distance(rmap, emp_map, noise=z, progress=False)
     # refit variants: constant learning rate, fewer steps
     t0 = time.perf_counter()
-    refit_c = res.refit_ratio(data, seed=seed + 41, steps=1500, lr_schedule="constant")
+    refit_c = res.refit_ratio(data, seed=seed + 41, train_steps=1500, lr_schedule="constant")
     t_c = time.perf_counter() - t0
     rmap_c = RatioCorrectedMap(teacher, refit_c)
     variants = [
@@ -190,7 +190,7 @@ def part_b(teacher, train_steps, n, n_emp, seed):
 
     trow = []
     t0 = time.perf_counter()
-    net = train_one_step_student(teacher.flow_map(), 2, steps=1500, seed=seed + 51)
+    net = train_one_step_student(teacher.ode_map(), 2, steps=1500, seed=seed + 51)
     t_train = time.perf_counter() - t0
     students = {
         "one-step regression MLP": GeneratorStudent(net, kind="trajectory", shape=(2,)),
@@ -199,7 +199,7 @@ def part_b(teacher, train_steps, n, n_emp, seed):
     for name, st in students.items():
         xs_t = st(pfd.canonical_noise(n_emp, (2,), seed=seed + 60))
         pm, pm_se = pfd_of(st)
-        pdist, pdist_se = pfd_of(pfd.GaussianMixture.empirical(xs_t).flow_map())
+        pdist, pdist_se = pfd_of(pfd.GaussianMixture.empirical(xs_t).ode_map())
         inm, cov = mode_stats(xs_t, teacher)
         trow.append({"student": name, "kind": st.kind, "pfd_map": pm, "pfd_map_stderr": pm_se, "pfd_dist_exact": pdist,
                      "pfd_dist_stderr": pdist_se, "in_mode_fraction": inm, "modes_covered": cov})
@@ -207,7 +207,7 @@ def part_b(teacher, train_steps, n, n_emp, seed):
     out["trajectory_train_seconds"] = t_train
     # reference floor: the teacher's own samples through the same empirical route
     xt = teacher.sample(n_emp, seed=seed + 70)
-    out["empirical_floor_pfd"] = pfd_of(pfd.GaussianMixture.empirical(xt).flow_map())[0]
+    out["empirical_floor_pfd"] = pfd_of(pfd.GaussianMixture.empirical(xt).ode_map())[0]
     return out
 
 

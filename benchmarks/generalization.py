@@ -27,13 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pfd
 from pfd.analysis import (
     DSMTrainer,
+    TrainConfig,
     bias_variance_study,
     compare_metrics,
     mtog_scaling,
     training_dynamics,
 )
-from pfd.analysis._runs import cross_teacher, epochs_for_steps, train_set
+from pfd.analysis._runs import epochs_for_steps, train_set
 from pfd.analysis.plots import plot_bias_variance, plot_dynamics, plot_mtog
+from pfd.analytic.teachers import cross_teacher
 from pfd.report import format_table, write_json
 
 
@@ -49,13 +51,14 @@ def main() -> None:
     q = args.quick
     steps = 60 if q else 3000
     n_eval = 256 if q else 2048
+    config = TrainConfig(train_steps=steps, n_eval=n_eval)
     widths = (16, 48, 128)
 
     if args.only in (None, "mtog"):
         t0 = time.perf_counter()
         n_trains = [2**k for k in (range(2, 6) if q else range(2, 11))]
         res = mtog_scaling(teacher, n_trains, widths, (0,) if q else (0, 1), out=out / "mtog_runs.jsonl",
-                           steps=steps, n_eval=n_eval)
+                           config=config)
         res["seconds"] = time.perf_counter() - t0
         write_json(out / "mtog.json", res)
         plot_mtog(res, out / "mtog.png")
@@ -87,7 +90,7 @@ def main() -> None:
     if args.only in (None, "dynamics"):
         dyn = []
         for n_train, epochs, every in ((16, 40, 4), (64, 60, 6)) if q else ((64, 4000, 100), (1024, 1000, 25)):
-            r = training_dynamics(teacher, n_train, width=128, epochs=epochs, eval_every=every, n_eval=n_eval,
+            r = training_dynamics(teacher, n_train, epochs=epochs, eval_every=every, config=config.replace(width=128),
                                   checkpoint=out / f"dynamics_N{n_train}.pt")
             dyn.append(r)
             f = r["features"]
@@ -103,7 +106,7 @@ def main() -> None:
         plot_dynamics(dyn, out / "dynamics.png")
 
     if args.only in (None, "bias-variance"):
-        studies = [bias_variance_study(teacher, n_train, 3 if q else 5, width=48, steps=steps, n_eval=n_eval)
+        studies = [bias_variance_study(teacher, n_train, 3 if q else 5, config=config.replace(width=48))
                    for n_train in ((8, 64) if q else (16, 256))]
         rows = []
         for s in studies:
@@ -121,9 +124,9 @@ def main() -> None:
             data = train_set(teacher, n_train, 100)
             tr = DSMTrainer(data, width=128, seed=100)
             tr.train(epochs_for_steps(n_train, 256, steps))
-            named[f"DSM student N={n_train}"] = (tr.flow_map(), data)
-            named[f"empirical model N={n_train}"] = (pfd.GaussianMixture.empirical(data).flow_map(), data)
-        named["teacher itself"] = (teacher.flow_map(), data)
+            named[f"DSM student N={n_train}"] = (tr.ode_map(), data)
+            named[f"empirical model N={n_train}"] = (pfd.GaussianMixture.empirical(data).ode_map(), data)
+        named["teacher itself"] = (teacher.ode_map(), data)
         side = compare_metrics(named, teacher, test, n=n_eval, seed=1)
         cols = ["student", "e_gen", "e_mem", "memorization_ratio", "frechet", "mmd2", "precision", "recall",
                 "density", "coverage", "ct"]

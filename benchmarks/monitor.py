@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pfd  # noqa: E402
-from pfd.distance import versions  # noqa: E402
+from pfd.estimator import versions  # noqa: E402
 from pfd.report import format_table, write_json  # noqa: E402
 
 DIST_N, DIST_K, DIST_D = 4096, 128, 16
@@ -50,18 +50,18 @@ def bench_cost(configs, n: int, repeats: int = 3) -> list[dict]:
     rows = []
     for k, d in configs:
         t, s = mixtures(k, d)
-        mon = pfd.PFDMonitor(t.flow_map(), n=n, every=1)
+        mon = pfd.PFDMonitor(t.ode_map(), n=n, every=1)
         w0 = time.perf_counter()
-        first = mon.evaluate(s.flow_map(), 0)
+        first = mon.evaluate(s.ode_map(), 0)
         first_s = time.perf_counter() - w0
         later, full, later_cpu, full_cpu = [], [], [], []
         for i in range(repeats):
             w0, c0 = time.perf_counter(), time.process_time()
-            rec = mon.evaluate(s.flow_map(), i + 1)
+            rec = mon.evaluate(s.ode_map(), i + 1)
             later.append(time.perf_counter() - w0)
             later_cpu.append(time.process_time() - c0)
             w0, c0 = time.perf_counter(), time.process_time()
-            res = pfd.distance(t.flow_map(), s.flow_map(), n=n, progress=False)
+            res = pfd.distance(t.ode_map(), s.ode_map(), n=n, progress=False)
             full.append(time.perf_counter() - w0)
             full_cpu.append(time.process_time() - c0)
             assert rec["pfd"] == res.value == first["pfd"]
@@ -90,7 +90,7 @@ def dist_worker(out: Path) -> None:
     t, s = mixtures(DIST_K, DIST_D)
     dist.barrier()
     w0 = time.perf_counter()
-    res = pfd.distance(t.flow_map(), s.flow_map(), n=DIST_N, seed=0, batch_size=512, progress=False)
+    res = pfd.distance(t.ode_map(), s.ode_map(), n=DIST_N, seed=0, batch_size=512, progress=False)
     dist.barrier()
     wall = time.perf_counter() - w0
     if dist.get_rank() == 0:
@@ -141,7 +141,7 @@ def plot(cost: list[dict], example: dict, path: Path) -> None:
     a.legend(fontsize=8)
     curve = example["curve"]
     b.plot([c["step"] for c in curve], [c["pfd"] for c in curve], "o-", ms=3)
-    b.fill_between([c["step"] for c in curve], [c["ci"][0] for c in curve], [c["ci"][1] for c in curve], alpha=0.3)
+    b.fill_between([c["step"] for c in curve], [c["ci95"][0] for c in curve], [c["ci95"][1] for c in curve], alpha=0.3)
     b.set_yscale("log")
     b.set_xlabel("training step")
     b.set_ylabel("PFD")

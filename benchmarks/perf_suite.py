@@ -58,5 +58,5 @@ def suite() -> dict[str, tuple[pfd.GaussianMixture, pfd.GaussianMixture]]:
 
 def steps_for_nfe(solver: str, nfe: int) -> int:
     """Grid points giving about ``nfe`` evaluations (final denoise included) for a built-in method."""
-    per_step = pfd.solvers.BUILTIN_SOLVERS[solver][0]
+    per_step = pfd.solvers.SOLVERS[solver].evals_per_step
     return max(2, round((nfe - 1) / per_step) + 1)

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     data = run(args.n, args.quick)
     data.update(analyse(data))
     data["seconds"] = time.perf_counter() - t0
-    data["versions"] = pfd.distance.__globals__["versions"]()
+    data["versions"] = pfd.estimator.__globals__["versions"]()
     cases = list(data["references"])
     cols = ["solver", "grid", "min_ratio_vs_heun18_at_35", "median_ratio_vs_heun18_at_35", "max_nfe_to_match_heun18",
             "max_nfe@0.01", "max_nfe@0.001"]

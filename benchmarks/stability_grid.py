@@ -26,11 +26,11 @@ import torch
 
 import pfd
 from pfd.analytic import exact_map
-from pfd.distance import versions
 from pfd.distill import exact_pairs, train_trajectory_student
+from pfd.estimator import versions
 from pfd.report import format_table, write_json
 from pfd.schedules import get_process
-from pfd.stability import make_grid, propagated_error_bound, segment_increments
+from pfd.stability import make_time_grid, propagated_error_bound, segment_increments
 
 GRIDS = ["uniform", "logsnr", "edm", "balanced-sum", "balanced-plus"]
 KS = [1, 2, 4, 8, 16]
@@ -75,14 +75,14 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         for K in config["Ks"]:
             grids = ["uniform"] if K == 1 else config["grids"]  # K = 1: every grid is [T, delta]
             for gname in grids:
-                grid = make_grid(gname, K, delta, T, gmm)
+                grid = make_time_grid(gname, K, delta, T, gmm)
                 inc_sum = segment_increments(gmm, grid, rate="sum")
                 inc_plus = segment_increments(gmm, grid, rate="plus")
                 vals = []
                 for seed in config["seeds"]:
                     student, hist = train_trajectory_student(
-                        gmm, grid, steps=config["steps"], batch_size=config["batch_size"], n_train=config["n_train"],
-                        hidden=config["hidden"], depth=config["depth"], lr=config["lr"], seed=seed)
+                        gmm, grid, train_steps=config["steps"], batch_size=config["batch_size"], n_train=config["n_train"],
+                        width=config["hidden"], depth=config["depth"], lr=config["lr"], seed=seed)
                     with torch.no_grad():
                         yh = student(xT).to(torch.float64)
                     rel = float(((yh - yT) ** 2).sum()) / denom

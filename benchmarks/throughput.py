@@ -259,7 +259,7 @@ base = status("VmRSS")
 with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
     f.write("5")
 t0 = time.perf_counter()
-res = pfd.distance(teacher.flow_map(**kw), student.flow_map(**kw), n=int(sys.argv[1]),
+res = pfd.distance(teacher.ode_map(**kw), student.ode_map(**kw), n=int(sys.argv[1]),
                    batch_size="auto" if sys.argv[2] == "auto" else int(sys.argv[2]), progress=False)
 secs = time.perf_counter() - t0
 print(json.dumps({"peak_rss_MB": status("VmHWM"), "baseline_rss_MB": base, "seconds": secs, "value": res.value}))
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" in parts:
         data["memory"] = peak_memory(args.solver, args.grid, args.mem_steps, args.quick)
     data["seconds"] = time.perf_counter() - t0
-    data["versions"] = pfd.distance.__globals__["versions"]()
+    data["versions"] = pfd.estimator.__globals__["versions"]()
     print("\nAnalytic denoiser throughput (M sample*NFE/s; medians)")
     print(format_table(data["denoiser"], ["model", "n", "fast_Msample_per_s", "naive_Msample_per_s", "speedup_vs_naive",
                                           "frac_of_bandwidth_bound", "frac_of_roofline"]))

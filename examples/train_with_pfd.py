@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 import pfd
-from pfd.demo import demo_teacher
-from pfd.distance import versions
+from pfd.analytic.teachers import hexagon_teacher
+from pfd.estimator import versions
 from pfd.noise import derive_seed
 from pfd.report import format_table, write_json
 
@@ -43,8 +43,8 @@ def make_student(dim: int, width: int = 128, seed: int = 0) -> torch.nn.Module:
 def train(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    gmm = demo_teacher()
-    teacher = gmm.flow_map(name="demo mixture teacher")  # Heun, 18 grid points, 35 NFE
+    gmm = hexagon_teacher()
+    teacher = gmm.ode_map(name="demo mixture teacher")  # Heun, 18 grid points, 35 NFE
     monitor = pfd.PFDMonitor(teacher, n=args.n, seed=args.seed, every=args.every, log_path=out / "pfd_curve.jsonl",
                              cache_dir=out)
     student = make_student(gmm.dim, seed=args.seed)
@@ -99,7 +99,7 @@ def train(args: argparse.Namespace) -> dict:
         "teacher": teacher.describe(),
         "student": "MLP 2-128-128-128-2, one step",
         "n": args.n, "seed": args.seed, "every": args.every, "steps": args.steps, "batch": args.batch,
-        "curve": [{"step": h["step"], "pfd": h["pfd"], "stderr": h["stderr"], "ci": h["ci"]} for h in hist],
+        "curve": [{"step": h["step"], "pfd": h["pfd"], "stderr": h["stderr"], "ci95": h["ci95"]} for h in hist],
         "train_step_seconds": step_s,
         "teacher_pairs_seconds": teacher_seconds,
         "first_evaluation_seconds": next((h["seconds"] for h in hist if h["reference_seconds"] > 0), None),
@@ -125,7 +125,7 @@ def _plot(hist: list[dict], path: Path) -> None:
     steps = [h["step"] for h in hist]
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(steps, [h["pfd"] for h in hist], "o-", ms=3, label="PFD(teacher, student)")
-    ax.fill_between(steps, [h["ci"][0] for h in hist], [h["ci"][1] for h in hist], alpha=0.3, label="95% CI")
+    ax.fill_between(steps, [h["ci95"][0] for h in hist], [h["ci95"][1] for h in hist], alpha=0.3, label="95% CI")
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("PFD")

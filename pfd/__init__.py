@@ -6,7 +6,7 @@ two noise-to-data maps and take the root-mean-square distance of the outputs.
 >>> import pfd
 >>> teacher = pfd.GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], [0.1, 0.1])
 >>> student = pfd.GaussianMixture([0.5, 0.5], [[-1.1, 0.0], [1.1, 0.0]], [0.1, 0.1])
->>> res = pfd.distance(teacher.flow_map(), student.flow_map(), n=512, progress=False)
+>>> res = pfd.distance(teacher.ode_map(), student.ode_map(), n=512, progress=False)
 >>> 0.0 < res.value < 0.2
 True
 """
@@ -17,7 +17,7 @@ from pfd._version import __version__
 from pfd.analysis import bias_variance, generalization_errors
 from pfd.analytic.gmm import GaussianMixture
 from pfd.batching import auto_batch_size
-from pfd.distance import PFDResult, distance
+from pfd.estimator import PFDResult, distance
 from pfd.maps import DiffusionMap, NoiseToData, OneStepMap
 from pfd.monitor import PFDMonitor
 from pfd.noise import canonical_noise

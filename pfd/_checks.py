@@ -13,6 +13,7 @@ import numbers
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -283,3 +284,15 @@ def eval_mode(*callables: Callable[..., Any] | None) -> Iterator[None]:
     finally:
         for m, flag in saved:
             m.training = flag
+
+
+def as_float_array(t: Any, name: str = "t") -> np.ndarray:
+    """A number, sequence or tensor of times as a float64 numpy array (finiteness not checked)."""
+    if isinstance(t, bool):
+        raise TypeError(f"{name} must be a number or an array of numbers, got bool")
+    if isinstance(t, torch.Tensor):
+        t = t.detach().cpu().numpy()
+    try:
+        return np.asarray(t, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number or an array of numbers, got {type(t).__name__}") from None

@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pfd._version import __version__
+from pfd.analytic.teachers import TEACHERS, get_teacher
 
 __all__ = ["build_parser", "main"]
 
@@ -43,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     grid.add_argument("--K", type=int, default=8, help="number of segments (default 8)")
     grid.add_argument("--kind", default="balanced-sum", help="grid kind or 'all' (default balanced-sum)")
-    grid.add_argument("--mixture", default="two-mode", choices=sorted(GRID_PRESETS), help="built-in mixture")
+    grid.add_argument("--mixture", default="two-mode", choices=sorted(TEACHERS),
+                      help="named analytic teacher (pfd.analytic.teachers)")
     grid.add_argument("--gmm", help="JSON file with a mixture ({weights, means, covs}); overrides --mixture")
     grid.add_argument("--t-max", type=float, default=3.0, help="noise end of the grid (default 3.0)")
     grid.add_argument("--t-min", type=float, default=0.01, help="data end of the grid (default 0.01)")
@@ -53,14 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analysis_parsers(sub)
     _add_score_parser(sub)
     return parser
-
-
-# built-in mixtures for `pfd grid`: (weights, means, isotropic variances)
-GRID_PRESETS = {
-    "two-mode": ([0.5, 0.5], [[-1.0], [1.0]], [0.01, 0.01]),
-    "two-mode-wide": ([0.5, 0.5], [[-1.0], [1.0]], [0.25, 0.25]),
-    "four-mode": ([0.25] * 4, [[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]], [0.01] * 4),
-}
 
 
 def _cmd_grid(args: argparse.Namespace) -> int:
@@ -77,7 +72,7 @@ def _cmd_grid(args: argparse.Namespace) -> int:
             gmm = pfd.GaussianMixture.from_dict(json.load(fh))
         label = args.gmm
     else:
-        gmm = pfd.GaussianMixture(*GRID_PRESETS[args.mixture])
+        gmm = get_teacher(args.mixture)
         label = args.mixture
     kinds = list(pfd.stability.GRID_MAKERS) if args.kind == "all" else [args.kind]
     for k in kinds:
@@ -88,7 +83,7 @@ def _cmd_grid(args: argparse.Namespace) -> int:
     report = {"mixture": label, "process": proc.kind, "rate": args.rate, "K": args.K, "t_max": args.t_max,
               "t_min": args.t_min, "Lambda_total": total, "bounds": pfd.stability.bound_info(gmm), "grids": {}}
     for k in kinds:
-        times = pfd.stability.make_grid(k, args.K, args.t_min, args.t_max, gmm, proc)
+        times = pfd.stability.make_time_grid(k, args.K, args.t_min, args.t_max, gmm, proc)
         inc = pfd.stability.segment_increments(gmm, times, proc, args.rate)
         rows = [{"j": j + 1, "t_from": float(times[j]), "t_to": float(times[j + 1]),
                  "sigma_ve_from": float(proc.sigma_ve(float(times[j]))), "sigma_ve_to": float(proc.sigma_ve(float(times[j + 1]))),
@@ -116,13 +111,21 @@ def _int_list(text: str) -> list[int]:
     return vals
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", default="cross4d", help="analytic teacher: cross4d (default) or hexagon2d")
-    p.add_argument("--depth", type=int, default=3, help="hidden layers of the MLP denoiser (default 3)")
-    p.add_argument("--n-eval", type=int, default=2048, help="shared noise samples per PFD (default 2048)")
-    p.add_argument("--eval-seed", type=int, default=0, help="seed of the shared evaluation noise (default 0)")
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
-    p.add_argument("--batch-size", type=int, default=256, help="training batch size (default 256)")
+def _add_common(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), **defaults: Any) -> None:
+    """The options of a :class:`pfd.analysis.TrainConfig` (one per field; ``defaults`` overrides
+    the dataclass defaults, ``skip`` leaves fields out) and those every analysis shares."""
+    from dataclasses import MISSING, fields
+
+    from pfd.analysis.students import TrainConfig
+
+    p.add_argument("--teacher", default="cross4d",
+                   help=f"named analytic teacher: one of {', '.join(sorted(TEACHERS))} (default cross4d)")
+    for f in fields(TrainConfig):
+        if "help" not in f.metadata or f.name in skip:
+            continue
+        default = defaults.get(f.name, f.default if f.default is not MISSING else None)
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(default), default=default,
+                       help=f"{f.metadata['help']} (default {default:g})")
     p.add_argument("--out-dir", default=".", help="folder for the JSON results and PNG plot (default .)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot (needs matplotlib: pfd[plot])")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -136,42 +139,40 @@ def _add_analysis_parsers(sub) -> None:
     m.add_argument("--n-trains", type=_int_list, default=[4, 8, 16, 32, 64, 128, 256], help="comma-separated N values")
     m.add_argument("--widths", type=_int_list, default=[16, 48, 128], help="comma-separated MLP widths")
     m.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated run seeds")
-    m.add_argument("--steps", type=int, default=3000, help="optimizer steps per run (default 3000)")
-    _add_common(m)
+    _add_common(m, skip=("width",), train_steps=3000)
     d = sub.add_parser("dynamics", help="E_gen / E_mem / losses per epoch of one student",
                        description="Train one DSM student, scoring it on the same noise every --eval-every epochs; "
                        "report early-learning minima and epoch-wise double descent. Resumable via a checkpoint.")
     d.add_argument("--n-train", type=int, default=64, help="training-set size N (default 64)")
-    d.add_argument("--width", type=int, default=128, help="MLP width (default 128)")
     d.add_argument("--epochs", type=int, default=1000, help="epochs (default 1000)")
     d.add_argument("--eval-every", type=int, default=25, help="epochs between evaluations (default 25)")
     d.add_argument("--seed", type=int, default=0, help="dataset / initialisation seed (default 0)")
-    _add_common(d)
+    _add_common(d, skip=("train_steps",), width=128)
     b = sub.add_parser("bias-variance", help="bias-variance decomposition over K training sets",
                        description="Train K DSM students on K independent training sets and decompose their mean E_gen^2 "
                        "into E_bias^2 + E_var (the empirical models of the same sets alongside).")
     b.add_argument("--n-train", type=_int_list, default=[16, 256], help="comma-separated training-set sizes")
     b.add_argument("--k", type=int, default=5, help="independent training sets (default 5)")
-    b.add_argument("--width", type=int, default=48, help="MLP width (default 48)")
-    b.add_argument("--steps", type=int, default=3000, help="optimizer steps per student (default 3000)")
     b.add_argument("--seed", type=int, default=0, help="first dataset seed (default 0)")
-    _add_common(b)
+    _add_common(b, width=48, train_steps=3000)
 
 
 def _check_common(args: argparse.Namespace):
+    """(teacher, out folder, TrainConfig) of an analysis subcommand's arguments."""
+    from dataclasses import fields
     from pathlib import Path
 
-    from pfd.analysis._runs import get_teacher
+    from pfd.analysis.students import TrainConfig
 
-    for name in ("depth", "batch_size", "n_eval"):
-        if getattr(args, name) < (2 if name == "n_eval" else 1):
-            raise ValueError(f"--{name.replace('_', '-')} must be >= {2 if name == 'n_eval' else 1}")
-    if not args.lr > 0:
-        raise ValueError("--lr must be > 0")
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    try:
+        config = TrainConfig(**given, progress=not args.no_progress)
+    except ValueError as exc:
+        raise ValueError(f"--{str(exc).replace('_', '-')}") from None
     out = Path(args.out_dir)
     if not out.is_dir():
         raise ValueError(f"--out-dir {str(out)!r} is not an existing folder")
-    return get_teacher(args.teacher), out
+    return get_teacher(args.teacher), out, config
 
 
 def _check_outputs(out, names: Sequence[str], args: argparse.Namespace) -> None:
@@ -189,15 +190,11 @@ def _cmd_mtog(args: argparse.Namespace) -> int:
     from pfd.analysis.mtog import mtog_scaling
     from pfd.report import format_table, write_json
 
-    teacher, out = _check_common(args)
+    teacher, out, config = _check_common(args)
     if any(n < 2 for n in args.n_trains) or any(w < 1 for w in args.widths) or any(s < 0 for s in args.seeds):
         raise ValueError("--n-trains must be >= 2, --widths >= 1 and --seeds >= 0")
-    if args.steps < 1:
-        raise ValueError("--steps must be >= 1")
     _check_outputs(out, ("mtog_runs.jsonl", "mtog.json", "mtog.png"), args)
-    res = mtog_scaling(teacher, args.n_trains, args.widths, args.seeds, out=out / "mtog_runs.jsonl", depth=args.depth,
-                       steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_eval=args.n_eval,
-                       eval_seed=args.eval_seed, progress=not args.no_progress)
+    res = mtog_scaling(teacher, args.n_trains, args.widths, args.seeds, out=out / "mtog_runs.jsonl", config=config)
     write_json(out / "mtog.json", res)
     if not args.no_plot:
         from pfd.analysis.plots import plot_mtog
@@ -221,17 +218,15 @@ def _cmd_dynamics(args: argparse.Namespace) -> int:
     from pfd.analysis.dynamics import training_dynamics
     from pfd.report import format_table, write_json
 
-    teacher, out = _check_common(args)
-    for name in ("n_train", "width", "epochs", "eval_every"):
+    teacher, out, config = _check_common(args)
+    for name in ("n_train", "epochs", "eval_every"):
         if getattr(args, name) < (2 if name == "n_train" else 1):
             raise ValueError(f"--{name.replace('_', '-')} must be >= {2 if name == 'n_train' else 1}")
     if args.seed < 0:
         raise ValueError("--seed must be >= 0")
     _check_outputs(out, ("dynamics.pt", "dynamics.json", "dynamics.png"), args)
-    res = training_dynamics(teacher, args.n_train, width=args.width, depth=args.depth, epochs=args.epochs,
-                            eval_every=args.eval_every, seed=args.seed, lr=args.lr, batch_size=args.batch_size,
-                            n_eval=args.n_eval, eval_seed=args.eval_seed, checkpoint=out / "dynamics.pt",
-                            progress=not args.no_progress)
+    res = training_dynamics(teacher, args.n_train, epochs=args.epochs, eval_every=args.eval_every, seed=args.seed,
+                            checkpoint=out / "dynamics.pt", config=config)
     write_json(out / "dynamics.json", res)
     if not args.no_plot:
         from pfd.analysis.plots import plot_dynamics
@@ -246,16 +241,14 @@ def _cmd_dynamics(args: argparse.Namespace) -> int:
 
 
 def _cmd_bias_variance(args: argparse.Namespace) -> int:
-    from pfd.analysis.bias_variance import bias_variance_study
+    from pfd.analysis.decomposition import bias_variance_study
     from pfd.report import format_table, write_json
 
-    teacher, out = _check_common(args)
-    if any(n < 2 for n in args.n_train) or args.k < 2 or args.width < 1 or args.steps < 1 or args.seed < 0:
-        raise ValueError("--n-train must be >= 2, --k >= 2, --width >= 1, --steps >= 1 and --seed >= 0")
+    teacher, out, config = _check_common(args)
+    if any(n < 2 for n in args.n_train) or args.k < 2 or args.seed < 0:
+        raise ValueError("--n-train must be >= 2, --k >= 2 and --seed >= 0")
     _check_outputs(out, ("bias_variance.json", "bias_variance.png"), args)
-    studies = [bias_variance_study(teacher, n, args.k, width=args.width, depth=args.depth, steps=args.steps,
-                                   batch_size=args.batch_size, lr=args.lr, n_eval=args.n_eval, eval_seed=args.eval_seed,
-                                   seed=args.seed, progress=not args.no_progress) for n in args.n_train]
+    studies = [bias_variance_study(teacher, n, args.k, seed=args.seed, config=config) for n in args.n_train]
     write_json(out / "bias_variance.json", {"studies": studies})
     if not args.no_plot:
         from pfd.analysis.plots import plot_bias_variance
@@ -388,7 +381,7 @@ def _run_score(args: argparse.Namespace) -> int:
     import pfd
     from pfd.maps import DEFAULT_STEPS, map_shape
     from pfd.report import check_writable, format_table, to_jsonable, write_json
-    from pfd.solvers import ADAPTIVE_TORCHDIFFEQ, resolve_solver
+    from pfd.solvers import get_solver
     from pfd.spec import LabelledMap, input_files, load_map, parse_assignments, resolve_device, same_file
 
     if args.n < 2:
@@ -400,10 +393,10 @@ def _run_score(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 2:
         raise ValueError(f"--steps must be >= 2, got {args.steps}")
     try:
-        backend, method = resolve_solver(args.solver)
+        adaptive = get_solver(args.solver).adaptive
     except ValueError as exc:
         raise ValueError(f"--solver: {exc}") from None
-    if backend == "torchdiffeq" and method in ADAPTIVE_TORCHDIFFEQ:
+    if adaptive:
         if args.steps is not None:
             raise ValueError(f"--steps {args.steps} does not apply to --solver {args.solver}: an adaptive solver chooses "
                              "its own steps; drop --steps, or use a fixed-grid solver (heun, euler, rk4, dpm2m, ...)")

@@ -15,34 +15,20 @@ The teacher's map is a tight-tolerance dopri5 solve (the reference), computed on
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 import torch
 
 from pfd.analytic.gmm import GaussianMixture
-from pfd.distance import distance, versions
+from pfd.analytic.teachers import hexagon_teacher
+from pfd.estimator import distance, versions
 from pfd.maps import CachedMap, OneStepMap
 from pfd.noise import canonical_noise, derive_seed
 
-__all__ = ["demo_teacher", "run_demo", "train_one_step_student"]
+__all__ = ["run_demo", "train_one_step_student"]
 
 REFERENCE = {"solver": "dopri5", "rtol": 1e-8, "atol": 1e-8}
-
-
-def demo_teacher() -> GaussianMixture:
-    """Six anisotropic Gaussians on a hexagon of radius 2 with unequal weights (2-D)."""
-    k = 6
-    angles = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
-    means = 2.0 * torch.stack([angles.cos(), angles.sin()], 1)
-    weights = torch.tensor([0.22, 0.12, 0.18, 0.16, 0.10, 0.22], dtype=torch.float64)
-    covs = []
-    for a in angles:
-        u = torch.stack([a.cos(), a.sin()])  # radial direction
-        v = torch.stack([-a.sin(), a.cos()])  # tangential direction
-        covs.append(0.08 * torch.outer(u, u) + 0.02 * torch.outer(v, v))
-    return GaussianMixture(weights, means, torch.stack(covs))
 
 
 def _perturbed(gmm: GaussianMixture) -> GaussianMixture:
@@ -84,8 +70,8 @@ def train_one_step_student(
 def run_demo(n: int = 4096, seed: int = 0, batch_size: int = 1024, progress: bool = True,
              train_steps: int = 1500) -> dict[str, Any]:
     """Run the default job and return a JSON-serialisable report (rows of PFD results)."""
-    gmm = demo_teacher()
-    teacher = CachedMap(gmm.flow_map(**REFERENCE, name="teacher GMM (reference)"))
+    gmm = hexagon_teacher()
+    teacher = CachedMap(gmm.ode_map(**REFERENCE, name="teacher GMM (reference)"))
     rows: list[dict[str, Any]] = []
 
     def score(label: str, student, setting: str, extra: dict[str, Any] | None = None) -> None:
@@ -106,13 +92,13 @@ def run_demo(n: int = 4096, seed: int = 0, batch_size: int = 1024, progress: boo
 
     # the teacher's own map under practical samplers: pure discretisation error
     for solver, steps in (("heun", 18), ("unipc3", 35), ("heun", 8), ("euler", 18)):
-        score(f"teacher, {solver}/{steps}", gmm.flow_map(solver=solver, steps=steps), f"{solver}, {steps} grid pts")
+        score(f"teacher, {solver}/{steps}", gmm.ode_map(solver=solver, steps=steps), f"{solver}, {steps} grid pts")
     # a slightly wrong distribution, solved as accurately as the teacher
-    score("wrong mixture (+5% means, +20% covs)", _perturbed(gmm).flow_map(**REFERENCE), "dopri5 reference")
+    score("wrong mixture (+5% means, +20% covs)", _perturbed(gmm).ode_map(**REFERENCE), "dopri5 reference")
     # memorizing models of N training points drawn from the teacher
     for n_train in (16, 256, 4096):
         emp = GaussianMixture.empirical(gmm.sample(n_train, seed=derive_seed(seed, 5, n_train) % (2**31)))
-        score(f"memorizing, N={n_train}", emp.flow_map(), "heun, 18 grid pts", {"n_train": n_train})
+        score(f"memorizing, N={n_train}", emp.ode_map(), "heun, 18 grid pts", {"n_train": n_train})
     # a one-step distilled student
     t0 = time.perf_counter()
     net = train_one_step_student(teacher, gmm.dim, steps=train_steps, seed=seed + 1)

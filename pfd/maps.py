@@ -23,24 +23,15 @@ from pfd._checks import (
     check_output,
     check_positive_float,
     check_positive_int,
-    check_shape,
     eval_mode,
-    find_modules,
     progress_enabled,
 )
-from pfd.schedules import check_grid, check_sigma_range, make_grid
-from pfd.solvers import (
-    ADAPTIVE_TORCHDIFFEQ,
-    fixed_nfe,
-    integrate_fixed,
-    integrate_torchdiffeq,
-    resolve_solver,
-)
+from pfd._maps import MapBase, infer_shape, model_device
+from pfd.schedules import check_grid_name, check_sigma_range, make_grid
+from pfd.solvers import DEFAULT_ATOL, DEFAULT_RTOL, get_solver
 
 __all__ = ["CachedMap", "DiffusionMap", "NoiseToData", "OneStepMap", "describe_map", "map_shape"]
 
-DEFAULT_RTOL = 1e-6
-DEFAULT_ATOL = 1e-8
 DEFAULT_STEPS = 18
 DEFAULT_MAX_NFE = 10_000
 """Model evaluations one adaptive solve may make (per call, i.e. per noise batch) before it is stopped."""
@@ -50,56 +41,6 @@ MIN_TOL = 1e-13
 """Smallest rtol/atol of adaptive solves: float64 has a machine epsilon of 2.2e-16 and an embedded
 error estimate carries round-off of ~100 eps on states of magnitude ~1-100, so a smaller tolerance
 can never be met (the step size shrinks without end)."""
-
-
-@runtime_checkable
-class NoiseToData(Protocol):
-    """Protocol of a noise-to-data map: ``map(z) -> x`` with ``x.shape == z.shape``."""
-
-    def __call__(self, z: torch.Tensor) -> torch.Tensor: ...
-
-
-def _model_dtype(fn: Callable[..., Any], override: torch.dtype | None) -> torch.dtype:
-    if override is not None:
-        if not isinstance(override, torch.dtype) or not override.is_floating_point:
-            raise TypeError(f"model_dtype must be a floating torch.dtype, got {override!r}")
-        return override
-    for mod in find_modules(fn):
-        for p in mod.parameters():
-            if p.dtype.is_floating_point:
-                return p.dtype
-    return torch.float64
-
-
-def _model_device(fn: Callable[..., Any]) -> torch.device | None:
-    for mod in find_modules(fn):
-        for p in mod.parameters():
-            return p.device
-    return None
-
-
-def _check_shape_arg(shape: Sequence[int] | None) -> tuple[int, ...] | None:
-    if shape is None:
-        return None
-    return check_shape(shape)
-
-
-def _infer_shape(fn: Callable[..., Any]) -> tuple[int, ...] | None:
-    owner = getattr(fn, "__self__", None)
-    shape = getattr(owner, "event_shape", None) if owner is not None else getattr(fn, "event_shape", None)
-    return tuple(shape) if shape is not None else None
-
-
-def _check_z(z: Any, shape: tuple[int, ...] | None, who: str) -> torch.Tensor:
-    if not isinstance(z, torch.Tensor):
-        raise TypeError(f"{who}: noise z must be a torch.Tensor, got {type(z).__name__}")
-    if not z.dtype.is_floating_point:
-        raise TypeError(f"{who}: noise z must be a floating-point tensor, got {z.dtype}")
-    if z.ndim < 2:
-        raise ValueError(f"{who}: noise z must have shape (n, *shape) with a batch dimension, got {tuple(z.shape)}")
-    if shape is not None and tuple(z.shape[1:]) != shape:
-        raise ValueError(f"{who}: noise z must have shape (n, {', '.join(map(str, shape))}), got {tuple(z.shape)}")
-    return z
 
 
 def _check_tol(value: Any, name: str, default: float) -> float:
@@ -115,7 +56,7 @@ def _check_tol(value: Any, name: str, default: float) -> float:
 @contextlib.contextmanager
 def _solve_bar(show: bool, method: str) -> Iterator[Any]:
     """A progress bar of one adaptive solve in permille of log(sigma_max / sigma_min); shown only
-    when the solve takes longer than 2 s."""
+    when the solve takes longer than :data:`SOLVE_BAR_DELAY` seconds."""
     if not show:
         yield None
         return
@@ -126,7 +67,14 @@ def _solve_bar(show: bool, method: str) -> Iterator[Any]:
         yield bar
 
 
-class DiffusionMap:
+@runtime_checkable
+class NoiseToData(Protocol):
+    """Protocol of a noise-to-data map: ``map(z) -> x`` with ``x.shape == z.shape``."""
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor: ...
+
+
+class DiffusionMap(MapBase):
     """The PF-ODE noise-to-data map of a denoiser, in EDM (variance-exploding) coordinates.
 
     Integrates dx/dsigma = (x - D(x; sigma)) / sigma from x(sigma_max) = sigma_max * z down to
@@ -138,7 +86,7 @@ class DiffusionMap:
     ----------
     denoiser:
         ``D(x, sigma) -> x0`` (EDM/k-diffusion convention), ``sigma`` a (B,) tensor.
-    sigma_max, sigma_min:
+    sigma_min, sigma_max:
         Integration range, 0 < sigma_min < sigma_max.
     solver:
         ``"heun"`` (EDM, default), ``"euler"``, ``"midpoint"``, ``"rk4"``, the multistep
@@ -182,8 +130,8 @@ class DiffusionMap:
     def __init__(
         self,
         denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        sigma_max: float = 80.0,
         sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
         solver: str = "heun",
         steps: int | None = None,
         rho: float = 7.0,
@@ -201,9 +149,10 @@ class DiffusionMap:
             raise TypeError(f"denoiser must be callable D(x, sigma), got {type(denoiser).__name__}")
         self.denoiser = denoiser
         self.sigma_min, self.sigma_max = check_sigma_range(sigma_min, sigma_max)
-        self.backend, self.method = resolve_solver(solver)
+        self.stepper = get_solver(solver)
+        self.backend, self.method = self.stepper.backend, self.stepper.method
         self.solver = solver
-        self.adaptive = self.backend == "torchdiffeq" and self.method in ADAPTIVE_TORCHDIFFEQ
+        self.adaptive = self.stepper.adaptive
         if self.adaptive and steps is not None:
             warnings.warn(f"steps={steps} is ignored: {self.method} is an adaptive solver and chooses its own steps "
                           "(control its accuracy with rtol/atol, or pick a fixed-grid solver such as 'heun')",
@@ -216,33 +165,21 @@ class DiffusionMap:
         self.atol = _check_tol(atol, "atol", DEFAULT_ATOL)
         self.max_nfe = check_positive_int(DEFAULT_MAX_NFE if max_nfe is None else max_nfe, "max_nfe")
         self.progress = bool(progress)
-        self.shape = _check_shape_arg(shape) or _infer_shape(denoiser)
-        self._model_dtype = _model_dtype(denoiser, model_dtype)
-        self.name = name or getattr(denoiser, "__qualname__", type(denoiser).__name__)
-        self.grid = check_grid(grid)
+        self._init_map(denoiser, shape, model_dtype, name)
+        self.shape = self.shape or infer_shape(denoiser)
+        self.grid = check_grid_name(grid)
         self.sigmas = make_grid(self.grid, self.steps, self.sigma_min, self.sigma_max, self.rho)
-        self.last_nfe: int | None = None
 
     @property
     def nfe_per_sample(self) -> int | None:
         """Denoiser evaluations per sample (None for adaptive methods: it varies)."""
-        if self.backend == "builtin":
-            return fixed_nfe(self.method, self.steps)
-        return None  # torchdiffeq: counted per call in ``last_nfe``
+        return self.stepper.nfe(self.steps)  # None for torchdiffeq: counted per call in ``last_nfe``
 
     def describe(self) -> dict[str, Any]:
         """Provenance: solver, grid, tolerances, dtype."""
-        d: dict[str, Any] = {
-            "type": "DiffusionMap",
-            "name": self.name,
-            "solver": self.method,
-            "backend": self.backend,
-            "sigma_max": self.sigma_max,
-            "sigma_min": self.sigma_min,
-            "state_dtype": "float64",
-            "model_dtype": str(self._model_dtype).replace("torch.", ""),
-            "final_step": "denoise at sigma_min",
-        }
+        d = super().describe()
+        d.update(solver=self.method, backend=self.backend, sigma_max=self.sigma_max, sigma_min=self.sigma_min,
+                 state_dtype="float64", final_step="denoise at sigma_min")
         if self.adaptive:
             d.update(rtol=self.rtol, atol=self.atol, variable="log sigma")
         else:
@@ -251,8 +188,6 @@ class DiffusionMap:
                 d["rho"] = self.rho
             if self.backend == "torchdiffeq":
                 d["variable"] = "log sigma"
-        if self.nfe_per_sample is not None:
-            d["nfe"] = self.nfe_per_sample
         return d
 
     def __repr__(self) -> str:
@@ -280,7 +215,7 @@ class DiffusionMap:
             if sigma < reached[0]:
                 reached[0] = sigma
                 if bar is not None:
-                    bar.update(max(0, min(1000, round(1000 * math.log(self.sigma_max / sigma) / span)) - bar.n))
+                    bar.update(max(0, min(1000, round(1000 * math.log(self.sigma_max / sigma) / span))) - bar.n)
             sig = torch.full((x.shape[0],), sigma, dtype=mdtype, device=device)
             out = check_output(call_model(fn, x.to(mdtype), sig), x.shape, where, "input")
             out = out.to(torch.float64)
@@ -291,24 +226,21 @@ class DiffusionMap:
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         """Map noise z (n, *shape) to data (n, *shape), float64."""
-        z = _check_z(z, self.shape, "DiffusionMap")
-        device = _model_device(self.denoiser) or z.device
+        z = self._check_z(z)
+        device = model_device(self.denoiser) or z.device
         x = self.sigma_max * z.to(device=device, dtype=torch.float64)
         counter = [0]
         show = self.adaptive and self.progress and progress_enabled()
         with torch.no_grad(), eval_mode(self.denoiser), _solve_bar(show, self.method) as bar:
             denoise = self._make_denoise(device, counter, self.max_nfe if self.adaptive else None, bar)
-            if self.backend == "builtin":
-                x = integrate_fixed(denoise, x, self.sigmas, self.method)
-            else:
-                x = integrate_torchdiffeq(denoise, x, self.sigmas, self.method, self.rtol, self.atol)
+            x = self.stepper.integrate(denoise, x, self.sigmas, rtol=self.rtol, atol=self.atol)
             check_finite(x, self.sigma_min, f"ODE state of {self.name}")
             x = denoise(x, self.sigma_min)
         self.last_nfe = counter[0]
         return x
 
 
-class OneStepMap:
+class OneStepMap(MapBase):
     """A one-step generator used as a noise-to-data map: ``x = fn(z)``.
 
     The generator is run under ``torch.no_grad`` in eval mode (its mode is restored after);
@@ -332,22 +264,15 @@ class OneStepMap:
         if not callable(fn):
             raise TypeError(f"fn must be callable fn(z) -> x, got {type(fn).__name__}")
         self.fn = fn
-        self.shape = _check_shape_arg(shape)
-        self._model_dtype = _model_dtype(fn, model_dtype)
-        self.name = name or getattr(fn, "__qualname__", type(fn).__name__)
-        self.last_nfe: int | None = None
+        self._init_map(fn, shape, model_dtype, name)
         self.nfe_per_sample = 1
-
-    def describe(self) -> dict[str, Any]:
-        return {"type": "OneStepMap", "name": self.name, "nfe": 1,
-                "model_dtype": str(self._model_dtype).replace("torch.", "")}
 
     def __repr__(self) -> str:
         return f"OneStepMap({self.name})"
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        z = _check_z(z, self.shape, "OneStepMap")
-        device = _model_device(self.fn) or z.device
+        z = self._check_z(z)
+        device = model_device(self.fn) or z.device
         with torch.no_grad(), eval_mode(self.fn):
             out = call_model(self.fn, z.to(device=device, dtype=self._model_dtype))
         out = check_output(out, z.shape, f"OneStepMap {self.name}").to(torch.float64)

@@ -24,9 +24,11 @@ from typing import Any
 import torch
 
 from pfd._checks import call_map, call_model, check_positive_int, eval_mode, find_modules, is_int, progress_context
-from pfd.distance import _gather, _resolve_group, distance, shard_range
-from pfd.integrations.distributed import is_rank_zero
-from pfd.maps import CachedMap, OneStepMap, describe_map, map_shape
+from pfd._maps import as_student_map, models_behind
+from pfd._reduce import gather_or_raise, is_rank_zero, resolve_group, shard_range
+from pfd._train import atomic_torch_save
+from pfd.estimator import distance
+from pfd.maps import CachedMap, describe_map, map_shape
 from pfd.noise import BLOCK, NoiseSource, derive_seed
 from pfd.report import append_jsonl, atomic_write, check_writable, to_jsonable
 
@@ -66,8 +68,8 @@ def reference_identity(reference: Callable[..., Any], reference_key: str | None 
 
     >>> import pfd
     >>> gmm = pfd.GaussianMixture([1.0], [[0.0]], [1.0])
-    >>> a = reference_identity(gmm.flow_map())
-    >>> b = reference_identity(pfd.GaussianMixture([1.0], [[0.1]], [1.0]).flow_map())
+    >>> a = reference_identity(gmm.ode_map())
+    >>> b = reference_identity(pfd.GaussianMixture([1.0], [[0.1]], [1.0]).ode_map())
     >>> a["content"] != b["content"], a["map"]["solver"]
     (True, 'heun')
     """
@@ -106,10 +108,6 @@ def _check_folder_writable(folder: Path, name: str) -> None:
         raise ValueError(f"{name}: folder {str(folder)!r} is not writable ({exc.strerror or exc})") from None
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda fh: torch.save(obj, fh))
-
-
 class NoiseBank:
     """A reference map's outputs on the canonical noise rows ``0 .. n-1`` of ``seed``.
 
@@ -125,11 +123,11 @@ class NoiseBank:
 
     >>> import pfd
     >>> gmm = pfd.GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [0.1, 0.1])
-    >>> bank = NoiseBank(gmm.flow_map(), n=64, seed=0)
+    >>> bank = NoiseBank(gmm.ode_map(), n=64, seed=0)
     >>> ref = bank.as_map()
-    >>> r1 = pfd.distance(ref, gmm.flow_map(steps=6), n=64, progress=False)  # computes the bank
-    >>> r2 = pfd.distance(ref, gmm.flow_map(steps=6), n=64, progress=False)  # served from it
-    >>> r3 = pfd.distance(gmm.flow_map(), gmm.flow_map(steps=6), n=64, progress=False)
+    >>> r1 = pfd.distance(ref, gmm.ode_map(steps=6), n=64, progress=False)  # computes the bank
+    >>> r2 = pfd.distance(ref, gmm.ode_map(steps=6), n=64, progress=False)  # served from it
+    >>> r3 = pfd.distance(gmm.ode_map(), gmm.ode_map(steps=6), n=64, progress=False)
     >>> r1.value == r2.value == r3.value, bank.computed_rows, (ref.misses, ref.hits)
     (True, 64, (1, 1))
     """
@@ -178,7 +176,7 @@ class NoiseBank:
 
     # -- identity and disk cache ---------------------------------------------------------
     def _make_key_text(self) -> str:
-        from pfd.distance import versions
+        from pfd.estimator import versions
 
         v = versions()
         material = {
@@ -224,7 +222,7 @@ class NoiseBank:
         path = self.cache_path
         if path is None or not self.complete:
             return
-        _atomic_torch_save({"key": self._key_text, "outputs": self._out.clone(), "nfe_total": self._nfe}, path)
+        atomic_torch_save({"key": self._key_text, "outputs": self._out.clone(), "nfe_total": self._nfe}, path)
 
     # -- computing rows ------------------------------------------------------------------
     @property
@@ -267,7 +265,7 @@ class NoiseBank:
         rank a shard when distributed, then gathered to every rank); then store it on disk."""
         if self.complete or self._load():
             return self
-        info = _resolve_group(group)
+        info = resolve_group(group)
         if info is None:
             self.outputs(0, self.n)
         else:
@@ -277,14 +275,11 @@ class NoiseBank:
             try:
                 self.outputs(lo, hi)
             except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            mine = (lo, hi, self._out[lo:hi].clone(), None if self._nfe is None else self._nfe, error)
-            parts = _gather(mine, grp, world)
-            for r, p in enumerate(parts):
-                if p[4] is not None:
-                    raise RuntimeError(f"reference bank failed on rank {r}: {p[4]}")
+                error = exc
+            mine = (lo, hi, self._out[lo:hi].clone(), None if self._nfe is None else self._nfe)
+            parts = gather_or_raise(mine, error, grp, world, "reference bank failed on ")
             nfe: float | None = 0.0
-            for p_lo, p_hi, out, p_nfe, _ in parts:
+            for p_lo, p_hi, out, p_nfe in parts:
                 self._out[p_lo:p_hi] = out
                 self._have[p_lo:p_hi] = True
                 nfe = None if nfe is None or p_nfe is None else nfe + p_nfe
@@ -353,24 +348,6 @@ class BankMap:
 
     def __repr__(self) -> str:
         return f"BankMap(n={self.bank.n}, rows={self.bank.computed_rows}, hits={self.hits}, misses={self.misses})"
-
-
-def _as_student_map(student: Any, shape: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
-    if isinstance(student, torch.nn.Module):
-        return OneStepMap(student, shape=shape, name=type(student).__name__)
-    if not callable(student):
-        raise TypeError(f"student must be a noise-to-data map or a torch.nn.Module G(z), got {type(student).__name__}")
-    return student
-
-
-def _behind(student: Any) -> list[Any]:
-    """The student and the models inside a pfd map (so that eval_mode reaches them)."""
-    out = [student]
-    for attr in ("denoiser", "fn", "base"):
-        inner = getattr(student, attr, None)
-        if inner is not None and callable(inner):
-            out.append(inner)
-    return out
 
 
 def _repair_tail(path: Path) -> None:
@@ -469,7 +446,7 @@ class PFDMonitor:
     -------
     >>> import torch, pfd
     >>> teacher = pfd.GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [0.05, 0.05])
-    >>> mon = pfd.PFDMonitor(teacher.flow_map(), n=128, every=10)
+    >>> mon = pfd.PFDMonitor(teacher.ode_map(), n=128, every=10)
     >>> student = torch.nn.Linear(1, 1)
     >>> mon.maybe_evaluate(student, step=5) is None
     True
@@ -538,24 +515,24 @@ class PFDMonitor:
         return self.evaluate(student, step) if self.should_evaluate(step) else None
 
     def evaluate(self, student: Any, step: int) -> dict[str, Any]:
-        """Evaluate now: a record with step, pfd, stderr, ci, n, nfe (student, per sample),
+        """Evaluate now: a record with step, pfd, stderr, ci95, n, nfe (student, per sample),
         seconds (this call), reference_seconds (reference work done in this call)."""
         if not is_int(step) or step < 0:
             raise TypeError(f"step must be an int >= 0, got {step!r}")
         step = int(step)
-        smap = _as_student_map(student, self.shape)
+        smap = as_student_map(student, self.shape)
         t0 = time.perf_counter()
         ref_before = self.bank.reference_seconds
         with progress_context(self.progress):
             self.bank.prepare(self.group)
-        with eval_mode(*_behind(student)), torch.inference_mode():
+        with eval_mode(*models_behind(student)), torch.inference_mode():
             res = distance(self._ref_map, smap, n=self.n, seed=self.seed, batch_size=self.bank.batch_size,
                            descriptor=self.descriptor, progress=self.progress, group=self.group)
         rec = {
             "step": step,
             "pfd": res.value,
             "stderr": res.stderr,
-            "ci": list(res.ci95),
+            "ci95": list(res.ci95),
             "n": res.n,
             "nfe": res.nfe[1],
             "reference_nfe": res.nfe[0],

@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from pfd._checks import check_positive_float, check_positive_int
+from pfd._checks import as_float_array, check_positive_float, check_positive_int
 
 __all__ = [
     "GRID_KINDS",
     "PROCESSES",
     "SIGMA_GRIDS",
     "Process",
-    "check_grid",
+    "check_grid_name",
     "check_sigma_range",
     "check_time_range",
     "get_process",
@@ -92,7 +92,7 @@ _ArrayLike = float | np.ndarray
 SIGMA_GRIDS = ("karras", "loglinear")
 
 
-def check_grid(grid: str) -> str:
+def check_grid_name(grid: str) -> str:
     """Validate a noise-level grid name (case-insensitive) and return it in canonical form.
 
     ``"karras"``: EDM's grid, sigma_i^{1/rho} uniform (dense at low noise); ``"loglinear"``:
@@ -116,21 +116,14 @@ def make_grid(grid: str, steps: int, sigma_min: float = 0.002, sigma_max: float 
     >>> [round(float(v), 6) for v in g]
     [100.0, 10.0, 1.0, 0.1, 0.01]
     """
-    name = check_grid(grid)
+    name = check_grid_name(grid)
     if name == "karras":
         return karras_sigmas(steps, sigma_min, sigma_max, rho)
     return loglinear_sigmas(steps, sigma_min, sigma_max)
 
 
 def _as_times(t: Any, name: str = "t") -> np.ndarray:
-    if isinstance(t, bool):
-        raise TypeError(f"{name} must be a number or an array of numbers, got bool")
-    if isinstance(t, torch.Tensor):
-        t = t.detach().cpu().numpy()
-    try:
-        arr = np.asarray(t, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number or an array of numbers, got {type(t).__name__}") from None
+    arr = as_float_array(t, name)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite, got NaN or inf")
     return arr
@@ -151,7 +144,7 @@ class Process:
 
     >>> import math
     >>> ou = get_process("ou")
-    >>> round(ou.rho(1.0), 12) == round(math.e ** 2 - 1, 12)
+    >>> round(ou.inv_snr(1.0), 12) == round(math.e ** 2 - 1, 12)
     True
     >>> round(ou.t_from_sigma_ve(ou.sigma_ve(0.3)), 12)
     0.3
@@ -192,8 +185,8 @@ class Process:
             return _out(np.sqrt(-np.expm1(-self._B(t))))
         return _out(t.copy())
 
-    def rho(self, t: _ArrayLike) -> _ArrayLike:
-        """Inverse SNR rho_t = sigma_t^2 / alpha_t^2 (the EDM sigma^2)."""
+    def inv_snr(self, t: _ArrayLike) -> _ArrayLike:
+        """Inverse SNR sigma_t^2 / alpha_t^2 (the EDM sigma^2; ``rho`` is the Karras grid exponent only)."""
         t = self._check_t(t)
         if self.kind == "ou":
             return _out(np.expm1(2.0 * t))
@@ -201,8 +194,8 @@ class Process:
             return _out(np.expm1(self._B(t)))
         return _out(t * t)
 
-    def drho(self, t: _ArrayLike) -> _ArrayLike:
-        """d rho / dt."""
+    def dinv_snr(self, t: _ArrayLike) -> _ArrayLike:
+        """d inv_snr / dt."""
         t = self._check_t(t)
         if self.kind == "ou":
             return _out(2.0 * np.exp(2.0 * t))
@@ -222,24 +215,24 @@ class Process:
     def g2(self, t: _ArrayLike) -> _ArrayLike:
         """Squared diffusion coefficient g^2 = alpha^2 rho'."""
         a = np.asarray(self.alpha(t))
-        return _out(a * a * np.asarray(self.drho(t)))
+        return _out(a * a * np.asarray(self.dinv_snr(t)))
 
     def sigma_ve(self, t: _ArrayLike) -> _ArrayLike:
         """EDM noise level sqrt(rho_t) (so that X_t / alpha_t = X_0 + sigma_VE Z)."""
-        return _out(np.sqrt(np.asarray(self.rho(t))))
+        return _out(np.sqrt(np.asarray(self.inv_snr(t))))
 
     def log_snr(self, t: _ArrayLike) -> _ArrayLike:
         """log-SNR lambda_t = -ln rho_t (t > 0)."""
-        r = np.asarray(self.rho(t))
+        r = np.asarray(self.inv_snr(t))
         if np.any(r <= 0):
             raise ValueError("log_snr needs t > 0 (rho_0 = 0)")
         return _out(-np.log(r))
 
-    def t_from_rho(self, rho: _ArrayLike) -> _ArrayLike:
-        """Inverse of :meth:`rho`."""
-        r = _as_times(rho, "rho")
+    def t_from_inv_snr(self, inv_snr: _ArrayLike) -> _ArrayLike:
+        """Inverse of :meth:`inv_snr`."""
+        r = _as_times(inv_snr, "inv_snr")
         if np.any(r < 0):
-            raise ValueError("rho must be >= 0")
+            raise ValueError("inv_snr must be >= 0")
         if self.kind == "ou":
             return _out(0.5 * np.log1p(r))
         if self.kind == "vp":
@@ -255,11 +248,11 @@ class Process:
         s = _as_times(sigma_ve, "sigma_ve")
         if np.any(s < 0):
             raise ValueError("sigma_ve must be >= 0")
-        return self.t_from_rho(s * s)
+        return self.t_from_inv_snr(s * s)
 
     def t_from_log_snr(self, log_snr: _ArrayLike) -> _ArrayLike:
         """Inverse of :meth:`log_snr`."""
-        return self.t_from_rho(np.exp(-_as_times(log_snr, "log_snr")))
+        return self.t_from_inv_snr(np.exp(-_as_times(log_snr, "log_snr")))
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"process": self.kind}

@@ -6,7 +6,7 @@ Two families:
   stepping in sigma on a given grid (EDM's sampler is ``"heun"`` on the Karras grid), and
   multistep exponential integrators in the data-prediction (denoiser) parametrisation
   (``"dpm2m"``, ``"dpm3m"``, ``"unipc3"``; one model call per step, see
-  :func:`integrate_multistep`). They treat every sample independently, so results never depend
+  :func:`_multistep`). They treat every sample independently, so results never depend
   on batch composition;
 * any method of ``torchdiffeq`` (``"dopri5"``, ``"dopri8"``, ``"bosh3"``, ``"adaptive_heun"``,
   ``"torchdiffeq:rk4"``, ...), integrating in u = log(sigma), where the ODE reads
@@ -16,6 +16,9 @@ Two families:
   result, at the level of the tolerance) still depends on the batch-mates.
 
 All solvers stop at sigma_min > 0; the caller takes the final denoise step x <- D(x; sigma_min).
+Every solver is one entry of :data:`SOLVERS` (a :class:`Solver`), with one stepper signature
+``integrate(denoise, x, sigmas, *, rtol, atol)``; :class:`pfd.DiffusionMap`, the adapters' grid
+maps, the CLI and the docs' solver table all read it.
 """
 
 from __future__ import annotations
@@ -23,106 +26,98 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-__all__ = [
-    "ADAPTIVE_TORCHDIFFEQ",
-    "BUILTIN_SOLVERS",
-    "MULTISTEP_SOLVERS",
-    "Denoise",
-    "fixed_nfe",
-    "integrate_fixed",
-    "integrate_multistep",
-    "integrate_torchdiffeq",
-    "resolve_solver",
-]
+__all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "SOLVERS", "Denoise", "Solver", "SolverSettings", "get_solver", "solver_table"]
 
 Denoise = Callable[[torch.Tensor, float], torch.Tensor]
 """D(x, sigma) on float64 state with a scalar sigma (the map broadcasts it to the batch)."""
 
-# name -> (denoiser evaluations per step, order)
-BUILTIN_SOLVERS: dict[str, tuple[int, int]] = {
-    "euler": (1, 1),
-    "heun": (2, 2),
-    "midpoint": (2, 2),
-    "rk4": (4, 4),
-    # multistep exponential integrators (one evaluation per step; see integrate_multistep)
-    "dpm2m": (1, 2),
-    "dpm3m": (1, 3),
-    "unipc3": (1, 3),
-}
-ADAPTIVE_TORCHDIFFEQ = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+Integrate = Callable[..., torch.Tensor]
+"""The one stepper signature: ``integrate(denoise, x, sigmas, *, rtol, atol) -> x`` integrates
+from sigmas[0] to sigmas[-1] (all > 0); fixed-grid methods ignore the tolerances."""
+
+DEFAULT_RTOL = 1e-6
+DEFAULT_ATOL = 1e-8
 
 
-def _torchdiffeq_methods() -> list[str]:
-    import importlib
+@dataclass(frozen=True)
+class Solver:
+    """One entry of the solver registry :data:`SOLVERS`.
 
-    try:
-        solvers = importlib.import_module("torchdiffeq._impl.odeint").SOLVERS
-    except (ImportError, AttributeError):  # pragma: no cover - private layout changed
-        return [*ADAPTIVE_TORCHDIFFEQ, "euler", "midpoint", "rk4", "heun2", "heun3"]
-    return [m for m in solvers if m != "scipy_solver"]
+    ``adaptive`` methods get only the two end points of the grid (their NFE varies per call);
+    ``evals_per_step`` and ``order`` are None where pfd does not count them (torchdiffeq's).
 
-
-def resolve_solver(solver: str) -> tuple[str, str]:
-    """Return (backend, method) for a solver name; backend is "builtin" or "torchdiffeq"."""
-    if not isinstance(solver, str):
-        raise TypeError(f"solver must be a string, got {type(solver).__name__}")
-    name = solver.strip().lower()
-    if name.startswith("torchdiffeq:"):
-        method = name.split(":", 1)[1]
-        if method not in _torchdiffeq_methods():
-            raise ValueError(f"solver: unknown torchdiffeq method {method!r}; known: {_torchdiffeq_methods()}")
-        return "torchdiffeq", method
-    if name in BUILTIN_SOLVERS:
-        return "builtin", name
-    if name in _torchdiffeq_methods():
-        return "torchdiffeq", name
-    raise ValueError(
-        f"solver must be one of the built-in fixed-grid methods {sorted(BUILTIN_SOLVERS)} or a "
-        f"torchdiffeq method {_torchdiffeq_methods()} (prefix 'torchdiffeq:' to force it), got {solver!r}"
-    )
-
-
-def fixed_nfe(method: str, grid_points: int) -> int:
-    """Denoiser evaluations per sample of a built-in method on a grid, final denoise included."""
-    per_step, _ = BUILTIN_SOLVERS[method]
-    return per_step * (grid_points - 1) + 1
-
-
-def integrate_fixed(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, method: str) -> torch.Tensor:
-    """Integrate from sigmas[0] to sigmas[-1] (all > 0) with a built-in method.
-
-    ``heun`` is EDM's second-order method: an Euler predictor and a trapezoidal corrector.
+    >>> s = get_solver("heun")
+    >>> s.backend, s.evals_per_step, s.order, s.nfe(18)
+    ('builtin', 2, 2, 35)
     """
-    if method in MULTISTEP_SOLVERS:
-        return integrate_multistep(denoise, x, sigmas, method)
-    s = [float(v) for v in sigmas]
 
-    def f(y: torch.Tensor, sig: float) -> torch.Tensor:
-        return (y - denoise(y, sig)) / sig
+    name: str
+    backend: str
+    method: str
+    adaptive: bool
+    evals_per_step: int | None
+    order: int | None
+    integrate: Integrate
 
-    for s0, s1 in itertools.pairwise(s):
-        h = s1 - s0
-        if method == "euler":
-            x = x + h * f(x, s0)
-        elif method == "heun":
-            d0 = f(x, s0)
-            x_pred = x + h * d0
-            x = x + 0.5 * h * (d0 + f(x_pred, s1))
-        elif method == "midpoint":
-            d0 = f(x, s0)
-            x = x + h * f(x + 0.5 * h * d0, s0 + 0.5 * h)
-        elif method == "rk4":
-            k1 = f(x, s0)
-            k2 = f(x + 0.5 * h * k1, s0 + 0.5 * h)
-            k3 = f(x + 0.5 * h * k2, s0 + 0.5 * h)
-            k4 = f(x + h * k3, s1)
-            x = x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-        else:  # pragma: no cover - resolve_solver guards this
-            raise ValueError(f"unknown built-in method {method!r}")
-    return x
+    def nfe(self, grid_points: int) -> int | None:
+        """Denoiser evaluations per sample on a grid, final denoise included (None if adaptive)."""
+        if self.evals_per_step is None:
+            return None
+        return self.evals_per_step * (grid_points - 1) + 1
+
+
+# --- fixed-grid Runge-Kutta methods in sigma -------------------------------------------------
+
+_Slope = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+def _euler(f: _Slope, x: torch.Tensor, s0: float, s1: float, h: float) -> torch.Tensor:
+    return x + h * f(x, s0)
+
+
+def _heun(f: _Slope, x: torch.Tensor, s0: float, s1: float, h: float) -> torch.Tensor:
+    """EDM's second-order method: an Euler predictor and a trapezoidal corrector."""
+    d0 = f(x, s0)
+    x_pred = x + h * d0
+    return x + 0.5 * h * (d0 + f(x_pred, s1))
+
+
+def _midpoint(f: _Slope, x: torch.Tensor, s0: float, s1: float, h: float) -> torch.Tensor:
+    d0 = f(x, s0)
+    return x + h * f(x + 0.5 * h * d0, s0 + 0.5 * h)
+
+
+def _rk4(f: _Slope, x: torch.Tensor, s0: float, s1: float, h: float) -> torch.Tensor:
+    k1 = f(x, s0)
+    k2 = f(x + 0.5 * h * k1, s0 + 0.5 * h)
+    k3 = f(x + 0.5 * h * k2, s0 + 0.5 * h)
+    k4 = f(x + h * k3, s1)
+    return x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+
+
+def _runge_kutta(step: Callable[[_Slope, torch.Tensor, float, float, float], torch.Tensor]) -> Integrate:
+    def integrate(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, rtol: float = DEFAULT_RTOL,
+                  atol: float = DEFAULT_ATOL) -> torch.Tensor:
+        def f(y: torch.Tensor, sig: float) -> torch.Tensor:
+            return (y - denoise(y, sig)) / sig
+
+        for s0, s1 in itertools.pairwise([float(v) for v in sigmas]):
+            x = step(f, x, s0, s1, s1 - s0)
+        return x
+
+    return integrate
+
+
+# --- torchdiffeq, in u = log sigma -----------------------------------------------------------
+
+# torchdiffeq's public methods (its ``odeint(method=...)`` names); scipy_solver is left out
+_TORCHDIFFEQ_ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
+_TORCHDIFFEQ_FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
 
 
 def _max_sample_rms(t: torch.Tensor) -> torch.Tensor:
@@ -132,37 +127,33 @@ def _max_sample_rms(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1).pow(2).mean(1).sqrt().max()
 
 
-def integrate_torchdiffeq(
-    denoise: Denoise,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    method: str,
-    rtol: float,
-    atol: float,
-) -> torch.Tensor:
-    """Integrate in u = log sigma with torchdiffeq from sigmas[0] to sigmas[-1].
+def _torchdiffeq(method: str) -> Integrate:
+    adaptive = method in _TORCHDIFFEQ_ADAPTIVE
 
-    Adaptive methods get only the two end points; fixed methods step on log(sigmas).
-    """
-    import torchdiffeq
+    def integrate(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, rtol: float = DEFAULT_RTOL,
+                  atol: float = DEFAULT_ATOL) -> torch.Tensor:
+        """Adaptive methods get only the two end points; fixed methods step on log(sigmas)."""
+        import torchdiffeq
 
-    def func(u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return y - denoise(y, float(torch.exp(u)))
+        def func(u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return y - denoise(y, float(torch.exp(u)))
 
-    if method in ADAPTIVE_TORCHDIFFEQ:
-        u = torch.log(torch.stack([sigmas[0], sigmas[-1]])).to(x.device)
-        options = {"norm": _max_sample_rms}
-    else:
-        u = torch.log(sigmas).to(x.device)
-        options = None
-    try:
-        out = torchdiffeq.odeint(func, x, u, method=method, rtol=rtol, atol=atol, options=options)
-    except AssertionError as exc:  # torchdiffeq signals step-size underflow with assert
-        raise RuntimeError(
-            f"torchdiffeq {method} failed ({exc}); the ODE may be too stiff for rtol={rtol}, "
-            f"atol={atol}: loosen them or use a fixed-grid solver"
-        ) from None
-    return out[-1]
+        if adaptive:
+            u = torch.log(torch.stack([sigmas[0], sigmas[-1]])).to(x.device)
+            options = {"norm": _max_sample_rms}
+        else:
+            u = torch.log(sigmas).to(x.device)
+            options = None
+        try:
+            out = torchdiffeq.odeint(func, x, u, method=method, rtol=rtol, atol=atol, options=options)
+        except AssertionError as exc:  # torchdiffeq signals step-size underflow with assert
+            raise RuntimeError(
+                f"torchdiffeq {method} failed ({exc}); the ODE may be too stiff for rtol={rtol}, "
+                f"atol={atol}: loosen them or use a fixed-grid solver"
+            ) from None
+        return out[-1]
+
+    return integrate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,8 +177,6 @@ def integrate_torchdiffeq(
 # (lambda_0, D_0), (lambda_-1, D_-1), raising the order to 3 at no extra model call.
 # ---------------------------------------------------------------------------------------------
 
-MULTISTEP_SOLVERS: dict[str, int] = {"dpm2m": 2, "dpm3m": 3, "unipc3": 3}
-"""Multistep method -> order (first steps start at lower order from the available history)."""
 
 
 def _phi_weights(h: float) -> tuple[float, float, float]:
@@ -220,7 +209,7 @@ def _ab_coeffs(
     return d0, f01 + f012 * h0, f012
 
 
-def integrate_multistep(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, method: str) -> torch.Tensor:
+def _multistep(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, method: str, order: int) -> torch.Tensor:
     """Integrate from sigmas[0] to sigmas[-1] (all > 0, decreasing) with a multistep exponential
     integrator: ``"dpm2m"`` (order 2), ``"dpm3m"`` (order 3) or ``"unipc3"`` (2M predictor with an
     order-3 corrector). One model evaluation per step, at the start of the step.
@@ -228,7 +217,6 @@ def integrate_multistep(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor,
     The first steps use the history available (order 1 = DDIM, which in EDM coordinates equals
     Euler in sigma); grids may be arbitrary (differences are divided by the actual steps).
     """
-    order = MULTISTEP_SOLVERS[method]
     corrector = method == "unipc3"
     if corrector:
         order = 2
@@ -268,3 +256,114 @@ def integrate_multistep(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor,
                 x_new = decay * x + c0 * d_cur + c1 * g01
         x = x_new
     return x
+
+
+def _exponential(method: str, order: int) -> Integrate:
+    def integrate(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, *, rtol: float = DEFAULT_RTOL,
+                  atol: float = DEFAULT_ATOL) -> torch.Tensor:
+        return _multistep(denoise, x, sigmas, method, order)
+
+    return integrate
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+SOLVERS: dict[str, Solver] = {
+    "euler": Solver("euler", "builtin", "euler", False, 1, 1, _runge_kutta(_euler)),
+    "heun": Solver("heun", "builtin", "heun", False, 2, 2, _runge_kutta(_heun)),
+    "midpoint": Solver("midpoint", "builtin", "midpoint", False, 2, 2, _runge_kutta(_midpoint)),
+    "rk4": Solver("rk4", "builtin", "rk4", False, 4, 4, _runge_kutta(_rk4)),
+    # multistep exponential integrators: one evaluation per step (first steps at lower order)
+    "dpm2m": Solver("dpm2m", "builtin", "dpm2m", False, 1, 2, _exponential("dpm2m", 2)),
+    "dpm3m": Solver("dpm3m", "builtin", "dpm3m", False, 1, 3, _exponential("dpm3m", 3)),
+    "unipc3": Solver("unipc3", "builtin", "unipc3", False, 1, 3, _exponential("unipc3", 3)),
+    **{m: Solver(m, "torchdiffeq", m, True, None, None, _torchdiffeq(m)) for m in _TORCHDIFFEQ_ADAPTIVE},
+    **{s.name: s for s in (Solver(f"torchdiffeq:{m}" if m in ("euler", "midpoint", "rk4") else m, "torchdiffeq", m,
+                                  False, None, None, _torchdiffeq(m)) for m in _TORCHDIFFEQ_FIXED)},
+}
+"""Every solver by name: the built-in fixed-grid methods, then torchdiffeq's (a torchdiffeq
+method whose name a built-in one takes is registered as ``"torchdiffeq:<method>"``)."""
+
+
+def get_solver(solver: str) -> Solver:
+    """The registry entry of a solver name (case-insensitive; ``"torchdiffeq:<method>"`` forces
+    torchdiffeq's implementation).
+
+    >>> get_solver("torchdiffeq:dopri5").adaptive, get_solver("rk4").backend
+    (True, 'builtin')
+    """
+    if not isinstance(solver, str):
+        raise TypeError(f"solver must be a string, got {type(solver).__name__}")
+    name = solver.strip().lower()
+    if name in SOLVERS:
+        return SOLVERS[name]
+    if name.startswith("torchdiffeq:") and name.split(":", 1)[1] in SOLVERS:
+        entry = SOLVERS[name.split(":", 1)[1]]
+        if entry.backend == "torchdiffeq":
+            return entry
+    builtin = sorted(k for k, v in SOLVERS.items() if v.backend == "builtin")
+    other = [v.method for v in SOLVERS.values() if v.backend == "torchdiffeq"]
+    raise ValueError(
+        f"solver must be one of the built-in fixed-grid methods {builtin} or a torchdiffeq method {other} "
+        f"(prefix 'torchdiffeq:' to force it), got {solver!r}"
+    )
+
+
+def solver_table() -> str:
+    """The markdown table of the built-in solvers (docs/performance.md shows it verbatim)."""
+    nfe = {1: "steps", 2: "2·steps − 1", 4: "4·steps − 3"}
+    rows = ["| solver | calls / step | order | NFE for `steps` grid points |", "|---|---|---|---|"]
+    for s in SOLVERS.values():
+        if s.backend == "builtin":
+            label = f"`{s.name}` (EDM)" if s.name == "heun" else f"`{s.name}`"
+            rows.append(f"| {label} | {s.evals_per_step} | {s.order} | {nfe[s.evals_per_step]} |")
+    return "\n".join(rows)
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """The solver of a :class:`pfd.DiffusionMap` as one value (EDM's Heun on 18 grid points by
+    default); ``kwargs()`` are the map's keyword arguments, ``to_dict()`` the same for records.
+
+    >>> SolverSettings().to_dict()
+    {'solver': 'heun', 'steps': 18}
+    >>> SolverSettings("dopri5", rtol=1e-8).kwargs()
+    {'solver': 'dopri5', 'rtol': 1e-08}
+    """
+
+    solver: str = "heun"
+    steps: int = 18
+    rtol: float | None = None
+    atol: float | None = None
+
+    def __post_init__(self) -> None:
+        get_solver(self.solver)
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 2:
+            raise ValueError(f"steps must be an int >= 2 (grid points), got {self.steps!r}")
+
+    @classmethod
+    def of(cls, value: SolverSettings | dict[str, Any] | None) -> SolverSettings:
+        """``value`` itself, the default for None, or the settings of a dict of the same keys."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - {"solver", "steps", "rtol", "atol"}
+            if unknown:
+                raise ValueError(f"solver settings take solver, steps, rtol, atol; got {sorted(unknown)}")
+            return cls(**value)
+        raise TypeError(f"solver must be a SolverSettings, a dict or None, got {type(value).__name__}")
+
+    def kwargs(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"solver": self.solver}
+        if not get_solver(self.solver).adaptive:  # an adaptive solver picks its own steps
+            d["steps"] = self.steps
+        if self.rtol is not None:
+            d["rtol"] = self.rtol
+        if self.atol is not None:
+            d["atol"] = self.atol
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.kwargs()

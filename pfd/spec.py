@@ -375,7 +375,7 @@ def _wrap(obj: Any, spec: str, adapter: str, sched: dict[str, Any], kind: str, s
         if shape is not None and shape != obj.event_shape:
             raise ValueError(f"the requested sample shape {shape} (shape= / --shape) does not match the mixture's "
                              f"sample shape {obj.event_shape}")
-        return obj.flow_map(solver=solver, steps=steps, name=spec, **sched)
+        return obj.ode_map(solver=solver, steps=steps, name=spec, **sched)
     declared = getattr(obj, "event_shape", None)
     if declared is not None:
         declared = check_shape(tuple(declared), "the model's event_shape")
@@ -398,7 +398,7 @@ def _wrap(obj: Any, spec: str, adapter: str, sched: dict[str, Any], kind: str, s
         abar = _vp_alphas_cumprod(sched, label)
         opts = {"timesteps": sched.get("timesteps", "continuous")}
         den = ad.VPDenoiser(obj, abar, _VP_PREDICTION[adapter], name=f"VPDenoiser({adapter})", **opts)
-        return den.flow_map(solver=solver, steps=steps, start=sched.get("start", "vp"), shape=shape, name=spec, **rng)
+        return den.ode_map(solver=solver, steps=steps, start=sched.get("start", "vp"), shape=shape, name=spec, **rng)
     if kind == "distribution" and adapter != "one-step":  # GeneratorStudent warns on its own
         from pfd.adapters.students import COUPLING_MESSAGE, CouplingWarning
 

@@ -20,12 +20,12 @@ Lambda(t1, t2) = int L dt is closed form; otherwise it is computed by quadrature
 components with different covariances, b is a numerical supremum over probe points, flagged by
 :func:`bound_info`). Groenwall: Lip(Phi_{t2 -> t1}) <= exp(Lambda(t1, t2)).
 
-A stability-balanced grid has equal increments of Lambda; :func:`make_grid` builds it and the
+A stability-balanced grid has equal increments of Lambda; :func:`make_time_grid` builds it and the
 schedule-only grids of :func:`pfd.schedules.time_grid` under one name.
 
 >>> import pfd
 >>> gmm = pfd.GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [0.05, 0.05])
->>> grid = pfd.stability.balanced_grid(gmm, 4, t_max=3.0, t_min=1e-3)
+>>> grid = pfd.stability.balanced_grid(gmm, 4, t_min=1e-3, t_max=3.0)
 >>> [round(float(t), 4) for t in grid]
 [3.0, 0.0916, 0.0305, 0.0106, 0.001]
 >>> amp = pfd.stability.amplification_factors(gmm, grid)
@@ -45,7 +45,7 @@ import torch
 from scipy.integrate import quad
 from scipy.optimize import brentq
 
-from pfd._checks import check_positive_float, check_positive_int
+from pfd._checks import as_float_array, check_positive_float, check_positive_int
 from pfd.analytic.gmm import GaussianMixture
 from pfd.schedules import GRID_KINDS, Process, check_time_range, get_process, time_grid
 
@@ -60,7 +60,7 @@ __all__ = [
     "grid_from_rate",
     "hessian_log_prob",
     "lipschitz_bound",
-    "make_grid",
+    "make_time_grid",
     "propagated_error_bound",
     "segment_increments",
     "velocity",
@@ -123,7 +123,7 @@ def _at(gmm: Any, x: Any, t: Any, process: str | Process):
     t = _check_t_scalar(t)
     x = _check_points(gmm, x)
     a = float(proc.alpha(t))
-    score_ve, H = _ve_terms(gmm, x / a, float(proc.rho(t)))
+    score_ve, H = _ve_terms(gmm, x / a, float(proc.inv_snr(t)))
     return gmm, x, proc, t, a, score_ve, H
 
 
@@ -142,14 +142,14 @@ def velocity(gmm: GaussianMixture, x: torch.Tensor, t: float, process: str | Pro
     True
     """
     _, x, proc, t, a, score_ve, _ = _at(gmm, x, t, process)
-    return float(proc.f(t)) * x - 0.5 * a * float(proc.drho(t)) * score_ve
+    return float(proc.f(t)) * x - 0.5 * a * float(proc.dinv_snr(t)) * score_ve
 
 
 def velocity_jacobian(gmm: GaussianMixture, x: torch.Tensor, t: float, process: str | Process = "ou") -> torch.Tensor:
     """Exact Jacobian J(x, t) = d v / d x of the PF-ODE velocity, (B, d, d), float64."""
     gmm, _, proc, t, _, _, H = _at(gmm, x, t, process)
     eye = torch.eye(gmm.dim, dtype=_F64)
-    return float(proc.f(t)) * eye - 0.5 * float(proc.drho(t)) * H
+    return float(proc.f(t)) * eye - 0.5 * float(proc.dinv_snr(t)) * H
 
 
 # ------------------------------------------------------------------------------------ bounds
@@ -222,8 +222,8 @@ def _coeffs(gmm: GaussianMixture, t: np.ndarray, proc: Process) -> tuple[np.ndar
     """(a_hi, a_lo, b) at times t (array)."""
     lmin, lmax, shared, _ = _cov_spectrum(gmm)
     f = np.asarray(proc.f(t), dtype=np.float64)
-    rho = np.asarray(proc.rho(t), dtype=np.float64)
-    dr = np.asarray(proc.drho(t), dtype=np.float64)
+    rho = np.asarray(proc.inv_snr(t), dtype=np.float64)
+    dr = np.asarray(proc.dinv_snr(t), dtype=np.float64)
     if np.any(lmin.min() + rho <= 0):
         raise ValueError("t must be > 0 for a mixture with degenerate (zero-variance) components")
     a_hi = f + 0.5 * dr / (lmin.min() + rho)
@@ -237,14 +237,7 @@ def _coeffs(gmm: GaussianMixture, t: np.ndarray, proc: Process) -> tuple[np.ndar
 
 
 def _times(t: Any) -> np.ndarray:
-    if isinstance(t, bool):
-        raise TypeError("t must be a number or an array of numbers, got bool")
-    if isinstance(t, torch.Tensor):
-        t = t.detach().cpu().numpy()
-    try:
-        arr = np.asarray(t, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"t must be a number or an array of numbers, got {type(t).__name__}") from None
+    arr = as_float_array(t, "t")
     if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
         raise ValueError("t must be finite and > 0")
     return arr
@@ -300,7 +293,7 @@ def _closed_parts(gmm: GaussianMixture, t1: float, t2: float, proc: Process) -> 
     lmin, _, _, _ = _cov_spectrum(gmm)
     s2 = float(lmin[0])
     D = _diameter(gmm)
-    r1, r2 = float(proc.rho(t1)), float(proc.rho(t2))
+    r1, r2 = float(proc.inv_snr(t1)), float(proc.inv_snr(t2))
     a1, a2 = float(proc.alpha(t1)), float(proc.alpha(t2))
     # ln c = 2 ln alpha + ln(s^2 + rho)
     half_log = math.log(a2 / a1) + 0.5 * math.log((s2 + r2) / (s2 + r1))
@@ -425,12 +418,12 @@ def _invert(G, total: float, K: int, t_min: float, t_max: float) -> torch.Tensor
     return torch.tensor(times, dtype=_F64)
 
 
-def grid_from_rate(rate, K: int, t_max: float, t_min: float, n_table: int = 4097) -> torch.Tensor:
+def grid_from_rate(rate, K: int, t_min: float, t_max: float, n_table: int = 4097) -> torch.Tensor:
     """Balanced grid of any non-negative rate function r(t) (vectorised over a numpy array):
     K + 1 times from t_max down to t_min with equal increments of int r dt (trapezoid table in
     ln t, inverted by interpolation). A constant factor in r does not change the grid.
 
-    >>> g1 = grid_from_rate(lambda t: 1.0 / t, 2, 100.0, 1.0)   # uniform in ln t
+    >>> g1 = grid_from_rate(lambda t: 1.0 / t, 2, 1.0, 100.0)   # uniform in ln t
     >>> [round(float(t), 6) for t in g1]
     [100.0, 10.0, 1.0]
     """
@@ -447,7 +440,7 @@ def grid_from_rate(rate, K: int, t_max: float, t_min: float, n_table: int = 4097
 
 
 def balanced_grid(
-    gmm: GaussianMixture, K: int, t_max: float, t_min: float, process: str | Process = "ou", rate: str = "sum"
+    gmm: GaussianMixture, K: int, t_min: float, t_max: float, process: str | Process = "ou", rate: str = "sum"
 ) -> torch.Tensor:
     """Stability-balanced grid: K + 1 times from t_max down to t_min with equal increments of the
     cumulative coordinate (Lambda for ``rate="sum"``; for ``rate="plus"`` the positive part of
@@ -466,7 +459,7 @@ def balanced_grid(
     return _invert(G, total, K, t_min, t_max)
 
 
-def _check_grid(grid: Any) -> np.ndarray:
+def _check_times(grid: Any) -> np.ndarray:
     g = _times(grid)
     if g.ndim != 1 or g.shape[0] < 2:
         raise ValueError(f"grid must be a 1-D sequence of >= 2 times, got shape {g.shape}")
@@ -480,7 +473,7 @@ def segment_increments(gmm: GaussianMixture, grid: Any, process: str | Process =
     gmm = _check_gmm(gmm)
     proc = get_process(process)
     _check_rate(rate)
-    g = _check_grid(grid)
+    g = _check_times(grid)
     return np.array([cumulative(gmm, float(lo), float(hi), proc, rate) for hi, lo in itertools.pairwise(g)])
 
 
@@ -507,7 +500,7 @@ def propagated_error_bound(local_errors: Any, increments: Any) -> float:
     return float(np.sum(eps * np.exp(after)))
 
 
-def make_grid(
+def make_time_grid(
     kind: str, K: int, t_min: float, t_max: float, gmm: GaussianMixture | None = None,
     process: str | Process = "ou", rho: float = 7.0,
 ) -> torch.Tensor:
@@ -516,7 +509,7 @@ def make_grid(
 
     >>> import pfd
     >>> g = pfd.GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [0.05, 0.05])
-    >>> [round(float(t), 3) for t in make_grid("uniform", 2, 0.5, 1.5, g)]
+    >>> [round(float(t), 3) for t in make_time_grid("uniform", 2, 0.5, 1.5, g)]
     [1.5, 1.0, 0.5]
     """
     if kind in GRID_KINDS:
@@ -524,5 +517,5 @@ def make_grid(
     if kind in ("balanced-sum", "balanced-plus"):
         if gmm is None:
             raise ValueError(f"grid kind {kind!r} needs the mixture: pass gmm=")
-        return balanced_grid(gmm, K, t_max, t_min, process, rate=kind.split("-")[1])
+        return balanced_grid(gmm, K, t_min, t_max, process, rate=kind.split("-")[1])
     raise ValueError(f"kind must be one of {GRID_MAKERS}, got {kind!r}")

@@ -31,18 +31,18 @@ def main(out: Path) -> None:
 
     rank, world = dist.get_rank(), dist.get_world_size()
     rec = {"rank": rank, "world": world}
-    res = pfd.distance(teacher.flow_map(steps=6), student.flow_map(steps=6), n=N, seed=SEED, batch_size=BATCH,
+    res = pfd.distance(teacher.ode_map(steps=6), student.ode_map(steps=6), n=N, seed=SEED, batch_size=BATCH,
                        progress=False)
     rec["distance"] = {"value": res.value, "stderr": res.stderr, "ci95": list(res.ci95), "nfe": list(res.nfe),
                        "world_size": res.provenance["world_size"]}
-    mon = pfd.PFDMonitor(teacher.flow_map(steps=6), n=N, seed=SEED, batch_size=BATCH, every=1,
+    mon = pfd.PFDMonitor(teacher.ode_map(steps=6), n=N, seed=SEED, batch_size=BATCH, every=1,
                          log_path=out / "monitor.jsonl")
-    m0 = mon.evaluate(student.flow_map(steps=6), 0)
-    m1 = mon.evaluate(student.flow_map(steps=6), 1)
+    m0 = mon.evaluate(student.ode_map(steps=6), 0)
+    m1 = mon.evaluate(student.ode_map(steps=6), 1)
     rec["monitor"] = {"pfd": [m0["pfd"], m1["pfd"]], "bank_rows": mon.bank.computed_rows,
                       "reference_seconds": [m0["reference_seconds"], m1["reference_seconds"]]}
-    metric = PFDMetric(teacher.flow_map(steps=6), n=N, seed=SEED, batch_size=BATCH)
-    metric.update(student.flow_map(steps=6))
+    metric = PFDMetric(teacher.ode_map(steps=6), n=N, seed=SEED, batch_size=BATCH)
+    metric.update(student.ode_map(steps=6))
     rec["metric"] = {"value": float(metric.compute()), "local_count": float(metric.count), "shard": list(metric.shard()),
                      "n": metric.details["n"]}
     # a student that fails only on the last rank's shard: every rank must raise, none may hang
@@ -55,7 +55,7 @@ def main(out: Path) -> None:
         return x
 
     try:
-        pfd.distance(teacher.flow_map(steps=6), bad, n=N, seed=SEED, batch_size=BATCH, shape=(3,), progress=False)
+        pfd.distance(teacher.ode_map(steps=6), bad, n=N, seed=SEED, batch_size=BATCH, shape=(3,), progress=False)
         rec["error"] = None
     except pfd.NonFiniteError as exc:
         rec["error"] = {"type": type(exc).__name__, "indices": exc.indices}

@@ -14,7 +14,7 @@ from pfd.integrations.lightning import PFDCallback
 
 
 def main(out: Path) -> None:
-    cb = PFDCallback(reference=TEACHER.flow_map(steps=8), n=256, seed=0, log_path=out / "pfd.jsonl")
+    cb = PFDCallback(reference=TEACHER.ode_map(steps=8), n=256, seed=0, log_path=out / "pfd.jsonl")
     train, val = _loaders()
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", callbacks=[cb],
                         default_root_dir=out, logger=False, enable_progress_bar=False, enable_model_summary=False,

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 def one_thread():
     """One torch thread: tiny tensors on a shared 2-core machine run far faster without intra-op
     threading, and CPU-time measurements are fair only without OpenMP threads spinning."""
-    from pfd.adapters.ratio import torch_threads
+    from pfd._train import torch_threads
 
     with torch_threads(1):
         yield

@@ -72,11 +72,11 @@ def test_vp_adapter_reproduces_mixture_map(two_modes, ddpm_abar, prediction):
     lo, hi = den.sigma_min, den.sigma_max
     assert hi == pytest.approx(math.sqrt((1 - float(ddpm_abar[-1])) / float(ddpm_abar[-1])))
     z = pfd.canonical_noise(256, (2,), seed=3)
-    got = den.flow_map(start="ve", shape=(2,))(z)
+    got = den.ode_map(start="ve", shape=(2,))(z)
     ref = pfd.DiffusionMap(two_modes.denoiser, sigma_max=hi, sigma_min=lo, shape=(2,))(z)
     assert float((got - ref).abs().max()) < 1e-9
     # start="vp": x_VE(T) = z / sqrt(abar_T), i.e. the EDM map of the rescaled noise
-    got_vp = den.flow_map(shape=(2,))(z)
+    got_vp = den.ode_map(shape=(2,))(z)
     ref_vp = pfd.DiffusionMap(two_modes.denoiser, sigma_max=hi, sigma_min=lo, shape=(2,))(z * math.sqrt(1 + hi * hi) / hi)
     assert float((got_vp - ref_vp).abs().max()) < 1e-9
 
@@ -105,7 +105,7 @@ def test_flow_matching_adapter_reproduces_mixture_map(mixed_full, time, t_scale)
     den = FlowMatchingDenoiser(velocity, time=time, t_scale=t_scale)
     z = pfd.canonical_noise(256, (2,), seed=1)
     got = pfd.DiffusionMap(den, shape=(2,))(z)
-    ref = mixed_full.flow_map()(z)
+    ref = mixed_full.ode_map()(z)
     assert float((got - ref).abs().max()) < 1e-8
 
 
@@ -137,7 +137,7 @@ def test_score_adapter_reproduces_mixture_map(two_modes, process):
         assert torch.allclose(alpha(t) ** 2, 1.0 / (1.0 + s * s), rtol=1e-12)
     z = pfd.canonical_noise(16, (2,), seed=2)
     got = pfd.DiffusionMap(den, shape=(2,), steps=8)(z)
-    ref = two_modes.flow_map(steps=8)(z)
+    ref = two_modes.ode_map(steps=8)(z)
     assert float((got - ref).abs().max()) < 1e-8
 
 
@@ -189,7 +189,7 @@ def test_diffusers_unet_eps_adapter_equals_hand_conversion():
 
     z = pfd.canonical_noise(4, (1, 8, 8), seed=0)
     lo, hi = float(sig[0]), float(sig[-1])
-    got = den.flow_map(start="ve", steps=6, shape=(1, 8, 8))(z)
+    got = den.ode_map(start="ve", steps=6, shape=(1, 8, 8))(z)
     ref = pfd.DiffusionMap(hand, sigma_max=hi, sigma_min=lo, steps=6, shape=(1, 8, 8))(z)
     assert got.abs().max() > 0.1
     assert float((got - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
@@ -255,7 +255,7 @@ def test_flow_map_student_composition_equals_direct_map(signature, grid):
 def test_flow_map_student_on_mixture_reproduces_teacher(two_modes):
     """Segments computed by a fine RK4 integration of the mixture's ODE; K = 3 composed."""
     from pfd.schedules import loglinear_sigmas
-    from pfd.solvers import integrate_fixed
+    from pfd.solvers import SOLVERS
 
     def denoise(x, s):
         return two_modes.denoiser(x, s)
@@ -263,12 +263,12 @@ def test_flow_map_student_on_mixture_reproduces_teacher(two_modes):
     def jump(x, t, s):
         t0, s0 = float(t[0]), float(s[0])
         lo = max(s0, 0.002)
-        y = integrate_fixed(denoise, x.double(), loglinear_sigmas(200, lo, t0), "rk4")
+        y = SOLVERS["rk4"].integrate(denoise, x.double(), loglinear_sigmas(200, lo, t0))
         return denoise(y, lo) if s0 == 0.0 else y
 
     fm = FlowMapStudent(jump, [80.0, 3.0, 0.3, 0.0], shape=(2,))
     z = pfd.canonical_noise(64, (2,), seed=5)
-    ref = two_modes.flow_map(solver="dopri5", rtol=1e-10, atol=1e-10)(z)
+    ref = two_modes.ode_map(solver="dopri5", rtol=1e-10, atol=1e-10)(z)
     assert float((fm(z) - ref).abs().max()) < 1e-6
 
 

@@ -37,14 +37,14 @@ def test_exact_ratio_correction_reproduces_student_map(pq):
     assert torch.allclose(grad_log_ratio(r, x, s), q.score(x, s) - p.score(x, s), atol=1e-10)
     m = RatioCorrectedMap(p, r, 0.002, 80.0)
     z = pfd.canonical_noise(128, (2,), seed=0)
-    ref = q.flow_map()(z)
+    ref = q.ode_map()(z)
     assert float((m(z) - ref).abs().max()) < 1e-8
     # inside inference_mode (tensors that cannot enter autograd) it still works
     with torch.inference_mode():
         z_inf = z.clone()
         out = m(z_inf)
     assert float((out - ref).abs().max()) < 1e-8
-    res = pfd.distance(m, q.flow_map(), n=128, progress=False)
+    res = pfd.distance(m, q.ode_map(), n=128, progress=False)
     assert res.value < 1e-8
     d = res.provenance["a"]
     assert d["type"] == "RatioCorrectedMap" and d["ratio_sigma_range"] == [0.002, 80.0]
@@ -73,8 +73,8 @@ def test_fit_ratio_recovers_log_ratio_of_two_gaussians():
     """1-D N(0.8, 1) vs N(0, 1): log q_s/p_s = 0.8 x / (1 + s^2) - 0.32 / (1 + s^2), linear in x."""
     p = pfd.GaussianMixture([1.0], [[0.0]], [1.0])
     q = pfd.GaussianMixture([1.0], [[0.8]], [1.0])
-    fit = fit_ratio(q.sample(20000, seed=1), p.sample(20000, seed=2), sigma_min=0.1, sigma_max=2.0, steps=600,
-                    hidden=32, depth=2, seed=0)
+    fit = fit_ratio(q.sample(20000, seed=1), p.sample(20000, seed=2), sigma_min=0.1, sigma_max=2.0, train_steps=600,
+                    width=32, depth=2, seed=0)
     assert fit.n_student == 20000 and len(fit.heldout_by_sigma) == 4
     # the Bayes-optimal held-out loss, by Monte Carlo with the exact ratio
     g = torch.Generator().manual_seed(5)
@@ -101,7 +101,7 @@ def test_fit_ratio_recovers_log_ratio_of_two_gaussians():
 def test_fit_ratio_same_distribution_is_at_chance():
     p = pfd.GaussianMixture([1.0], [[0.0, 0.0]], [1.0])
     fit = fit_ratio(lambda n, seed: p.sample(n, seed=seed + 1), lambda n, seed: p.sample(n, seed=seed + 2),
-                    n_samples=8000, steps=150, hidden=16, depth=2, seed=0)
+                    n_samples=8000, train_steps=150, width=16, depth=2, seed=0)
     assert abs(fit.heldout_loss - fit.chance_loss) < 0.02
     assert fit.chance_loss == pytest.approx(2 * math.log(2))
 
@@ -122,7 +122,7 @@ def test_ratio_bad_arguments():
     with pytest.raises(ValueError, match="lr_schedule"):
         fit_ratio(x, x, lr_schedule="step")
     with pytest.raises(ValueError, match="num_threads"):
-        fit_ratio(x, x, steps=1, num_threads=0)
+        fit_ratio(x, x, train_steps=1, num_threads=0)
     with pytest.raises(TypeError, match="net"):
         fit_ratio(x, x, net=torch.nn.Linear(1, 1))
     with pytest.raises(ValueError, match="ratio_sigma_min"):

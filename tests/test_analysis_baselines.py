@@ -50,8 +50,8 @@ def test_memorization_ratio_anchors_empirical_is_one_teacher_is_zero():
     teacher = pfd.GaussianMixture([0.5, 0.5], [[-2.0] + [0.0] * (d - 1), [2.0] + [0.0] * (d - 1)], [0.3, 0.3])
     train = teacher.sample(64, seed=1)
     z = pfd.canonical_noise(512, (d,), seed=0)
-    memorized = pfd.GaussianMixture.empirical(train).flow_map()(z)
-    fresh = teacher.flow_map()(z)
+    memorized = pfd.GaussianMixture.empirical(train).ode_map()(z)
+    fresh = teacher.ode_map()(z)
     assert memorization_ratio(memorized, train, n_boot=100)["value"] > 0.99
     # fresh data: P(d1/d2 < 1/3) = (1/3)^d for a locally uniform density (Poisson limit), 0.0014 here
     assert memorization_ratio(fresh, train, n_boot=100)["value"] < 0.01

@@ -13,7 +13,7 @@ TINY = ["--depth", "1", "--n-eval", "32", "--no-progress", "--teacher", "hexagon
 
 
 def test_mtog_cli_writes_json_plot_and_resumes(tmp_path, capsys):
-    args = ["mtog", "--n-trains", "2,4,8,16", "--widths", "4,8", "--steps", "2", "--out-dir", str(tmp_path), *TINY]
+    args = ["mtog", "--n-trains", "2,4,8,16", "--widths", "4,8", "--train-steps", "2", "--out-dir", str(tmp_path), *TINY]
     assert main(args) == 0
     res = json.loads((tmp_path / "mtog.json").read_text())
     assert len(res["runs"]) == 8 and (tmp_path / "mtog.png").stat().st_size > 0
@@ -30,7 +30,7 @@ def test_dynamics_and_bias_variance_cli(tmp_path):
     dyn = json.loads((tmp_path / "dynamics.json").read_text())
     assert [r["epoch"] for r in dyn["rows"]] == [0, 2, 4]
     assert (tmp_path / "dynamics.png").exists()
-    assert main(["bias-variance", "--n-train", "4", "--k", "2", "--width", "8", "--steps", "2", "--no-plot",
+    assert main(["bias-variance", "--n-train", "4", "--k", "2", "--width", "8", "--train-steps", "2", "--no-plot",
                  "--out-dir", str(tmp_path), *TINY]) == 0
     (study,) = json.loads((tmp_path / "bias_variance.json").read_text())["studies"]
     assert study["students"]["identity_residual"] < 1e-14

@@ -20,16 +20,16 @@ def teacher():
 def test_empirical_model_has_zero_e_mem_and_true_mixture_zero_e_gen(teacher):
     train = teacher.sample(16, seed=7)
     emp = pfd.GaussianMixture.empirical(train)
-    err = generalization_errors(emp.flow_map(), teacher, train, n=256)
+    err = generalization_errors(emp.ode_map(), teacher, train, n=256)
     assert err.e_mem.value == 0.0 and err.e_mem.ci95 == (0.0, 0.0)
     assert err.e_gen.value > 0.2
-    err = generalization_errors(teacher.flow_map(), teacher, train, n=256)
+    err = generalization_errors(teacher.ode_map(), teacher, train, n=256)
     assert err.e_gen.value == 0.0
-    assert err.e_mem.value == pytest.approx(generalization_errors(emp.flow_map(), teacher, train, n=256).e_gen.value, rel=1e-12)
+    assert err.e_mem.value == pytest.approx(generalization_errors(emp.ode_map(), teacher, train, n=256).e_gen.value, rel=1e-12)
 
 
 def test_e_gen_of_empirical_model_decreases_with_n(teacher):
-    refs_teacher = CachedMap(teacher.flow_map())
+    refs_teacher = CachedMap(teacher.ode_map())
     vals = []
     for n_train in (4, 64, 1024):
         train = teacher.sample(n_train, seed=n_train)
@@ -43,7 +43,7 @@ def test_e_gen_of_empirical_model_decreases_with_n(teacher):
 def test_shared_noise_and_student_evaluated_once(teacher):
     train = teacher.sample(8, seed=1)
     calls = []
-    wrong = pfd.GaussianMixture([0.4, 0.6], [[-1.4, 0.5], [1.5, -0.4]], [0.2, 0.1]).flow_map()
+    wrong = pfd.GaussianMixture([0.4, 0.6], [[-1.4, 0.5], [1.5, -0.4]], [0.2, 0.1]).ode_map()
 
     def student(z):
         calls.append(z.shape[0])
@@ -51,7 +51,7 @@ def test_shared_noise_and_student_evaluated_once(teacher):
 
     err = generalization_errors(pfd.OneStepMap(student, shape=(2,)), teacher, train, n=300, batch_size=128)
     assert sum(calls) == 300  # one pass for both E_gen and E_mem
-    direct = pfd.distance(wrong, teacher.flow_map(), n=300, progress=False)
+    direct = pfd.distance(wrong, teacher.ode_map(), n=300, progress=False)
     assert err.e_gen.value == direct.value
 
 
@@ -59,11 +59,11 @@ def test_generalization_errors_bad_input(teacher):
     with pytest.raises(TypeError, match="student must be a callable"):
         generalization_errors(3, teacher, teacher.sample(4))
     with pytest.raises(TypeError, match="teacher must be a GaussianMixture or a callable"):
-        generalization_errors(teacher.flow_map(), "x", teacher.sample(4))
+        generalization_errors(teacher.ode_map(), "x", teacher.sample(4))
     with pytest.raises(ValueError, match="train_set must be \\(N, d\\)"):
-        generalization_errors(teacher.flow_map(), teacher, torch.zeros(4))
+        generalization_errors(teacher.ode_map(), teacher, torch.zeros(4))
     with pytest.raises(TypeError, match="references must come from reference_maps"):
-        generalization_errors(teacher.flow_map(), None, None, references=object())
+        generalization_errors(teacher.ode_map(), None, None, references=object())
 
 
 def _affine(mean, a, sigma_max=80.0):
@@ -85,22 +85,22 @@ def test_bias_variance_closed_form_for_affine_maps():
 
 
 def test_bias_variance_identity_to_float_precision(teacher):
-    students = [pfd.GaussianMixture.empirical(teacher.sample(8, seed=s)).flow_map() for s in range(4)]
-    bv = bias_variance(students, teacher.flow_map(), n=200, batch_size=64)
+    students = [pfd.GaussianMixture.empirical(teacher.sample(8, seed=s)).ode_map() for s in range(4)]
+    bv = bias_variance(students, teacher.ode_map(), n=200, batch_size=64)
     assert bv.identity_residual < 1e-14
     assert bv.mean_gen2 == pytest.approx(sum(e * e for e in bv.e_gen) / 4, rel=1e-12)
     # each student's E_gen agrees with the independent pfd.distance estimate
-    assert bv.e_gen[0] == pytest.approx(pfd.distance(students[0], teacher.flow_map(), n=200, progress=False).value, rel=1e-12)
+    assert bv.e_gen[0] == pytest.approx(pfd.distance(students[0], teacher.ode_map(), n=200, progress=False).value, rel=1e-12)
     assert bv.to_dict()["bias2_plus_var"] == pytest.approx(bv.mean_gen2, rel=1e-14)
 
 
 def test_bias_variance_bad_input(teacher):
     with pytest.raises(ValueError, match="at least 2 maps"):
-        bias_variance([teacher.flow_map()], teacher.flow_map())
+        bias_variance([teacher.ode_map()], teacher.ode_map())
     with pytest.raises(TypeError, match=r"students\[1\] must be a callable"):
-        bias_variance([teacher.flow_map(), 1], teacher.flow_map())
+        bias_variance([teacher.ode_map(), 1], teacher.ode_map())
     with pytest.raises(TypeError, match="teacher must be a callable"):
-        bias_variance([teacher.flow_map()] * 2, None)
+        bias_variance([teacher.ode_map()] * 2, None)
     with pytest.raises(ValueError, match="shape= is required"):
         bias_variance([lambda z: z, lambda z: z], lambda z: z)
 
@@ -108,7 +108,7 @@ def test_bias_variance_bad_input(teacher):
 def test_compare_metrics_separates_memorizer_from_teacher(teacher):
     train = teacher.sample(32, seed=3)
     rows = compare_metrics(
-        {"memorizer": (pfd.GaussianMixture.empirical(train).flow_map(), train), "teacher": (teacher.flow_map(), train)},
+        {"memorizer": (pfd.GaussianMixture.empirical(train).ode_map(), train), "teacher": (teacher.ode_map(), train)},
         teacher, teacher.sample(256, seed=4), n=256)
     mem, tea = rows
     assert mem["e_mem"] == 0.0 and tea["e_gen"] == 0.0

@@ -11,6 +11,7 @@ import pfd
 from pfd.analysis import (
     DenoiserMLP,
     DSMTrainer,
+    TrainConfig,
     collapse_scan,
     detect_features,
     dsm_loss,
@@ -18,7 +19,8 @@ from pfd.analysis import (
     mtog_scaling,
     training_dynamics,
 )
-from pfd.analysis._runs import epochs_for_steps, get_teacher
+from pfd.analysis._runs import epochs_for_steps
+from pfd.analytic.teachers import get_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -92,9 +94,9 @@ def test_trained_student_moves_towards_the_data(teacher):
     data = teacher.sample(512, seed=4)
     tr = DSMTrainer(data, width=64, depth=3, seed=0, lr=3e-3)
     z = pfd.canonical_noise(256, (2,), seed=9)
-    untrained = pfd.distance(tr.flow_map(), teacher.flow_map(), noise=z, progress=False).value
+    untrained = pfd.distance(tr.ode_map(), teacher.ode_map(), noise=z, progress=False).value
     tr.train(epochs_for_steps(512, 256, 400))
-    trained = pfd.distance(tr.flow_map(), teacher.flow_map(), noise=z, progress=False).value
+    trained = pfd.distance(tr.ode_map(), teacher.ode_map(), noise=z, progress=False).value
     assert trained < 0.7 * untrained
 
 
@@ -144,8 +146,8 @@ def test_collapse_scan_finds_the_planted_exponent():
 
 # ---------------------------------------------------------------- resumable sweep
 def _sweep(teacher, path, on_run=None):
-    return mtog_scaling(teacher, [2, 4, 8, 16], [4, 8], [0], out=path, depth=1, steps=3, n_eval=64,
-                        progress=False, on_run=on_run)
+    return mtog_scaling(teacher, [2, 4, 8, 16], [4, 8], [0], out=path,
+                        config=TrainConfig(depth=1, train_steps=3, n_eval=64, progress=False), on_run=on_run)
 
 
 def test_mtog_sweep_resumes_after_interruption(teacher, tmp_path):
@@ -211,7 +213,7 @@ def test_detect_features_on_planted_curves():
 
 
 def test_training_dynamics_rows_shared_noise_and_resume(teacher, tmp_path):
-    kw = {"width": 16, "depth": 2, "eval_every": 2, "n_eval": 64, "n_heldout": 32, "progress": False}
+    kw = {"eval_every": 2, "n_heldout": 32, "config": TrainConfig(width=16, depth=2, n_eval=64, progress=False)}
     full = training_dynamics(teacher, 8, epochs=6, **kw)
     assert [r["epoch"] for r in full["rows"]] == [0, 2, 4, 6]
     assert all(r["e_gen"] > 0 and r["e_mem"] > 0 and r["train_loss"] > 0 for r in full["rows"])
@@ -229,11 +231,11 @@ def test_ema_is_evaluated_checkpointed_and_validated(teacher, tmp_path):
     data = teacher.sample(32, seed=1)
     tr = DSMTrainer(data, width=8, depth=1, seed=0, ema=0.9)
     tr.train(5)
-    assert tr.flow_map().denoiser is tr.ema_model
+    assert tr.ode_map().denoiser is tr.ema_model
     assert not all(torch.equal(p, q) for p, q in zip(tr.model.parameters(), tr.ema_model.parameters(), strict=True))
     raw = DSMTrainer(data, width=8, depth=1, seed=0, ema=None)
     raw.train(5)
-    assert raw.flow_map().denoiser is raw.model
+    assert raw.ode_map().denoiser is raw.model
     # the raw weights do not depend on the EMA
     assert all(torch.equal(p, q) for p, q in zip(tr.model.parameters(), raw.model.parameters(), strict=True))
     tr.save(tmp_path / "e.pt")

@@ -5,8 +5,9 @@ import sys
 import pytest
 
 import pfd
+from pfd.analytic.teachers import hexagon_teacher
 from pfd.cli import main
-from pfd.demo import REFERENCE, demo_teacher
+from pfd.demo import REFERENCE
 
 
 def _run(*args):
@@ -27,8 +28,8 @@ def test_demo_json_matches_library(tmp_path):
     rows = {r["student"]: r for r in report["rows"]}
     assert len(rows) == 9
     # recompute one row independently through the library
-    gmm = demo_teacher()
-    res = pfd.distance(gmm.flow_map(**REFERENCE), gmm.flow_map(solver="heun", steps=8), n=128, progress=False)
+    gmm = hexagon_teacher()
+    res = pfd.distance(gmm.ode_map(**REFERENCE), gmm.ode_map(solver="heun", steps=8), n=128, progress=False)
     assert rows["teacher, heun/8"]["pfd"] == pytest.approx(res.value, rel=1e-9)
     assert rows["teacher, heun/8"]["nfe"] == 15
     # the finer sampler is closer to the teacher than the coarse one, and more data memorizes closer

@@ -90,7 +90,7 @@ def test_tiny_diffratio_run_moves_student_towards_target():
     start = make_generator(2, 32, 2, seed=pfd.noise.derive_seed(0, 12))
     with torch.no_grad():
         m0 = start(torch.randn(4096, 2, generator=torch.Generator().manual_seed(1))).mean(0).double()
-    res = train_diffratio(data, steps=150, hidden=32, depth=2, batch_size=256, lr=3e-3, seed=0, log_every=50)
+    res = train_diffratio(data, train_steps=150, width=32, depth=2, batch_size=256, lr=3e-3, seed=0, log_every=50)
     m1 = res.sample(4096, seed=1).mean(0)
     err0, err1 = float((m0 - target.mean()).norm()), float((m1 - target.mean()).norm())
     assert err1 < 0.5 * err0
@@ -100,7 +100,7 @@ def test_tiny_diffratio_run_moves_student_towards_target():
 
 def test_score_net_recovers_gaussian_score():
     p = pfd.GaussianMixture([1.0], [[1.0, 0.0]], [0.25])
-    net = fit_score_net(p.sample(20000, seed=0), sigma_min=0.1, sigma_max=3.0, steps=500, hidden=32, depth=2, seed=0)
+    net = fit_score_net(p.sample(20000, seed=0), sigma_min=0.1, sigma_max=3.0, train_steps=500, width=32, depth=2, seed=0)
     x = p.sample(512, seed=1) + 0.5 * torch.randn(512, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
     s = torch.full((512,), 0.5, dtype=F64)
     exact = p.score(x, s)
@@ -119,7 +119,7 @@ def test_diffratio_bad_arguments():
     with pytest.raises(ValueError, match="sigma_min"):
         train_diffratio(data, sigma_min=5.0, sigma_max=1.0)
     with pytest.raises(TypeError, match="steps"):
-        train_diffratio(data, steps=1.5)
+        train_diffratio(data, train_steps=1.5)
     with pytest.raises(TypeError, match="reference"):
         train_diffratio("data")
 
@@ -131,7 +131,7 @@ def test_full_diffratio_run_on_eight_gaussians():
     ang = torch.arange(k, dtype=F64) * 2 * math.pi / k
     means = 2.0 * torch.stack([ang.cos(), ang.sin()], 1)
     teacher = pfd.GaussianMixture(torch.ones(k), means, torch.full((k,), 0.01))
-    res = train_diffratio(teacher.sample(65536, seed=1), steps=4000, seed=0)
+    res = train_diffratio(teacher.sample(65536, seed=1), train_steps=4000, seed=0)
     x = res.sample(20000, seed=2)
     dist = torch.cdist(x, means)
     nearest = dist.argmin(1)
@@ -145,8 +145,8 @@ def test_full_diffratio_run_on_eight_gaussians():
     from pfd.adapters import GeneratorStudent, RatioCorrectedMap
 
     z = pfd.canonical_noise(2048, (2,), seed=0)
-    tmap = pfd.maps.CachedMap(teacher.flow_map())
-    exact = pfd.distance(tmap, pfd.GaussianMixture.empirical(x).flow_map(), noise=z, progress=False).value
+    tmap = pfd.maps.CachedMap(teacher.ode_map())
+    exact = pfd.distance(tmap, pfd.GaussianMixture.empirical(x).ode_map(), noise=z, progress=False).value
     raw = pfd.distance(tmap, GeneratorStudent(res.generator, kind="distribution", warn=False, shape=(2,)), noise=z,
                        progress=False).value
     fit = res.refit_ratio(teacher.sample(65536, seed=3), seed=4)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from oracles import gaussian_map, gaussian_map_law, gaussian_pfd_squared, iso_pfd_squared, w2_gaussian
 
 import pfd
-from pfd.distance import ExactSum, summarize
+from pfd.estimator import ExactSum, summarize
 
 F64 = torch.float64
 TIGHT = {"solver": "rk4", "steps": 120, "sigma_min": 1e-4}  # map error ~1e-6 (see test_maps)
@@ -23,7 +23,7 @@ def test_two_isotropic_gaussians_closed_form():
     p = pfd.GaussianMixture([1.0], [m1.tolist()], [s1**2])
     q = pfd.GaussianMixture([1.0], [m2.tolist()], [s2**2])
     n = 4000
-    res = pfd.distance(p.flow_map(**TIGHT), q.flow_map(**TIGHT), n=n, seed=5, progress=False)
+    res = pfd.distance(p.ode_map(**TIGHT), q.ode_map(**TIGHT), n=n, seed=5, progress=False)
     # same noise through the exact affine maps: agreement to solver accuracy
     z = pfd.canonical_noise(n, (d,), seed=5).numpy()
     exact_maps = gaussian_map(z, m1, s1**2 * np.eye(d), 80.0) - gaussian_map(z, m2, s2**2 * np.eye(d), 80.0)
@@ -41,7 +41,7 @@ def test_full_covariance_gaussians_population_value():
     m1, m2 = np.array([1.0, 0.0]), np.array([-0.5, 0.5])
     p = pfd.GaussianMixture([1.0], [m1.tolist()], torch.tensor(S1)[None])
     q = pfd.GaussianMixture([1.0], [m2.tolist()], torch.tensor(S2)[None])
-    res = pfd.distance(p.flow_map(**TIGHT), q.flow_map(**TIGHT), n=8000, progress=False)
+    res = pfd.distance(p.ode_map(**TIGHT), q.ode_map(**TIGHT), n=8000, progress=False)
     pop = math.sqrt(gaussian_pfd_squared(m1, S1, m2, S2, 80.0))
     assert abs(res.value - pop) < 4 * res.stderr, (res.value, pop, res.stderr)
     # the coupling bound: W2 between the laws the two maps produce <= PFD
@@ -100,13 +100,13 @@ def test_metric_axioms(s1, s2, s3, d, n):
 
 
 def test_identical_maps_give_zero_with_zero_uncertainty(two_modes):
-    res = pfd.distance(two_modes.flow_map(), two_modes.flow_map(), n=100, progress=False)
+    res = pfd.distance(two_modes.ode_map(), two_modes.ode_map(), n=100, progress=False)
     assert res.value == 0.0 and res.stderr == 0.0 and res.ci95 == (0.0, 0.0)
 
 
 def test_batch_size_invariance_is_exact(two_modes):
-    a = two_modes.flow_map()
-    b = pfd.GaussianMixture([0.4, 0.6], [[-1.1, 0.5], [1.5, -0.4]], [0.25, 0.1]).flow_map(solver="euler", steps=12)
+    a = two_modes.ode_map()
+    b = pfd.GaussianMixture([0.4, 0.6], [[-1.1, 0.5], [1.5, -0.4]], [0.25, 0.1]).ode_map(solver="euler", steps=12)
     vals = {bs: pfd.distance(a, b, n=1100, batch_size=bs, progress=False) for bs in (1, 13, 256, 1024, 4096)}
     assert len({r.value for r in vals.values()}) == 1
     assert len({r.stderr for r in vals.values()}) == 1
@@ -116,7 +116,7 @@ def test_batch_size_invariance_is_exact(two_modes):
 
 
 def test_descriptor_is_applied(two_modes):
-    a, b = two_modes.flow_map(steps=8), two_modes.flow_map(steps=18)
+    a, b = two_modes.ode_map(steps=8), two_modes.ode_map(steps=18)
     plain = pfd.distance(a, b, n=300, progress=False)
     scaled = pfd.distance(a, b, n=300, descriptor=lambda x: 3.0 * x, progress=False)
     assert scaled.value == pytest.approx(3.0 * plain.value, rel=1e-12)
@@ -138,7 +138,7 @@ def test_stderr_matches_spread_across_seeds():
 
 
 def test_result_dict_and_provenance(two_modes):
-    res = pfd.distance(two_modes.flow_map(), two_modes.flow_map(steps=6), n=50, seed=3, progress=False)
+    res = pfd.distance(two_modes.ode_map(), two_modes.ode_map(steps=6), n=50, seed=3, progress=False)
     d = res.to_dict()
     assert d["n"] == 50 and d["nfe"] == [35.0, 11.0]
     prov = d["provenance"]
@@ -162,7 +162,7 @@ def test_exact_sum_is_order_independent():
 
 
 def test_nonfinite_map_reports_global_indices(two_modes):
-    good = two_modes.flow_map(steps=4)
+    good = two_modes.ode_map(steps=4)
 
     def bad(z):
         out = z.clone()
@@ -183,7 +183,7 @@ def test_nonfinite_map_reports_global_indices(two_modes):
         (lambda a, b: pfd.distance(a, b, n=10, batch_size=0), ValueError, "batch_size must be >= 1"),
         (lambda a, b: pfd.distance(a, b, n=10, seed=-1), ValueError, "seed must be >= 0"),
         (lambda a, b: pfd.distance(a, b, n=10, shape=(3,)), ValueError, "does not match the maps' sample shape"),
-        (lambda a, b: pfd.distance(a, pfd.GaussianMixture([1.0], [[0.0] * 3], [1.0]).flow_map()), ValueError,
+        (lambda a, b: pfd.distance(a, pfd.GaussianMixture([1.0], [[0.0] * 3], [1.0]).ode_map()), ValueError,
          "different sample shapes"),
         (lambda a, b: pfd.distance(lambda z: z, lambda z: z, n=10), ValueError, "shape= is required"),
         (lambda a, b: pfd.distance(a, b, noise=torch.zeros(10, 3)), ValueError, "shape"),
@@ -195,6 +195,6 @@ def test_nonfinite_map_reports_global_indices(two_modes):
     ],
 )
 def test_bad_arguments(two_modes, call, exc, match):
-    a, b = two_modes.flow_map(steps=3), two_modes.flow_map(steps=4)
+    a, b = two_modes.ode_map(steps=3), two_modes.ode_map(steps=4)
     with pytest.raises(exc, match=match):
         call(a, b)

@@ -23,8 +23,8 @@ def gmm():
 
 
 def test_untrained_student_is_identity_and_composes(gmm):
-    grid = pfd.stability.make_grid("logsnr", 3, 0.05, 2.0, gmm)
-    st = TrajectoryStudent(grid, 1, hidden=16, seed=0)
+    grid = pfd.stability.make_time_grid("logsnr", 3, 0.05, 2.0, gmm)
+    st = TrajectoryStudent(grid, 1, width=16, seed=0)
     x = torch.randn(5, 1)
     torch.testing.assert_close(st(x), x)
     with torch.no_grad():
@@ -40,7 +40,7 @@ def test_untrained_student_is_identity_and_composes(gmm):
 
 
 def test_exact_pairs(gmm):
-    grid = pfd.stability.make_grid("uniform", 2, 0.05, 2.0, gmm)
+    grid = pfd.stability.make_time_grid("uniform", 2, 0.05, 2.0, gmm)
     X, Y = exact_pairs(gmm, grid, 4000, seed=3)
     assert X.shape == Y.shape == (2, 4000, 1)
     torch.testing.assert_close(Y[1], exact_map(gmm, X[1], float(grid[1]), float(grid[2])))
@@ -54,10 +54,10 @@ def test_exact_pairs(gmm):
 
 def test_training_beats_identity_and_scores_with_pfd_distance(gmm):
     T, delta = 2.0, 0.05
-    grid = pfd.stability.make_grid("balanced-sum", 2, delta, T, gmm)
-    student, hist = train_trajectory_student(gmm, grid, steps=300, n_train=2048, hidden=32, seed=0)
+    grid = pfd.stability.make_time_grid("balanced-sum", 2, delta, T, gmm)
+    student, hist = train_trajectory_student(gmm, grid, train_steps=300, n_train=2048, width=32, seed=0)
     assert hist["params"] == student.n_params and len(hist["final_loss_per_segment"]) == 2
-    ref = ExactFlowMap(gmm, T, delta)
+    ref = ExactFlowMap(gmm, delta, T)
     z = pfd.canonical_noise(512, (1,), seed=0)
     y = ref(z)
     y_student = student.as_map()(z)
@@ -72,8 +72,8 @@ def test_training_beats_identity_and_scores_with_pfd_distance(gmm):
 
 
 def test_time_conditioned_shared_student(gmm):
-    grid = pfd.stability.make_grid("edm", 4, 0.05, 2.0, gmm)
-    student, _ = train_trajectory_student(gmm, grid, steps=200, n_train=1024, hidden=32, time_conditioned=True, seed=1)
+    grid = pfd.stability.make_time_grid("edm", 4, 0.05, 2.0, gmm)
+    student, _ = train_trajectory_student(gmm, grid, train_steps=200, n_train=1024, width=32, time_conditioned=True, seed=1)
     assert student.time_conditioned and student.weights[0].shape[0] == 1
     X, Y = exact_pairs(gmm, grid, 512, seed=7)
     with torch.no_grad():
@@ -120,8 +120,8 @@ def test_bad_input(gmm):
     with pytest.raises(ValueError, match="noise z must be"):
         st.as_map()(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="pairs must be"):
-        train_trajectory_student(gmm, [1.0, 0.5, 0.1], steps=1, pairs=(torch.zeros(1, 4, 1), torch.zeros(1, 4, 1)))
+        train_trajectory_student(gmm, [1.0, 0.5, 0.1], train_steps=1, pairs=(torch.zeros(1, 4, 1), torch.zeros(1, 4, 1)))
     with pytest.raises(ValueError, match="steps must be >= 1"):
-        train_trajectory_student(gmm, [1.0, 0.1], steps=0)
+        train_trajectory_student(gmm, [1.0, 0.1], train_steps=0)
     with pytest.raises(ValueError, match="t_min must be < t_max"):
-        ExactFlowMap(gmm, 0.1, 1.0)
+        ExactFlowMap(gmm, 1.0, 0.1)

@@ -110,7 +110,7 @@ def test_composition_and_inverse():
     g = pfd.GaussianMixture([0.25] * 4, [[-1, -1], [-1, 1], [1, -1], [1, 1]], [0.02] * 4)
     x = g.sample(64, seed=5) * math.exp(-3.0) + 0.999 * torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
     direct = exact_map(g, x, 3.0, 0.01)
-    grid = pfd.stability.balanced_grid(g.subset([0, 1]), 5, 3.0, 0.01)  # any grid
+    grid = pfd.stability.balanced_grid(g.subset([0, 1]), 5, 0.01, 3.0)  # any grid
     y = x
     for t0, t1 in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
         y = exact_map(g, y, t0, t1)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import pfd
-from pfd.distance import ExactSum, shard_range
+from pfd.estimator import ExactSum, shard_range
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -39,7 +39,7 @@ def _single():
 def test_two_processes_give_the_single_process_value(torchrun_results):
     _, ranks = torchrun_results
     teacher, student = _single()
-    ref = pfd.distance(teacher.flow_map(steps=6), student.flow_map(steps=6), n=W.N, seed=W.SEED,
+    ref = pfd.distance(teacher.ode_map(steps=6), student.ode_map(steps=6), n=W.N, seed=W.SEED,
                        batch_size=W.BATCH, progress=False, group=False)
     for r in ranks:
         d = r["distance"]
@@ -52,7 +52,7 @@ def test_two_processes_give_the_single_process_value(torchrun_results):
 def test_monitor_under_torchrun(torchrun_results):
     out, ranks = torchrun_results
     teacher, student = _single()
-    ref = pfd.distance(teacher.flow_map(steps=6), student.flow_map(steps=6), n=W.N, seed=W.SEED, progress=False)
+    ref = pfd.distance(teacher.ode_map(steps=6), student.ode_map(steps=6), n=W.N, seed=W.SEED, progress=False)
     for r in ranks:
         assert r["monitor"]["pfd"] == [ref.value, ref.value]
         assert r["monitor"]["bank_rows"] == W.N  # every rank computed a shard and received the rest
@@ -64,8 +64,8 @@ def test_monitor_under_torchrun(torchrun_results):
 def test_metric_sum_reduction_across_two_ranks(torchrun_results):
     _, ranks = torchrun_results
     teacher, student = _single()
-    metric = PFDMetric(teacher.flow_map(steps=6), n=W.N, seed=W.SEED, batch_size=W.BATCH)
-    metric.update(student.flow_map(steps=6))
+    metric = PFDMetric(teacher.ode_map(steps=6), n=W.N, seed=W.SEED, batch_size=W.BATCH)
+    metric.update(student.ode_map(steps=6))
     single = float(metric.compute())
     assert [r["metric"]["shard"] for r in ranks] == [[0, 500], [500, W.N]]
     assert [r["metric"]["local_count"] for r in ranks] == [500.0, 501.0]
@@ -86,13 +86,13 @@ def test_metric_states_merge_like_two_ranks(two_modes):
     """The sum states of two shards, merged (what dist_reduce_fx='sum' does), equal one metric."""
     other = pfd.GaussianMixture([0.5, 0.5], [[-1.2, 0.5], [1.3, -0.4]], [0.2, 0.15])
     n = 300
-    one = PFDMetric(two_modes.flow_map(steps=5), n=n, seed=2, batch_size=64)
-    one.update(other.flow_map(steps=5))
+    one = PFDMetric(two_modes.ode_map(steps=5), n=n, seed=2, batch_size=64)
+    one.update(other.ode_map(steps=5))
     single = float(one.compute())
-    ref = pfd.distance(two_modes.flow_map(steps=5), other.flow_map(steps=5), n=n, seed=2, progress=False)
+    ref = pfd.distance(two_modes.ode_map(steps=5), other.ode_map(steps=5), n=n, seed=2, progress=False)
     assert abs(single - ref.value) <= 1e-13 * ref.value and one.details["nfe"] == 9.0
     # two "ranks" fed student outputs for their shards, in uneven chunks
-    smap = other.flow_map(steps=5)
+    smap = other.ode_map(steps=5)
     parts = []
     for rank in range(2):
         m = PFDMetric(bank=one.bank)
@@ -116,13 +116,13 @@ def test_metric_states_merge_like_two_ranks(two_modes):
 
 
 def test_metric_bad_input(two_modes):
-    m = PFDMetric(two_modes.flow_map(steps=3), n=16)
+    m = PFDMetric(two_modes.ode_map(steps=3), n=16)
     with pytest.raises(ValueError, match="student outputs must have shape"):
         m.update(torch.zeros(4, 3))
     with pytest.raises(ValueError, match="does not fit the bank"):
         m.update(torch.zeros(4, 2), start=14)
     with pytest.raises(ValueError, match="start= applies to tensors"):
-        m.update(two_modes.flow_map(), start=0)
+        m.update(two_modes.ode_map(), start=0)
     with pytest.raises(TypeError, match="needs a reference"):
         PFDMetric()
     with pytest.raises(TypeError, match="bank must be"):
@@ -134,10 +134,10 @@ def test_metric_bad_input(two_modes):
 def test_distance_group_errors_without_init():
     p = pfd.GaussianMixture([1.0], [[0.0]], [1.0])
     with pytest.raises(ValueError, match="not initialised"):
-        pfd.distance(p.flow_map(steps=3), p.flow_map(steps=3), n=8, progress=False, group=object())
+        pfd.distance(p.ode_map(steps=3), p.ode_map(steps=3), n=8, progress=False, group=object())
     # group=False is always a plain single-process evaluation
-    a = pfd.distance(p.flow_map(steps=3), p.flow_map(steps=4), n=8, progress=False, group=False)
-    b = pfd.distance(p.flow_map(steps=3), p.flow_map(steps=4), n=8, progress=False)
+    a = pfd.distance(p.ode_map(steps=3), p.ode_map(steps=4), n=8, progress=False, group=False)
+    b = pfd.distance(p.ode_map(steps=3), p.ode_map(steps=4), n=8, progress=False)
     assert a.value == b.value and a.provenance["world_size"] == 1
 
 

@@ -18,7 +18,7 @@ TEACHER = pfd.GaussianMixture([0.5, 0.5], [[-1.5, 0.0], [1.5, 0.5]], [0.05, 0.1]
 
 def _pairs(n=256, seed=1):
     z = pfd.canonical_noise(n, (2,), seed=seed)
-    return z.float(), TEACHER.flow_map(steps=8)(z).float()
+    return z.float(), TEACHER.ode_map(steps=8)(z).float()
 
 
 class Distill(L.LightningModule):
@@ -61,7 +61,7 @@ def test_trainer_logs_pfd_each_validation_epoch_and_resumes(tmp_path):
     log = tmp_path / "pfd.jsonl"
 
     def callback():
-        return PFDCallback(reference=TEACHER.flow_map(steps=8), n=256, seed=0, log_path=log, cache_dir=tmp_path)
+        return PFDCallback(reference=TEACHER.ode_map(steps=8), n=256, seed=0, log_path=log, cache_dir=tmp_path)
 
     cb = callback()
     model = Distill()
@@ -73,7 +73,7 @@ def test_trainer_logs_pfd_each_validation_epoch_and_resumes(tmp_path):
     # the logged values are the monitor's values (float32 in Lightning's logger)
     assert float(trainer.callback_metrics["pfd/value"]) == pytest.approx(hist[-1]["pfd"], rel=1e-6)
     # ... and an independent computation of the student's PFD agrees
-    direct = pfd.distance(TEACHER.flow_map(steps=8), pfd.OneStepMap(model.net, shape=(2,)), n=256, progress=False)
+    direct = pfd.distance(TEACHER.ode_map(steps=8), pfd.OneStepMap(model.net, shape=(2,)), n=256, progress=False)
     assert hist[-1]["pfd"] == pytest.approx(direct.value, rel=1e-12)
     ckpt = tmp_path / "epoch2.ckpt"
     trainer.save_checkpoint(ckpt)
@@ -98,7 +98,7 @@ def test_trainer_logs_pfd_each_validation_epoch_and_resumes(tmp_path):
 
 
 def test_every_n_steps_mode(tmp_path):
-    cb = PFDCallback(reference=TEACHER.flow_map(steps=4), n=64, every_n_steps=3)
+    cb = PFDCallback(reference=TEACHER.ode_map(steps=4), n=64, every_n_steps=3)
     train, val = _loaders()
     trainer = _trainer(tmp_path, cb, epochs=2)
     trainer.fit(Distill(), train, val)
@@ -108,9 +108,9 @@ def test_every_n_steps_mode(tmp_path):
 def test_callback_bad_input():
     with pytest.raises(TypeError, match="needs monitor="):
         PFDCallback()
-    mon = pfd.PFDMonitor(TEACHER.flow_map(steps=4), n=8)
+    mon = pfd.PFDMonitor(TEACHER.ode_map(steps=4), n=8)
     with pytest.raises(TypeError, match="not both"):
-        PFDCallback(mon, reference=TEACHER.flow_map())
+        PFDCallback(mon, reference=TEACHER.ode_map())
     with pytest.raises(ValueError, match="every_n_steps must be"):
         PFDCallback(mon, every_n_steps=0)
     with pytest.raises(TypeError, match="monitor must be"):
@@ -147,7 +147,7 @@ def test_ddp_two_processes(tmp_path):
     # the final value is the single-process PFD of the trained generator
     net = Distill().net
     net.load_state_dict(torch.load(tmp_path / "net0.pt", weights_only=True))
-    direct = pfd.distance(TEACHER.flow_map(steps=8), pfd.OneStepMap(net, shape=(2,)), n=256, progress=False, group=False)
+    direct = pfd.distance(TEACHER.ode_map(steps=8), pfd.OneStepMap(net, shape=(2,)), n=256, progress=False, group=False)
     assert h0[-1]["pfd"] == direct.value
     assert ranks[0]["logged"] == pytest.approx(direct.value, rel=1e-6) == ranks[1]["logged"]
     assert [r["step"] for r in pfd.monitor.read_log(tmp_path / "pfd.jsonl")] == [h["step"] for h in h0]

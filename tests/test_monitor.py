@@ -45,14 +45,14 @@ def test_monitor_value_equals_direct_distance_and_reference_runs_once(two_modes)
     den = Counting(two_modes)
     ref = pfd.DiffusionMap(den, steps=8, shape=(2,))
     mon = pfd.PFDMonitor(ref, n=300, seed=3, every=1, batch_size=128)
-    direct = pfd.distance(two_modes.flow_map(steps=8), other.flow_map(steps=8), n=300, seed=3, progress=False)
-    r0 = mon.evaluate(other.flow_map(steps=8), 0)
+    direct = pfd.distance(two_modes.ode_map(steps=8), other.ode_map(steps=8), n=300, seed=3, progress=False)
+    r0 = mon.evaluate(other.ode_map(steps=8), 0)
     calls_after_first = den.calls
     assert calls_after_first == 3 * 15  # 3 batches x (7 Heun steps x 2 + final denoise)
-    r1 = mon.evaluate(other.flow_map(steps=8), 1)
+    r1 = mon.evaluate(other.ode_map(steps=8), 1)
     assert den.calls == calls_after_first  # later evaluations never touch the reference
     assert r0["pfd"] == r1["pfd"] == direct.value  # bit-identical to the plain estimator
-    assert r0["stderr"] == direct.stderr and r0["ci"] == list(direct.ci95)
+    assert r0["stderr"] == direct.stderr and r0["ci95"] == list(direct.ci95)
     assert r0["nfe"] == 15.0 and r0["reference_nfe"] == 15.0
     assert r0["reference_seconds"] > 0 and r1["reference_seconds"] == 0
 
@@ -60,15 +60,15 @@ def test_monitor_value_equals_direct_distance_and_reference_runs_once(two_modes)
 def test_second_call_costs_only_the_student(one_thread):
     """Both maps cost the same: a monitored evaluation must be >= 1.8x cheaper than recomputing both."""
     t, s = _mixtures(k=128, d=16)
-    mon = pfd.PFDMonitor(t.flow_map(), n=1024, every=1)
-    mon.evaluate(s.flow_map(), 0)  # builds the bank
+    mon = pfd.PFDMonitor(t.ode_map(), n=1024, every=1)
+    mon.evaluate(s.ode_map(), 0)  # builds the bank
     ratios = []
     for i in range(5):  # CPU time of this process (robust to other load), paired back-to-back runs
         c0 = time.process_time()
-        rec = mon.evaluate(s.flow_map(), i + 1)
+        rec = mon.evaluate(s.ode_map(), i + 1)
         cached = time.process_time() - c0
         c0 = time.process_time()
-        res = pfd.distance(t.flow_map(), s.flow_map(), n=1024, progress=False)
+        res = pfd.distance(t.ode_map(), s.ode_map(), n=1024, progress=False)
         full = time.process_time() - c0
         assert rec["pfd"] == res.value
         ratios.append(full / cached)
@@ -90,13 +90,13 @@ def test_student_eval_mode_no_grad_and_mode_restored():
 
     gmm = pfd.GaussianMixture([1.0], [[0.0, 0.0]], [1.0])
     gen = Gen().train()
-    mon = pfd.PFDMonitor(gmm.flow_map(steps=4), n=64, every=2)
+    mon = pfd.PFDMonitor(gmm.ode_map(steps=4), n=64, every=2)
     rec = mon.maybe_evaluate(gen, 4)
     assert seen and all(s == (False, False, False, True) for s in seen)
     assert gen.training and gen.drop.training and gen.lin.training
     # dropout off during evaluation: the value equals that of the deterministic map
     with torch.no_grad():
-        direct = pfd.distance(gmm.flow_map(steps=4), lambda z: gen.lin(z), n=64, shape=(2,), progress=False)
+        direct = pfd.distance(gmm.ode_map(steps=4), lambda z: gen.lin(z), n=64, shape=(2,), progress=False)
     assert rec["pfd"] == direct.value
     # a pfd map wrapping a module is handled the same way
     gen.train()
@@ -107,7 +107,7 @@ def test_student_eval_mode_no_grad_and_mode_restored():
 
 def test_every_and_duplicates():
     gmm = pfd.GaussianMixture([1.0], [[0.0]], [1.0])
-    mon = pfd.PFDMonitor(gmm.flow_map(steps=3), n=16, every=5)
+    mon = pfd.PFDMonitor(gmm.ode_map(steps=3), n=16, every=5)
     student = pfd.OneStepMap(lambda z: z, shape=(1,))
     got = [s for s in range(0, 16) if mon.maybe_evaluate(student, s) is not None]
     assert got == [0, 5, 10, 15]
@@ -117,9 +117,9 @@ def test_every_and_duplicates():
 
 def test_jsonl_log_matches_history(tmp_path, two_modes):
     log = tmp_path / "pfd.jsonl"
-    mon = pfd.PFDMonitor(two_modes.flow_map(steps=4), n=32, every=1, log_path=log)
+    mon = pfd.PFDMonitor(two_modes.ode_map(steps=4), n=32, every=1, log_path=log)
     for step in range(3):
-        mon.evaluate(two_modes.flow_map(steps=3 + step), step)
+        mon.evaluate(two_modes.ode_map(steps=3 + step), step)
     recs = read_log(log)
     assert [r["step"] for r in recs] == [0, 1, 2]
     assert [r["pfd"] for r in recs] == [h["pfd"] for h in mon.history]
@@ -128,12 +128,12 @@ def test_jsonl_log_matches_history(tmp_path, two_modes):
 
 def test_partial_last_line_is_skipped_and_repaired(tmp_path, two_modes):
     log = tmp_path / "pfd.jsonl"
-    mon = pfd.PFDMonitor(two_modes.flow_map(steps=4), n=32, every=1, log_path=log)
-    mon.evaluate(two_modes.flow_map(steps=3), 0)
+    mon = pfd.PFDMonitor(two_modes.ode_map(steps=4), n=32, every=1, log_path=log)
+    mon.evaluate(two_modes.ode_map(steps=3), 0)
     with open(log, "ab") as fh:  # what a kill in the middle of a write leaves behind
         fh.write(b'{"step": 1, "pfd": 0.12')
     assert [r["step"] for r in read_log(log)] == [0]
-    mon.evaluate(two_modes.flow_map(steps=3), 2)  # the next append starts on a clean line
+    mon.evaluate(two_modes.ode_map(steps=3), 2)  # the next append starts on a clean line
     lines = log.read_bytes().split(b"\n")
     assert lines[-1] == b"" and [json.loads(x)["step"] for x in lines[:-1]] == [0, 2]
     with open(log, "ab") as fh:  # a corrupt line in the middle is skipped with a warning
@@ -147,7 +147,7 @@ def test_process_killed_while_logging_leaves_readable_log(tmp_path):
     script = textwrap.dedent(f"""
         import sys, torch, pfd
         gmm = pfd.GaussianMixture([1.0], [[0.0, 0.0]], [1.0])
-        mon = pfd.PFDMonitor(gmm.flow_map(steps=3), n=16, every=1, log_path={str(log)!r})
+        mon = pfd.PFDMonitor(gmm.ode_map(steps=3), n=16, every=1, log_path={str(log)!r})
         student = pfd.OneStepMap(lambda z: 0.9 * z, shape=(2,))
         step = 0
         while True:
@@ -172,20 +172,20 @@ def test_process_killed_while_logging_leaves_readable_log(tmp_path):
 
 def test_state_dict_resume_continues_the_curve(tmp_path, two_modes):
     def make():
-        return pfd.PFDMonitor(two_modes.flow_map(steps=4), n=32, seed=1, every=10)
+        return pfd.PFDMonitor(two_modes.ode_map(steps=4), n=32, seed=1, every=10)
 
     a = make()
     for step in (0, 10):
-        a.maybe_evaluate(two_modes.flow_map(steps=2 + step // 10), step)
+        a.maybe_evaluate(two_modes.ode_map(steps=2 + step // 10), step)
     path = tmp_path / "ckpt.pt"
     torch.save({"monitor": a.state_dict()}, path)
     b = make()
     b.load_state_dict(torch.load(path, weights_only=True)["monitor"])
-    assert b.maybe_evaluate(two_modes.flow_map(steps=3), 10) is None  # done before the checkpoint
-    b.maybe_evaluate(two_modes.flow_map(steps=4), 20)
+    assert b.maybe_evaluate(two_modes.ode_map(steps=3), 10) is None  # done before the checkpoint
+    b.maybe_evaluate(two_modes.ode_map(steps=4), 20)
     assert [h["step"] for h in b.history] == [0, 10, 20]
     assert b.history[:2] == a.history and b.history[2]["pfd"] == 0.0
-    other = pfd.PFDMonitor(two_modes.flow_map(steps=4), n=32, seed=2, every=10)
+    other = pfd.PFDMonitor(two_modes.ode_map(steps=4), n=32, seed=2, every=10)
     with pytest.raises(ValueError, match="different n, seed"):
         other.load_state_dict(a.state_dict())
     with pytest.raises(TypeError, match="state must be a dict"):
@@ -194,7 +194,7 @@ def test_state_dict_resume_continues_the_curve(tmp_path, two_modes):
 
 def test_disk_cache_reuses_and_never_goes_stale(tmp_path):
     gmm = pfd.GaussianMixture([0.3, 0.7], [[-1.0, 0.0], [1.0, 0.5]], [0.1, 0.2])
-    student = pfd.GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.5]], [0.1, 0.2]).flow_map(steps=5)
+    student = pfd.GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.5]], [0.1, 0.2]).ode_map(steps=5)
 
     def monitor(mix, **kw):
         den = Counting(mix)
@@ -239,12 +239,12 @@ def test_reference_identity_of_modules_and_plain_functions(tmp_path):
 
 
 def test_bank_map_falls_back_on_foreign_noise(two_modes):
-    bank = NoiseBank(two_modes.flow_map(steps=4), n=16, seed=0)
+    bank = NoiseBank(two_modes.ode_map(steps=4), n=16, seed=0)
     m = bank.as_map()
     z = pfd.canonical_noise(8, (2,), seed=9)
-    assert torch.equal(m(z), two_modes.flow_map(steps=4)(z)) and m.misses == 1 and bank.computed_rows == 0
+    assert torch.equal(m(z), two_modes.ode_map(steps=4)(z)) and m.misses == 1 and bank.computed_rows == 0
     zb = pfd.canonical_noise(5, (2,), seed=0, start=3)
-    assert torch.equal(m(zb), two_modes.flow_map(steps=4)(zb)) and bank.computed_rows == 5
+    assert torch.equal(m(zb), two_modes.ode_map(steps=4)(zb)) and bank.computed_rows == 5
     assert torch.equal(m(zb), bank.outputs(3, 8)) and m.hits == 1
     shifted = zb.clone()
     shifted[-1, 0] += 1e-12  # same first row, different batch: not served from the bank
@@ -252,7 +252,7 @@ def test_bank_map_falls_back_on_foreign_noise(two_modes):
 
 
 def test_bad_input(tmp_path, two_modes):
-    ref = two_modes.flow_map(steps=3)
+    ref = two_modes.ode_map(steps=3)
     with pytest.raises(ValueError, match="n must be >= 2"):
         pfd.PFDMonitor(ref, n=1)
     with pytest.raises(ValueError, match="every must be >= 1"):
@@ -280,13 +280,13 @@ def test_bad_input(tmp_path, two_modes):
 
 def test_unreadable_cache_file_is_recomputed(tmp_path):
     gmm = pfd.GaussianMixture([1.0], [[0.5, -0.5]], [0.3])
-    mon = pfd.PFDMonitor(gmm.flow_map(steps=4), n=16, cache_dir=tmp_path)
+    mon = pfd.PFDMonitor(gmm.ode_map(steps=4), n=16, cache_dir=tmp_path)
     mon.bank.cache_path.write_bytes(b"not a torch file")
     with pytest.warns(RuntimeWarning, match="unreadable bank cache"):
         rec = mon.evaluate(pfd.OneStepMap(lambda z: z, shape=(2,)), 0)
     assert not mon.bank.loaded_from_disk and mon.bank.complete
-    direct = pfd.distance(gmm.flow_map(steps=4), lambda z: z, n=16, shape=(2,), progress=False)
+    direct = pfd.distance(gmm.ode_map(steps=4), lambda z: z, n=16, shape=(2,), progress=False)
     assert rec["pfd"] == direct.value
-    again = pfd.PFDMonitor(gmm.flow_map(steps=4), n=16, cache_dir=tmp_path)  # the file was rewritten
+    again = pfd.PFDMonitor(gmm.ode_map(steps=4), n=16, cache_dir=tmp_path)  # the file was rewritten
     again.bank.prepare()
     assert again.bank.loaded_from_disk

@@ -49,7 +49,7 @@ def _noisy_denoiser():
 
 
 def m2(steps=4):
-    return G2.flow_map(steps=steps)
+    return G2.ode_map(steps=steps)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ API_CASES = [
      ValueError, "n must be >= 2"),
     ("distance-n-float", "n = 2.5", lambda d: pfd.distance(m2(), m2(), n=2.5, progress=False), TypeError, "n must be an int"),
     ("distance-maps-different-shapes", "maps of different output shape (declared)",
-     lambda d: pfd.distance(m2(), G3.flow_map(steps=4), n=4, progress=False), ValueError, "different sample shapes"),
+     lambda d: pfd.distance(m2(), G3.ode_map(steps=4), n=4, progress=False), ValueError, "different sample shapes"),
     ("distance-map-returns-wrong-shape", "a map that returns another shape than its noise",
      lambda d: pfd.distance(lambda z: z[:, :1], lambda z: z, n=4, shape=(2,), progress=False), ValueError,
      "map a returned shape (4, 1)"),
@@ -369,7 +369,7 @@ def test_adaptive_steps_and_small_n_warn_and_numpy_integers_are_accepted():
 
 def test_a_long_adaptive_solve_shows_its_progress_unless_progress_is_off(monkeypatch, capsys):
     monkeypatch.setattr(pfd.maps, "SOLVE_BAR_DELAY", 0.0)  # as if the solve took longer than 2 s
-    ref = G2.flow_map(solver="dopri5")
+    ref = G2.ode_map(solver="dopri5")
     pfd.distance(ref, m2(), n=8, progress=True)
     assert "dopri5 solve (log sigma" in capsys.readouterr().err
     pfd.distance(ref, m2(), n=8, progress=False)
@@ -380,7 +380,7 @@ def test_gmm_weights_are_normalised_as_documented():
     """Weights need not sum to 1: they are divided by their sum (documented), exactly like a normalised mixture."""
     a = pfd.GaussianMixture([2.0, 2.0], [[-1.0, 0.0], [1.0, 0.0]], [0.1, 0.1])
     assert a.weights.tolist() == [0.5, 0.5] and a.to_dict()["weights"] == [0.5, 0.5]
-    assert pfd.distance(a.flow_map(steps=4), m2(4), n=64, progress=False).value == 0.0
+    assert pfd.distance(a.ode_map(steps=4), m2(4), n=64, progress=False).value == 0.0
     assert "normalised to sum to one" in pfd.GaussianMixture.__doc__
 
 
@@ -400,12 +400,16 @@ def test_bit_identity_covers_double_precision_maps_on_fixed_grids_only():
     assert max(vals32) - min(vals32) <= 1e-6 * max(vals32)
 
 
-def _tiny_dynamics(folder, **kw):
+def _tiny_config(**kw):
+    return pfd.analysis.TrainConfig(**{"width": 8, "depth": 1, "train_steps": 3, "n_eval": 32, "lr": 2e-3,
+                                       "solver": pfd.solvers.SolverSettings(steps=3), "progress": False, **kw})
+
+
+def _tiny_dynamics(folder, epochs=1, **kw):
     from pfd.analysis.dynamics import training_dynamics
 
-    args = {"width": 8, "depth": 1, "epochs": 1, "eval_every": 1, "n_eval": 32, "n_heldout": 16, "lr": 2e-3,
-            "solver": {"steps": 3}, "progress": False, **kw}
-    return training_dynamics(G2, 8, checkpoint=folder / "dynamics.pt", **args)
+    return training_dynamics(G2, 8, epochs=epochs, eval_every=1, n_heldout=16, checkpoint=folder / "dynamics.pt",
+                             config=_tiny_config(**kw))
 
 
 def test_dynamics_checkpoint_is_keyed_by_its_settings(tmp_path):
@@ -430,26 +434,25 @@ def test_mtog_reruns_never_mix_settings_and_a_failed_run_does_not_stop_the_sweep
     import pfd.analysis.mtog as mtog
 
     out = tmp_path / "runs.jsonl"
-    kw = {"depth": 1, "steps": 3, "n_eval": 32, "solver": {"steps": 3}, "progress": False, "out": out}
-    first = mtog.mtog_scaling(G2, [4, 8], [4], **kw)
+    first = mtog.mtog_scaling(G2, [4, 8], [4], out=out, config=_tiny_config())
     assert [r["steps"] for r in first["runs"]] == [3, 3] and first["failed_runs"] == []
-    assert mtog.mtog_scaling(G2, [4, 8], [4], **kw)["runs"] == first["runs"]  # same settings: reused
+    assert mtog.mtog_scaling(G2, [4, 8], [4], out=out, config=_tiny_config())["runs"] == first["runs"]  # reused
     assert len(out.read_text().splitlines()) == 2
-    with pytest.warns(UserWarning, match=r"set aside 2 run\(s\) made with other settings \(steps: 3 stored, 5 now\)"):
-        other = mtog.mtog_scaling(G2, [4, 8], [4], **{**kw, "steps": 5})
+    with pytest.warns(UserWarning, match=r"set aside 2 run\(s\) made with other settings \(train_steps: 3 stored, 5 now\)"):
+        other = mtog.mtog_scaling(G2, [4, 8], [4], out=out, config=_tiny_config(train_steps=5))
     assert [r["steps"] for r in other["runs"]] == [5, 5] and other["config"]["settings_key"] != first["config"]["settings_key"]
     assert len(out.read_text().splitlines()) == 4  # both settings kept apart in the file
 
     real = mtog.train_student
 
-    def diverging(teacher, n, w, **k):
+    def diverging(teacher, n, cfg, **k):
         if n == 8:
             raise pfd.NonFiniteError([0, 1], 80.0, "denoiser of a diverged student")
-        return real(teacher, n, w, **k)
+        return real(teacher, n, cfg, **k)
 
     monkeypatch.setattr(mtog, "train_student", diverging)
     with pytest.warns(UserWarning, match="mtog run N=8, width=4, seed=0 failed .* recorded as failed"):
-        res = mtog.mtog_scaling(G2, [4, 8, 16], [4], **{**kw, "steps": 4})
+        res = mtog.mtog_scaling(G2, [4, 8, 16], [4], out=out, config=_tiny_config(train_steps=4))
     assert [r["n_train"] for r in res["runs"]] == [4, 16]
     assert res["failed_runs"] == [{"n_train": 8, "width": 4, "seed": 0,
                                    "error": "NonFiniteError: denoiser of a diverged student returned non-finite values "
@@ -505,8 +508,8 @@ def test_two_monitors_sharing_one_log_are_detected(tmp_path):
     script = textwrap.dedent(f"""
         import pfd
         gmm = pfd.GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], [0.1, 0.1])
-        mon = pfd.PFDMonitor(gmm.flow_map(steps=4), n=32, every=10, log_path={str(tmp_path / 'two.jsonl')!r})
-        mon.evaluate(gmm.flow_map(steps=3), 0)
+        mon = pfd.PFDMonitor(gmm.ode_map(steps=4), n=32, every=10, log_path={str(tmp_path / 'two.jsonl')!r})
+        mon.evaluate(gmm.ode_map(steps=3), 0)
     """)
     c = _monitor(tmp_path / "two.jsonl")
     c.evaluate(m2(3), 0)
@@ -518,9 +521,9 @@ def test_two_monitors_sharing_one_log_are_detected(tmp_path):
 
 @RO
 @pytest.mark.parametrize("argv, path", [
-    (["mtog", "--out-dir", "/sys", "--n-trains", "4", "--widths", "4", "--steps", "1"], "/sys/mtog_runs.jsonl"),
+    (["mtog", "--out-dir", "/sys", "--n-trains", "4", "--widths", "4", "--train-steps", "1"], "/sys/mtog_runs.jsonl"),
     (["dynamics", "--out-dir", "/sys", "--n-train", "4", "--width", "4", "--epochs", "1"], "/sys/dynamics.pt"),
-    (["bias-variance", "--out-dir", "/sys", "--n-train", "4", "--k", "2", "--steps", "1"], "/sys/bias_variance.json"),
+    (["bias-variance", "--out-dir", "/sys", "--n-train", "4", "--k", "2", "--train-steps", "1"], "/sys/bias_variance.json"),
     (["demo", "--out", "/sys/demo.json", "--n", "8"], "/sys/demo.json"),
 ], ids=["mtog", "dynamics", "bias-variance", "demo"])
 def test_long_commands_check_their_output_before_any_work(argv, path, capsys):

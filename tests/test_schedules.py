@@ -33,7 +33,7 @@ def test_ou_closed_forms():
     t = np.array([1e-4, 0.3, 2.0, 7.0])
     np.testing.assert_allclose(ou.alpha(t), np.exp(-t), rtol=1e-15)
     np.testing.assert_allclose(ou.sigma(t) ** 2, 1 - np.exp(-2 * t), rtol=1e-13)
-    np.testing.assert_allclose(ou.rho(t), np.exp(2 * t) - 1, rtol=1e-11)  # (reference loses digits at small t)
+    np.testing.assert_allclose(ou.inv_snr(t), np.exp(2 * t) - 1, rtol=1e-11)  # (reference loses digits at small t)
     # the relation used throughout: x_OU = alpha_t x_VE at sigma_VE = sqrt(e^{2t} - 1)
     np.testing.assert_allclose(ou.sigma_ve(t), np.sqrt(np.exp(2 * t) - 1), rtol=1e-11)
     assert ou.f(0.5) == -1.0 and abs(ou.g2(0.5) - 2.0) < 1e-14
@@ -46,7 +46,7 @@ def test_vp_and_ve_closed_forms():
     assert abs(vp.alpha(t) - math.exp(-0.5 * B)) < 1e-15
     assert abs(vp.alpha(t) ** 2 + vp.sigma(t) ** 2 - 1) < 1e-14
     ve = get_process("edm")
-    assert ve.kind == "ve" and ve.alpha(3.0) == 1.0 and ve.sigma(3.0) == 3.0 and ve.rho(3.0) == 9.0
+    assert ve.kind == "ve" and ve.alpha(3.0) == 1.0 and ve.sigma(3.0) == 3.0 and ve.inv_snr(3.0) == 9.0
 
 
 @pytest.mark.parametrize("name", PROCS)
@@ -54,11 +54,11 @@ def test_derivatives_against_finite_differences(name):
     p = get_process(name)
     for t in (0.05, 0.5, 0.9):
         h = 1e-6 * t
-        drho_fd = (p.rho(t + h) - p.rho(t - h)) / (2 * h)
+        drho_fd = (p.inv_snr(t + h) - p.inv_snr(t - h)) / (2 * h)
         f_fd = (math.log(p.alpha(t + h)) - math.log(p.alpha(t - h))) / (2 * h)
-        assert abs(p.drho(t) - drho_fd) <= 1e-7 * abs(drho_fd)
+        assert abs(p.dinv_snr(t) - drho_fd) <= 1e-7 * abs(drho_fd)
         assert abs(p.f(t) - f_fd) <= 1e-7 * max(1.0, abs(f_fd))
-        assert abs(p.g2(t) - p.alpha(t) ** 2 * p.drho(t)) < 1e-12 * p.g2(t)
+        assert abs(p.g2(t) - p.alpha(t) ** 2 * p.dinv_snr(t)) < 1e-12 * p.g2(t)
 
 
 @settings(max_examples=40, deadline=None)
@@ -67,8 +67,8 @@ def test_conversions_round_trip(t, name):
     p = get_process(name)
     assert abs(p.t_from_sigma_ve(p.sigma_ve(t)) - t) <= 1e-10 * max(t, 1e-2)
     assert abs(p.t_from_log_snr(p.log_snr(t)) - t) <= 1e-10 * max(t, 1e-2)
-    assert abs(p.t_from_rho(p.rho(t)) - t) <= 1e-10 * max(t, 1e-2)
-    assert abs(p.sigma(t) ** 2 / p.alpha(t) ** 2 - p.rho(t)) <= 1e-12 * max(1.0, p.rho(t))
+    assert abs(p.t_from_inv_snr(p.inv_snr(t)) - t) <= 1e-10 * max(t, 1e-2)
+    assert abs(p.sigma(t) ** 2 / p.alpha(t) ** 2 - p.inv_snr(t)) <= 1e-12 * max(1.0, p.inv_snr(t))
 
 
 @pytest.mark.parametrize("name", PROCS)
@@ -103,6 +103,6 @@ def test_bad_input():
     with pytest.raises(ValueError, match="t must be >= 0"):
         get_process("ou").alpha(-1.0)
     with pytest.raises(ValueError, match="finite"):
-        get_process("ou").rho(float("nan"))
+        get_process("ou").inv_snr(float("nan"))
     with pytest.raises(ValueError, match="log_snr needs t > 0"):
         get_process("ve").log_snr(0.0)

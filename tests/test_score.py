@@ -94,7 +94,7 @@ def test_gmm_reference_py_file_factory_table_and_coupling_warning(models):
                     "--student-type", "one-step", "--kind", "distribution", "--n", str(N), "--steps", str(STEPS))
     assert out.returncode == 0, out.stderr
     mod = import_models(models)
-    res = pfd.distance(TEACHER.flow_map(steps=STEPS), pfd.OneStepMap(mod.student(width=4, seed=1), shape=(2,)),
+    res = pfd.distance(TEACHER.ode_map(steps=STEPS), pfd.OneStepMap(mod.student(width=4, seed=1), shape=(2,)),
                        n=N, progress=False)
     first = out.stdout.splitlines()[0]
     assert first == str(res)  # "PFD = v ± se (95% CI [lo, hi], n=256)"
@@ -145,7 +145,7 @@ def test_eps_adapter_on_ddpm_schedule_equals_the_analytic_map(tmp_path, monkeypa
     sig = pfd.adapters.vp_sigmas(torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0))
     lo, hi = float(sig[0]), float(sig[-1])
     assert m.describe()["sigmas"][0] == pytest.approx(hi) and m.describe()["sigmas"][-1] == pytest.approx(lo)
-    assert _exact_maps_agree(m, TEACHER.flow_map(sigma_min=lo, sigma_max=hi, steps=10), tol=1e-8)
+    assert _exact_maps_agree(m, TEACHER.ode_map(sigma_min=lo, sigma_max=hi, steps=10), tol=1e-8)
 
 
 def test_velocity_and_score_adapters_equal_the_analytic_map(tmp_path, monkeypatch):
@@ -161,7 +161,7 @@ def test_velocity_and_score_adapters_equal_the_analytic_map(tmp_path, monkeypatc
         "def ve_score():\n"
         "    return lambda x, t: G.score(x, t)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    ref = TEACHER.flow_map(sigma_max=20.0, steps=8)
+    ref = TEACHER.ode_map(sigma_max=20.0, steps=8)
     v = load_map("fm_user:velocity", adapter="velocity", schedule={"sigma_max": 20.0}, steps=8, shape=(2,))
     s = load_map("fm_user:ve_score", adapter="score", schedule={"process": "ve", "sigma_max": 20.0}, steps=8,
                  shape=(2,))

@@ -16,7 +16,7 @@ from scipy.stats import multivariate_normal, norm
 import pfd
 from pfd.batching import MAX_AUTO_BATCH, auto_batch_size
 from pfd.schedules import make_grid
-from pfd.solvers import _phi_weights, integrate_multistep
+from pfd.solvers import SOLVERS, _phi_weights
 
 MULTISTEP = ("dpm2m", "dpm3m", "unipc3")
 F64 = torch.float64
@@ -79,7 +79,7 @@ def test_constant_denoiser_is_integrated_exactly(method):
     c = torch.tensor([[0.7, -1.2]], dtype=F64)
     x0 = torch.tensor([[3.0, 5.0]], dtype=F64) * 80.0
     sig = make_grid("karras", 7, 0.01, 80.0)
-    x = integrate_multistep(lambda x, s: c.expand_as(x), x0, sig, method)
+    x = SOLVERS[method].integrate(lambda x, s: c.expand_as(x), x0, sig)
     want = c + (x0 - c) * (0.01 / 80.0)  # x(s1) = c + (x0 - c) s1/s0 solves dx/ds = (x - c)/s
     torch.testing.assert_close(x, want, rtol=1e-13, atol=1e-13)
 
@@ -90,7 +90,7 @@ def test_unipc3_exact_for_denoiser_linear_in_log_sigma():
     a, b = 0.4, 0.3
     sig = make_grid("loglinear", 9, 0.01, 50.0)
     x0 = torch.tensor([[2.0]], dtype=F64)
-    x = integrate_multistep(lambda x, s: torch.full_like(x, a + b * math.log(s)), x0, sig, "unipc3")
+    x = SOLVERS["unipc3"].integrate(lambda x, s: torch.full_like(x, a + b * math.log(s)), x0, sig)
     lam0, lam1 = -math.log(50.0), -math.log(0.01)
     want = a - b * lam1 + b + (2.0 - a + b * lam0 - b) * math.exp(-(lam1 - lam0))
     assert float(x) == pytest.approx(want, rel=1e-12)

@@ -37,7 +37,7 @@ def test_velocity_is_the_pf_ode_drift(iso3, process):
     proc = get_process(process)
     t = 0.3
     x = torch.tensor([[0.2, -0.4], [1.5, 0.3]], dtype=F64)
-    a, r = proc.alpha(t), proc.rho(t)
+    a, r = proc.alpha(t), proc.inv_snr(t)
     score_p = iso3.score(x / a, math.sqrt(r)) / a  # grad log p_t(x), p_t(x) = a^-d p_VE(x / a)
     ref = proc.f(t) * x - 0.5 * proc.g2(t) * score_p
     torch.testing.assert_close(S.velocity(iso3, x, t, process), ref, rtol=1e-12, atol=1e-12)
@@ -61,7 +61,7 @@ def test_hessian_is_grad_of_score(iso3):
     x = torch.tensor([[0.1, 0.2]], dtype=F64)
     t = 0.5
     proc = get_process("ou")
-    a, r = proc.alpha(t), proc.rho(t)
+    a, r = proc.alpha(t), proc.inv_snr(t)
     h = 1e-5
     H = S.hessian_log_prob(iso3, x, t)
     for j in range(2):
@@ -133,7 +133,7 @@ def test_closed_form_lambda_against_quadrature(iso3, process, rate):
 def test_balanced_grid_inverts_lambda(rate, s2):
     g = two_modes(1.0, s2)
     T, delta, K = 4.0, 1e-3, 8
-    grid = S.balanced_grid(g, K, T, delta, rate=rate)
+    grid = S.balanced_grid(g, K, delta, T, rate=rate)
     assert grid.shape == (K + 1,) and float(grid[0]) == T and float(grid[-1]) == delta
     assert bool((grid[1:] < grid[:-1]).all())
     total = S.cumulative(g, delta, T, rate=rate)
@@ -150,7 +150,7 @@ def test_balanced_plus_with_sign_change():
     T, delta = 3.0, 1e-3
     lp = S.expansion_rate(g, np.array([delta, T]))
     assert lp[0] > 0 > lp[1]
-    grid = S.balanced_grid(g, 4, T, delta, rate="plus")
+    grid = S.balanced_grid(g, 4, delta, T, rate="plus")
     tt = np.exp(np.linspace(math.log(delta), math.log(T), 20001))
     r = np.maximum(S.expansion_rate(g, tt), 0.0)
     G = np.concatenate([[0.0], np.cumsum(0.5 * (r[1:] * tt[1:] + r[:-1] * tt[:-1]) * np.diff(np.log(tt)))])
@@ -162,18 +162,18 @@ def test_grid_invariant_to_scaling_the_rate(mixed_full):
     def rate(t):
         return S.lipschitz_bound(mixed_full, t)
 
-    g1 = S.grid_from_rate(rate, 6, 2.0, 0.01, n_table=257)
-    g2 = S.grid_from_rate(lambda t: 37.5 * rate(t), 6, 2.0, 0.01, n_table=257)
+    g1 = S.grid_from_rate(rate, 6, 0.01, 2.0, n_table=257)
+    g2 = S.grid_from_rate(lambda t: 37.5 * rate(t), 6, 0.01, 2.0, n_table=257)
     torch.testing.assert_close(g1, g2, rtol=1e-12, atol=0)
     # and the tabulated route agrees with the exact inversion on a closed-form mixture
     g = two_modes(1.0, 0.05)
-    exact = S.balanced_grid(g, 6, 2.0, 0.01)
-    tab = S.grid_from_rate(lambda t: 5.0 * S.lipschitz_bound(g, t), 6, 2.0, 0.01)
+    exact = S.balanced_grid(g, 6, 0.01, 2.0)
+    tab = S.grid_from_rate(lambda t: 5.0 * S.lipschitz_bound(g, t), 6, 0.01, 2.0)
     torch.testing.assert_close(tab, exact, rtol=1e-5, atol=0)
 
 
 def test_general_covariance_grid_balances_quadrature(mixed_full):
-    grid = S.balanced_grid(mixed_full, 3, 1.5, 0.05)
+    grid = S.balanced_grid(mixed_full, 3, 0.05, 1.5)
     # an independent, finer trapezoid integral of the same (numerical) rate
     tt = np.exp(np.linspace(math.log(0.05), math.log(1.5), 1501))
     r = S.lipschitz_bound(mixed_full, tt) * tt
@@ -206,7 +206,7 @@ def test_groenwall_error_propagation_bound():
     """Exact segment maps plus constant perturbations eps_j: the end-to-end error obeys
     sum_j eps_j exp(sum_{i>j} dLambda_i)."""
     g = two_modes(1.0, 0.05)
-    grid = S.balanced_grid(g, 4, 3.0, 0.01)
+    grid = S.balanced_grid(g, 4, 0.01, 3.0)
     inc = S.segment_increments(g, grid)
     eps = [1e-3, 2e-3, 1e-3, 5e-4]
     x = torch.linspace(-2.5, 2.5, 201, dtype=F64)[:, None]
@@ -224,7 +224,7 @@ def test_groenwall_error_propagation_bound():
 
 def test_make_grid_names(iso3):
     for kind in S.GRID_MAKERS:
-        grid = S.make_grid(kind, 4, 0.01, 2.0, iso3)
+        grid = S.make_time_grid(kind, 4, 0.01, 2.0, iso3)
         assert grid.shape == (5,) and float(grid[0]) == 2.0 and float(grid[-1]) == 0.01
 
 
@@ -240,13 +240,13 @@ def test_bad_input(iso3):
     with pytest.raises(ValueError, match="t must be finite and > 0"):
         S.lipschitz_bound(iso3, 0.0)
     with pytest.raises(ValueError, match="K must be >= 1"):
-        S.balanced_grid(iso3, 0, 1.0, 0.1)
+        S.balanced_grid(iso3, 0, 0.1, 1.0)
     with pytest.raises(ValueError, match="t_min must be < t_max"):
-        S.balanced_grid(iso3, 4, 0.1, 1.0)
+        S.balanced_grid(iso3, 4, 1.0, 0.1)
     with pytest.raises(ValueError, match="needs the mixture"):
-        S.make_grid("balanced-sum", 4, 0.1, 1.0)
+        S.make_time_grid("balanced-sum", 4, 0.1, 1.0)
     with pytest.raises(ValueError, match="kind must be one of"):
-        S.make_grid("cosine", 4, 0.1, 1.0, iso3)
+        S.make_time_grid("cosine", 4, 0.1, 1.0, iso3)
     with pytest.raises(ValueError, match="strictly decreasing"):
         S.amplification_factors(iso3, [0.1, 0.5, 1.0])
     with pytest.raises(ValueError, match="equal length"):
@@ -254,7 +254,7 @@ def test_bad_input(iso3):
     with pytest.raises(ValueError, match="shape"):
         S.velocity_jacobian(iso3, torch.zeros(3, 5, dtype=F64), 0.1)
     with pytest.raises(ValueError, match="rate must return finite values"):
-        S.grid_from_rate(lambda t: -t, 2, 1.0, 0.1)
+        S.grid_from_rate(lambda t: -t, 2, 0.1, 1.0)
 
 
 def test_cli_grid_json_matches_library(capsys, tmp_path):
@@ -265,7 +265,7 @@ def test_cli_grid_json_matches_library(capsys, tmp_path):
     assert main(["grid", "--K", "4", "--kind", "balanced-sum", "--mixture", "two-mode", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     g = pfd.GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [0.01, 0.01])
-    times = S.balanced_grid(g, 4, 3.0, 0.01)
+    times = S.balanced_grid(g, 4, 0.01, 3.0)
     np.testing.assert_allclose(rep["grids"]["balanced-sum"]["times"], times.numpy(), rtol=1e-14)
     amp = [r["amplification"] for r in rep["grids"]["balanced-sum"]["segments"]]
     np.testing.assert_allclose(amp, math.exp(rep["Lambda_total"] / 4), rtol=1e-8)

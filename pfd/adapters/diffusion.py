@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 
-from pfd._checks import as_sigma, call_model, check_positive_float
-from pfd.maps import DiffusionMap, _check_z
-from pfd.solvers import BUILTIN_SOLVERS, fixed_nfe
+from pfd._checks import as_sigma, call_model, check_positive_float, eval_mode
+from pfd._maps import model_device
+from pfd.maps import DiffusionMap
+from pfd.solvers import SOLVERS
 
 __all__ = [
     "EDMDenoiser",
@@ -221,7 +222,7 @@ class VPDenoiser(_Adapter):
             d = out
         return d.to(x.dtype)
 
-    def flow_map(self, *, start: str = "vp", **kw: Any) -> GridMap | DiffusionMap:
+    def ode_map(self, *, start: str = "vp", **kw: Any) -> GridMap | DiffusionMap:
         """PF-ODE map over the schedule's sigma range (default Heun, 18 Karras points).
 
         ``start="vp"`` starts from x_VE = z / sqrt(abar_T) (the VP sampler's x_T = z);
@@ -367,13 +368,14 @@ class GridMap(DiffusionMap):
             raise ValueError("sigmas must be a non-empty sequence of finite noise levels > 0")
         if grid.numel() > 1 and not bool((grid[1:] < grid[:-1]).all()):
             raise ValueError("sigmas must be strictly decreasing (from noise to data)")
-        if solver not in BUILTIN_SOLVERS:
-            raise ValueError(f"solver must be a built-in fixed-grid method {sorted(BUILTIN_SOLVERS)}, got {solver!r}")
+        builtin = sorted(k for k, v in SOLVERS.items() if v.backend == "builtin")
+        if solver not in builtin:
+            raise ValueError(f"solver must be a built-in fixed-grid method {builtin}, got {solver!r}")
         if start not in ("ve", "vp"):
             raise ValueError(f"start must be 've' or 'vp', got {start!r}")
         hi = float(grid[0])
         lo = float(grid[-1]) if grid.numel() > 1 else hi / 2.0
-        super().__init__(denoiser, sigma_max=hi, sigma_min=lo, solver=solver, steps=max(2, grid.numel()),
+        super().__init__(denoiser, sigma_min=lo, sigma_max=hi, solver=solver, steps=max(2, grid.numel()),
                          shape=shape, model_dtype=model_dtype, name=name)
         self.sigmas = grid
         self.start = start
@@ -381,7 +383,7 @@ class GridMap(DiffusionMap):
 
     @property
     def nfe_per_sample(self) -> int:
-        return fixed_nfe(self.method, self.sigmas.numel()) if self.sigmas.numel() > 1 else 1
+        return self.stepper.nfe(self.sigmas.numel()) if self.sigmas.numel() > 1 else 1
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -392,16 +394,13 @@ class GridMap(DiffusionMap):
         return d
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        z = _check_z(z, self.shape, "GridMap")
+        z = self._check_z(z)
         s0 = float(self.sigmas[0])
         if self.start == "vp":
             z = z * (math.sqrt(1.0 + s0 * s0) / s0)
         if self.sigmas.numel() > 1:
             return super().__call__(z)
-        from pfd._checks import eval_mode
-        from pfd.maps import _model_device
-
-        device = _model_device(self.denoiser) or z.device
+        device = model_device(self.denoiser) or z.device
         counter = [0]
         denoise = self._make_denoise(device, counter)
         with torch.no_grad(), eval_mode(self.denoiser):

@@ -16,40 +16,22 @@ local ``enable_grad`` (and outside inference mode), so evaluation works inside `
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from pfd._checks import as_sigma, check_positive_float, check_positive_int
+from pfd._train import as_pool, log_uniform, torch_threads
 from pfd.maps import DiffusionMap
 from pfd.noise import derive_seed
 from pfd.report import progress_range
 from pfd.schedules import check_sigma_range
 
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op thread count (``None``: leave it). Small MLP training on
-    a busy CPU is fastest, by far, single-threaded."""
-    if n is None:
-        yield
-        return
-    check_positive_int(n, "num_threads")
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-__all__ = ["RatioCorrectedMap", "RatioFit", "RatioNet", "fit_ratio", "grad_log_ratio", "ratio_heldout_loss", "ratio_loss",
-           "torch_threads"]
+__all__ = ["RatioCorrectedMap", "RatioFit", "RatioNet", "fit_ratio", "grad_log_ratio", "ratio_heldout_loss", "ratio_loss"]
 
 _F64 = torch.float64
 CHANCE_LOSS = 2.0 * math.log(2.0)
@@ -61,23 +43,23 @@ class RatioNet(torch.nn.Module):
     c_in = 1 / sqrt(sigma^2 + sigma_data^2) keeps inputs O(1) at every noise level.
     """
 
-    def __init__(self, dim: int, hidden: int = 128, depth: int = 3, *, sigma_data: float = 1.0, n_freq: int = 4,
+    def __init__(self, dim: int, width: int = 128, depth: int = 3, *, sigma_data: float = 1.0, n_freq: int = 4,
                  out_dim: int = 1, seed: int = 0) -> None:
         super().__init__()
         check_positive_int(dim, "dim")
-        check_positive_int(hidden, "hidden")
+        check_positive_int(width, "width")
         check_positive_int(depth, "depth")
         self.dim = dim
         self.out_dim = check_positive_int(out_dim, "out_dim")
         self.sigma_data = check_positive_float(sigma_data, "sigma_data")
         self.register_buffer("freqs", 0.5 * 2.0 ** torch.arange(check_positive_int(n_freq, "n_freq"), dtype=torch.float32))
         layers: list[torch.nn.Module] = []
-        width = dim + 1 + 2 * n_freq
+        fan_in = dim + 1 + 2 * n_freq
         g = torch.Generator().manual_seed(derive_seed(seed, 0x7A11))
         for _ in range(depth):
-            layers += [torch.nn.Linear(width, hidden), torch.nn.SiLU()]
-            width = hidden
-        layers.append(torch.nn.Linear(width, out_dim))
+            layers += [torch.nn.Linear(fan_in, width), torch.nn.SiLU()]
+            fan_in = width
+        layers.append(torch.nn.Linear(fan_in, out_dim))
         self.net = torch.nn.Sequential(*layers)
         with torch.no_grad():  # seeded initialisation, independent of the global RNG
             for m in self.net:
@@ -107,27 +89,6 @@ def ratio_loss(r: Callable[..., torch.Tensor], x_student: torch.Tensor, s_studen
     return f(-r(x_student, s_student)).mean() + f(r(x_ref, s_ref)).mean()
 
 
-def _log_uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
-    return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(n, generator=g, dtype=_F64))
-
-
-def _as_pool(sampler: Any, n: int, seed: int, name: str) -> torch.Tensor:
-    if isinstance(sampler, torch.Tensor):
-        pool = sampler.detach()
-    elif callable(sampler):
-        with torch.no_grad():
-            pool = sampler(n, seed)
-        if not isinstance(pool, torch.Tensor):
-            raise TypeError(f"{name}(n, seed) must return a torch.Tensor, got {type(pool).__name__}")
-    else:
-        raise TypeError(f"{name} must be a tensor of samples (N, d) or a callable sampler(n, seed) -> (n, d)")
-    if pool.ndim != 2 or pool.shape[0] < 2:
-        raise ValueError(f"{name} must give samples of shape (N, d) with N >= 2, got {tuple(pool.shape)}")
-    if not bool(torch.isfinite(pool).all()):
-        raise ValueError(f"{name} gave non-finite samples")
-    return pool.to("cpu", _F64)
-
-
 @dataclass
 class RatioFit:
     """A fitted log-ratio network and how well it separates the classes on held-out data."""
@@ -138,7 +99,7 @@ class RatioFit:
     train_loss: float
     sigma_min: float
     sigma_max: float
-    steps: int
+    train_steps: int
     n_student: int
     n_reference: int
     seconds: float
@@ -151,7 +112,7 @@ class RatioFit:
 def _heldout(net: RatioNet, xq: torch.Tensor, xp: torch.Tensor, lo: float, hi: float, seed: int,
              bands: int = 4) -> tuple[float, list[dict[str, float]]]:
     g = torch.Generator().manual_seed(derive_seed(seed, 0x4E1D))
-    sq, sp = _log_uniform(xq.shape[0], lo, hi, g), _log_uniform(xp.shape[0], lo, hi, g)
+    sq, sp = log_uniform(xq.shape[0], lo, hi, g), log_uniform(xp.shape[0], lo, hi, g)
     nq = xq + sq[:, None] * torch.randn(xq.shape, generator=g, dtype=_F64)
     np_ = xp + sp[:, None] * torch.randn(xp.shape, generator=g, dtype=_F64)
     f = torch.nn.functional.softplus
@@ -175,11 +136,11 @@ def fit_ratio(
     *,
     sigma_min: float = 0.02,
     sigma_max: float = 5.0,
-    steps: int = 2000,
+    train_steps: int = 2000,
     batch_size: int = 512,
     n_samples: int = 65536,
     holdout: float = 0.1,
-    hidden: int = 128,
+    width: int = 128,
     depth: int = 3,
     lr: float = 1e-3,
     sigma_data: float | None = None,
@@ -206,19 +167,19 @@ def fit_ratio(
     >>> import torch, pfd
     >>> p = pfd.GaussianMixture([1.0], [[0.0]], [1.0])
     >>> q = pfd.GaussianMixture([1.0], [[1.0]], [1.0])
-    >>> fit = pfd.adapters.fit_ratio(q.sample(2000, seed=1), p.sample(2000, seed=2), steps=100, hidden=32, seed=0)
+    >>> fit = pfd.adapters.fit_ratio(q.sample(2000, seed=1), p.sample(2000, seed=2), train_steps=100, width=32, seed=0)
     >>> fit.heldout_loss < fit.chance_loss
     True
     """
     lo, hi = check_sigma_range(sigma_min, sigma_max)
-    check_positive_int(steps, "steps")
+    check_positive_int(train_steps, "train_steps")
     check_positive_int(batch_size, "batch_size")
     check_positive_int(n_samples, "n_samples", minimum=4)
     lr = check_positive_float(lr, "lr")
     if not isinstance(holdout, float) or not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout must be a float in (0, 1), got {holdout!r}")
-    xq = _as_pool(sampler, n_samples, derive_seed(seed, 1), "sampler")
-    xp = _as_pool(reference_sampler, n_samples, derive_seed(seed, 2), "reference_sampler")
+    xq = as_pool(sampler, n_samples, derive_seed(seed, 1), "sampler")
+    xp = as_pool(reference_sampler, n_samples, derive_seed(seed, 2), "reference_sampler")
     if xq.shape[1:] != xp.shape[1:]:
         raise ValueError(
             f"sampler and reference_sampler give different sample shapes: {tuple(xq.shape[1:])} vs {tuple(xp.shape[1:])}"
@@ -230,15 +191,15 @@ def fit_ratio(
     if sigma_data is None:
         sigma_data = float(tp.std(0).mean())
     if net is None:
-        net = RatioNet(xq.shape[1], hidden, depth, sigma_data=sigma_data, seed=derive_seed(seed, 4))
+        net = RatioNet(xq.shape[1], width, depth, sigma_data=sigma_data, seed=derive_seed(seed, 4))
     elif not isinstance(net, RatioNet):
         raise TypeError(f"net must be a pfd.adapters.RatioNet, got {type(net).__name__}")
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(betas))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if lr_schedule == "cosine" else None
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, train_steps) if lr_schedule == "cosine" else None
     with torch_threads(num_threads):
-        return _train_ratio(net, opt, sched, tq, tp, vq, vp, lo, hi, steps, batch_size, g, seed, progress)
+        return _train_ratio(net, opt, sched, tq, tp, vq, vp, lo, hi, train_steps, batch_size, g, seed, progress)
 
 
 def _train_ratio(net: RatioNet, opt: torch.optim.Optimizer, sched: Any, tq: torch.Tensor, tp: torch.Tensor, vq: torch.Tensor,
@@ -251,7 +212,7 @@ def _train_ratio(net: RatioNet, opt: torch.optim.Optimizer, sched: Any, tq: torc
     for _ in progress_range(steps, "fit_ratio", progress):
         iq = torch.randint(0, tq.shape[0], (batch_size,), generator=g)
         ip = torch.randint(0, tp.shape[0], (batch_size,), generator=g)
-        sq, sp = _log_uniform(batch_size, lo, hi, g), _log_uniform(batch_size, lo, hi, g)
+        sq, sp = log_uniform(batch_size, lo, hi, g), log_uniform(batch_size, lo, hi, g)
         nq = tq[iq] + sq[:, None] * torch.randn((batch_size, tq.shape[1]), generator=g, dtype=_F64)
         np_ = tp[ip] + sp[:, None] * torch.randn((batch_size, tp.shape[1]), generator=g, dtype=_F64)
         loss = ratio_loss(net, nq.to(dt), sq.to(dt), np_.to(dt), sp.to(dt))
@@ -274,8 +235,8 @@ def ratio_heldout_loss(log_ratio: RatioNet, student_samples: torch.Tensor, refer
     """Balanced logistic loss of a ratio network on (held-out) samples, sigma log-uniform in the range,
     noise fixed by ``seed``; also per quarter of the log-sigma range. Chance level: 2 log 2."""
     lo, hi = check_sigma_range(sigma_min, sigma_max)
-    xq = _as_pool(student_samples, 0, 0, "student_samples")
-    xp = _as_pool(reference_samples, 0, 0, "reference_samples")
+    xq = as_pool(student_samples, 0, 0, "student_samples")
+    xp = as_pool(reference_samples, 0, 0, "reference_samples")
     return _heldout(log_ratio, xq, xp, lo, hi, seed)
 
 
@@ -347,7 +308,7 @@ class RatioCorrectedMap(DiffusionMap):
     ...     return (x.pow(2).sum(1) - (x - torch.tensor([0.5, 0.0])).pow(2).sum(1)) / (2 * c)
     >>> m = pfd.adapters.RatioCorrectedMap(p, exact_r, 0.002, 80.0, shape=(2,))
     >>> z = pfd.canonical_noise(64, (2,))
-    >>> float((m(z) - q.flow_map()(z)).abs().max()) < 1e-6
+    >>> float((m(z) - q.ode_map()(z)).abs().max()) < 1e-6
     True
     """
 

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from pfd._checks import call_model, check_finite, check_output, check_positive_float, eval_mode
-from pfd.maps import OneStepMap, _check_shape_arg, _check_z, _model_device, _model_dtype
+from pfd._maps import MapBase, model_device
+from pfd.maps import OneStepMap
 
 __all__ = [
     "KINDS",
@@ -82,7 +83,7 @@ class GeneratorStudent(OneStepMap):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update(type="GeneratorStudent", kind=self.kind)
+        d["kind"] = self.kind
         if self.kind == "distribution":
             d["note"] = "raw map of a distribution-matching student: measures the coupling"
         return d
@@ -94,7 +95,7 @@ class GeneratorStudent(OneStepMap):
         return super().__call__(z)
 
 
-class ConsistencyStudent:
+class ConsistencyStudent(MapBase):
     """A consistency model ``f(x, sigma) -> x0`` used in one step from ``sigma_max``:
     x = f(sigma_max * z, sigma_max) (EDM coordinates; ``sigma`` is a (B,) tensor).
 
@@ -113,19 +114,15 @@ class ConsistencyStudent:
         self.f = f
         self.sigma_max = check_positive_float(sigma_max, "sigma_max")
         self.kind = check_kind(kind)
-        self.shape = _check_shape_arg(shape)
-        self._model_dtype = _model_dtype(f, model_dtype)
-        self.name = name or getattr(f, "__qualname__", type(f).__name__)
-        self.last_nfe: int | None = None
+        self._init_map(f, shape, model_dtype, name)
         self.nfe_per_sample = 1
 
     def describe(self) -> dict[str, Any]:
-        return {"type": "ConsistencyStudent", "name": self.name, "sigma_max": self.sigma_max, "nfe": 1,
-                "kind": self.kind, "model_dtype": str(self._model_dtype).replace("torch.", "")}
+        return {**super().describe(), "sigma_max": self.sigma_max, "kind": self.kind}
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        z = _check_z(z, self.shape, "ConsistencyStudent")
-        device = _model_device(self.f) or z.device
+        z = self._check_z(z)
+        device = model_device(self.f) or z.device
         x = (self.sigma_max * z.to(device=device, dtype=_F64)).to(self._model_dtype)
         sig = torch.full((z.shape[0],), self.sigma_max, dtype=self._model_dtype, device=device)
         with torch.no_grad(), eval_mode(self.f):
@@ -139,7 +136,7 @@ class ConsistencyStudent:
 _SIGNATURES = ("x,t,s", "x,s,t", "t,s,x", "s,t,x", "meanflow")
 
 
-class FlowMapStudent:
+class FlowMapStudent(MapBase):
     """A flow-map (two-time) student composed over a declared grid: x <- G(x, t_i, t_{i+1}).
 
     Parameters
@@ -196,19 +193,15 @@ class FlowMapStudent:
         self.kind = check_kind(kind)
         self.sigma_of_time = sigma_of_time or (lambda t: t)
         self.start_scale = check_positive_float(start_scale, "start_scale")
-        self.shape = _check_shape_arg(shape)
-        self._model_dtype = _model_dtype(G, model_dtype)
-        self.name = name or getattr(G, "__qualname__", type(G).__name__)
-        self.last_nfe: int | None = None
+        self._init_map(G, shape, model_dtype, name)
 
     @property
     def nfe_per_sample(self) -> int:
         return self.grid.numel() - 1
 
     def describe(self) -> dict[str, Any]:
-        return {"type": "FlowMapStudent", "name": self.name, "signature": self.signature, "grid": self.grid.tolist(),
-                "segments": self.nfe_per_sample, "nfe": self.nfe_per_sample, "kind": self.kind,
-                "model_dtype": str(self._model_dtype).replace("torch.", "")}
+        return {**super().describe(), "signature": self.signature, "grid": self.grid.tolist(),
+                "segments": self.nfe_per_sample, "kind": self.kind}
 
     def _jump(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         sig = self.signature
@@ -224,8 +217,8 @@ class FlowMapStudent:
         return x - (t - s).reshape(-1, *([1] * (x.ndim - 1))) * u
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        z = _check_z(z, self.shape, "FlowMapStudent")
-        device = _model_device(self.G) or z.device
+        z = self._check_z(z)
+        device = model_device(self.G) or z.device
         dt = self._model_dtype
         x = float(self.sigma_of_time(float(self.grid[0]))) * self.start_scale * z.to(device=device, dtype=_F64)
         b = z.shape[0]

@@ -10,7 +10,7 @@ from pfd.analysis.baselines import (
     mmd_rbf,
     prdc,
 )
-from pfd.analysis.bias_variance import BiasVariance, bias_variance, bias_variance_study
+from pfd.analysis.decomposition import BiasVariance, bias_variance, bias_variance_study
 from pfd.analysis.dynamics import detect_features, training_dynamics
 from pfd.analysis.generalization import (
     GeneralizationErrors,
@@ -20,7 +20,7 @@ from pfd.analysis.generalization import (
     reference_maps,
 )
 from pfd.analysis.mtog import collapse_scan, fit_logistic, fit_transitions, mtog_scaling
-from pfd.analysis.students import DenoiserMLP, DSMTrainer, dsm_loss
+from pfd.analysis.students import DenoiserMLP, DSMTrainer, TrainConfig, dsm_loss
 
 __all__ = [
     "BiasVariance",
@@ -28,6 +28,7 @@ __all__ = [
     "DenoiserMLP",
     "GeneralizationErrors",
     "ReferenceMaps",
+    "TrainConfig",
     "all_baselines",
     "bias_variance",
     "bias_variance_study",

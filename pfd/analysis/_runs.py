@@ -10,38 +10,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pfd.analysis._runkey import run_settings, settings_diff, settings_key
 from pfd.analysis.generalization import generalization_errors, reference_maps
-from pfd.analysis.students import DSMTrainer
+from pfd.analysis.students import DSMTrainer, TrainConfig
 from pfd.analytic.gmm import GaussianMixture
 from pfd.maps import CachedMap
 from pfd.noise import derive_seed
 
-__all__ = ["TEACHERS", "cross_teacher", "epochs_for_steps", "get_teacher", "read_records", "run_settings", "settings_key",
-           "train_set", "train_student"]
-
-
-def cross_teacher() -> GaussianMixture:
-    """Four isotropic modes (variance 0.1) at +-2 e1, +-2 e2 in R^4 with weights 0.3/0.2/0.3/0.2:
-    the default teacher of the generalization analyses."""
-    means = [[2.0, 0, 0, 0], [-2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, -2.0, 0, 0]]
-    return GaussianMixture([0.3, 0.2, 0.3, 0.2], means, [0.1, 0.1, 0.1, 0.1])
-
-
-def _hexagon() -> GaussianMixture:
-    from pfd.demo import demo_teacher
-
-    return demo_teacher()
-
-
-TEACHERS = {"cross4d": cross_teacher, "hexagon2d": _hexagon}
-
-
-def get_teacher(name: str) -> GaussianMixture:
-    """A named analytic teacher: ``"cross4d"`` (:func:`cross_teacher`) or ``"hexagon2d"`` (the demo's)."""
-    if name not in TEACHERS:
-        raise ValueError(f"teacher must be one of {sorted(TEACHERS)}, got {name!r}")
-    return TEACHERS[name]()
+__all__ = ["epochs_for_steps", "read_records", "run_settings", "settings_key", "train_dsm", "train_set", "train_student"]
 
 
 def train_set(teacher: GaussianMixture, n_train: int, data_seed: int):
@@ -55,34 +33,35 @@ def epochs_for_steps(n_train: int, batch_size: int, steps: int) -> int:
     return max(1, math.ceil(steps / per_epoch))
 
 
+def train_dsm(teacher: GaussianMixture, n_train: int, seed: int,
+              config: TrainConfig) -> tuple[DSMTrainer, torch.Tensor, list[float]]:
+    """A DSM student trained for at least ``config.train_steps`` steps on training set ``seed``
+    (dataset and initialisation from ``seed``), its training set and its loss per epoch."""
+    data = train_set(teacher, n_train, seed)
+    tr = DSMTrainer(data, width=config.width, depth=config.depth, seed=seed, lr=config.lr, batch_size=config.batch_size)
+    losses = tr.train(epochs_for_steps(n_train, config.batch_size, config.train_steps))
+    return tr, data, losses
+
+
 def train_student(
     teacher: GaussianMixture,
     n_train: int,
-    width: int,
+    config: TrainConfig,
     *,
-    depth: int = 3,
     seed: int = 0,
-    steps: int = 2000,
-    batch_size: int = 256,
-    lr: float = 2e-3,
-    n_eval: int = 2048,
-    eval_seed: int = 0,
     teacher_map: CachedMap | None = None,
-    solver: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], DSMTrainer]:
     """Train one DSM student on a fresh training set (dataset and init from ``seed``) and score it."""
-    solver = dict(solver or {})
+    solver = config.solver.kwargs()
     t0 = time.perf_counter()
-    data = train_set(teacher, n_train, seed)
-    tr = DSMTrainer(data, width=width, depth=depth, seed=seed, lr=lr, batch_size=batch_size)
-    epochs = epochs_for_steps(n_train, batch_size, steps)
-    losses = tr.train(epochs)
+    tr, data, losses = train_dsm(teacher, n_train, seed, config)
     refs = reference_maps(teacher_map if teacher_map is not None else teacher, data, **solver)
-    err = generalization_errors(tr.flow_map(**solver), None, None, n=n_eval, seed=eval_seed, references=refs)
-    emp_gen = generalization_errors(refs.empirical, None, None, n=n_eval, seed=eval_seed, references=refs).e_gen
+    ev = {"n": config.n_eval, "seed": config.eval_seed, "references": refs}
+    err = generalization_errors(tr.ode_map(**solver), None, None, **ev)
+    emp_gen = generalization_errors(refs.empirical, None, None, **ev).e_gen
     rec = {
-        "n_train": n_train, "width": width, "depth": depth, "n_params": tr.n_params, "seed": seed,
-        "epochs": epochs, "steps": tr.step, "train_loss": losses[-1],
+        "n_train": n_train, "width": config.width, "depth": config.depth, "n_params": tr.n_params, "seed": seed,
+        "epochs": tr.epoch, "steps": tr.step, "train_loss": losses[-1],
         **err.to_dict(), "e_gen_empirical": emp_gen.value, "seconds": time.perf_counter() - t0,
     }
     return rec, tr

@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 
 from pfd._checks import check_positive_int
+from pfd._train import atomic_torch_save
 from pfd.analysis._runkey import check_settings, load_checkpoint, run_settings, settings_key
 from pfd.analysis._runs import train_set
 from pfd.analysis.generalization import generalization_errors, reference_maps
-from pfd.analysis.students import DSMTrainer
+from pfd.analysis.students import DSMTrainer, TrainConfig
 from pfd.analytic.gmm import GaussianMixture
 from pfd.noise import derive_seed
 from pfd.report import check_writable
@@ -99,21 +100,17 @@ def training_dynamics(
     teacher: GaussianMixture,
     n_train: int,
     *,
-    width: int = 64,
-    depth: int = 3,
     epochs: int = 100,
     eval_every: int = 1,
     seed: int = 0,
-    lr: float = 2e-3,
-    batch_size: int = 256,
-    n_eval: int = 2048,
-    eval_seed: int = 0,
     n_heldout: int = 1024,
     checkpoint: str | os.PathLike[str] | None = None,
-    solver: dict[str, Any] | None = None,
-    progress: bool = True,
+    config: TrainConfig | None = None,
 ) -> dict[str, Any]:
     """Train a DSM student on N teacher samples, scoring it every ``eval_every`` epochs.
+
+    ``config`` (:class:`pfd.analysis.TrainConfig`) sets the network, optimiser and evaluation;
+    training runs for ``epochs`` epochs (``config.train_steps`` is not used here).
 
     Each evaluation row holds epoch, step, E_gen and E_mem (with CIs, same noise every time), the
     DSM loss on the training set and on ``n_heldout`` fresh teacher samples (fixed noise draws).
@@ -131,16 +128,16 @@ def training_dynamics(
     check_positive_int(n_train, "n_train", minimum=2)
     check_positive_int(epochs, "epochs")
     check_positive_int(eval_every, "eval_every")
-    solver = dict(solver or {})
+    cfg = config or TrainConfig()
+    solver = cfg.solver.kwargs()
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None:
         check_writable(ckpt, "checkpoint")
-    settings = run_settings(teacher=teacher.to_dict(), n_train=n_train, width=width, depth=depth, eval_every=eval_every,
-                            seed=seed, lr=lr, batch_size=batch_size, n_eval=n_eval, eval_seed=eval_seed,
-                            n_heldout=n_heldout, solver=solver)
+    settings = run_settings(teacher=teacher.to_dict(), n_train=n_train, eval_every=eval_every, seed=seed,
+                            n_heldout=n_heldout, **{k: v for k, v in cfg.to_dict().items() if k != "train_steps"})
     data = train_set(teacher, n_train, seed)
     heldout = teacher.sample(n_heldout, seed=derive_seed(seed, 41) % (2**62))
-    tr = DSMTrainer(data, width=width, depth=depth, seed=seed, lr=lr, batch_size=batch_size)
+    tr = DSMTrainer(data, width=cfg.width, depth=cfg.depth, seed=seed, lr=cfg.lr, batch_size=cfg.batch_size)
     refs = reference_maps(teacher, data, **solver)
     rows: list[dict[str, Any]] = []
     if ckpt is not None and ckpt.exists():
@@ -157,30 +154,29 @@ def training_dynamics(
     def evaluate(trainer: DSMTrainer, epoch_loss: float | None) -> None:
         if trainer.epoch % eval_every and trainer.epoch != epochs:
             return
-        err = generalization_errors(trainer.flow_map(**solver), None, None, n=n_eval, seed=eval_seed, references=refs)
+        err = generalization_errors(trainer.ode_map(**solver), None, None, n=cfg.n_eval, seed=cfg.eval_seed,
+                                    references=refs)
         rows.append({"epoch": trainer.epoch, "step": trainer.step, **err.to_dict(), "epoch_loss": epoch_loss,
                      "train_loss": trainer.fixed_loss(data, seed=seed), "heldout_loss": trainer.fixed_loss(heldout, seed=seed)})
         if ckpt is not None:
-            from pfd.analysis.students import _atomic_torch_save
-
-            _atomic_torch_save({"trainer": trainer.state_dict(), "rows": rows, "settings": settings}, ckpt)
+            atomic_torch_save({"trainer": trainer.state_dict(), "rows": rows, "settings": settings}, ckpt)
 
     if not rows:
         evaluate(tr, None)  # epoch 0: the untrained network
     from tqdm.auto import tqdm
 
-    with tqdm(total=epochs, initial=tr.epoch, desc="dynamics", unit="epoch", disable=not progress, leave=False) as bar:
+    with tqdm(total=epochs, initial=tr.epoch, desc="dynamics", unit="epoch", disable=not cfg.progress, leave=False) as bar:
         while tr.epoch < epochs:
             tr.train(1, callback=evaluate)
             bar.update(1)
     eg = np.array([r["e_gen"] for r in rows])
     tol = max(2.0 * max(r["e_gen_stderr"] for r in rows), 2.0 * jitter(eg))
-    emp = generalization_errors(refs.empirical, None, None, n=n_eval, seed=eval_seed, references=refs).e_gen.value
+    emp = generalization_errors(refs.empirical, None, None, n=cfg.n_eval, seed=cfg.eval_seed, references=refs).e_gen.value
     return {
-        "config": {"n_train": n_train, "width": width, "depth": depth, "n_params": tr.n_params, "epochs": epochs,
-                   "eval_every": eval_every, "seed": seed, "lr": lr, "batch_size": batch_size, "n_eval": n_eval,
-                   "eval_seed": eval_seed, "n_heldout": n_heldout, "solver": solver or {"solver": "heun", "steps": 18},
-                   "teacher": teacher.to_dict(), "settings_key": settings_key(settings), "versions": settings["versions"]},
+        "config": {"n_train": n_train, **{k: v for k, v in cfg.to_dict().items() if k != "train_steps"},
+                   "n_params": tr.n_params, "epochs": epochs,
+                   "eval_every": eval_every, "seed": seed, "n_heldout": n_heldout, "teacher": teacher.to_dict(),
+                   "settings_key": settings_key(settings), "versions": settings["versions"]},
         "rows": rows,
         "e_gen_empirical": emp,
         "features": detect_features([r["epoch"] for r in rows], eg, tol),

@@ -17,7 +17,7 @@ import torch
 
 from pfd._checks import call_map
 from pfd.analytic.gmm import GaussianMixture
-from pfd.distance import PFDResult, distance
+from pfd.estimator import PFDResult, distance
 from pfd.maps import CachedMap
 
 __all__ = ["GeneralizationErrors", "ReferenceMaps", "compare_metrics", "generalization_errors", "reference_maps"]
@@ -38,7 +38,7 @@ def _as_map(obj: Any, what: str, solver: dict[str, Any]) -> CachedMap:
     if isinstance(obj, CachedMap):
         return obj
     if isinstance(obj, GaussianMixture):
-        return CachedMap(obj.flow_map(**solver))
+        return CachedMap(obj.ode_map(**solver))
     if callable(obj):
         return CachedMap(obj)
     raise TypeError(f"{what} must be a GaussianMixture or a callable noise-to-data map, got {type(obj).__name__}")
@@ -106,7 +106,7 @@ def generalization_errors(
     >>> from pfd.analysis import generalization_errors
     >>> teacher = pfd.GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], [0.1, 0.1])
     >>> train = teacher.sample(8, seed=3)
-    >>> memorizer = pfd.GaussianMixture.empirical(train).flow_map()
+    >>> memorizer = pfd.GaussianMixture.empirical(train).ode_map()
     >>> err = generalization_errors(memorizer, teacher, train, n=64)
     >>> err.e_mem.value, err.e_gen.value > 0.1
     (0.0, True)

@@ -29,6 +29,7 @@ import numpy as np
 
 from pfd._checks import check_positive_int
 from pfd.analysis._runs import read_records, run_settings, settings_key, train_student
+from pfd.analysis.students import TrainConfig
 from pfd.analytic.gmm import GaussianMixture
 from pfd.maps import CachedMap
 from pfd.report import append_jsonl, check_writable
@@ -187,27 +188,21 @@ def mtog_scaling(
     seeds: Sequence[int] = (0,),
     *,
     out: str | os.PathLike[str],
-    depth: int = 3,
-    steps: int = 2000,
-    batch_size: int = 256,
-    lr: float = 2e-3,
-    n_eval: int = 2048,
-    eval_seed: int = 0,
-    solver: dict[str, Any] | None = None,
-    progress: bool = True,
+    config: TrainConfig | None = None,
     on_run: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the MtoG sweep; return all runs plus the transition and collapse fits.
 
     ``out`` is the JSONL file of finished runs (created if missing; checked for writability
-    before any training). Every line carries the settings that determine it (teacher, depth,
-    steps, batch size, lr, n_eval, eval_seed, solver, pfd and torch versions) and their key: a
-    rerun reuses only runs with the same settings, so a changed setting recomputes the runs
-    instead of mixing old numbers into the new result. A run that fails (a diverging training
-    gives non-finite values, ``ArithmeticError``/``RuntimeError``/``ValueError``) is recorded
-    as failed (``failed_runs`` in the result, with its error; not retried on resume) and the
-    sweep goes on; the fits use the runs that finished. ``on_run(record)`` is called after
-    each new run is written.
+    before any training). ``config`` (:class:`pfd.analysis.TrainConfig`) sets training and
+    evaluation; its ``width`` is replaced by each of ``widths``. Every line carries the settings
+    that determine it (the teacher, the config without ``width``, the pfd and torch versions)
+    and their key: a rerun reuses only runs with the same settings, so a changed setting
+    recomputes the runs instead of mixing old numbers into the new result. A run that fails (a
+    diverging training gives non-finite values: ``ArithmeticError``/``RuntimeError``/
+    ``ValueError``) is recorded as failed (``failed_runs`` in the result, with its error; not
+    retried on resume) and the sweep goes on; the fits use the runs that finished.
+    ``on_run(record)`` is called after each new run is written.
     """
     if not isinstance(teacher, GaussianMixture):
         raise TypeError(f"teacher must be a pfd.GaussianMixture, got {type(teacher).__name__}")
@@ -217,19 +212,18 @@ def mtog_scaling(
     if not grid_n or not grid_w or not grid_s:
         raise ValueError("n_trains, widths and seeds must be non-empty")
     check_writable(out, "out")
-    settings = run_settings(teacher=teacher.to_dict(), depth=depth, steps=steps, batch_size=batch_size, lr=lr,
-                            n_eval=n_eval, eval_seed=eval_seed, solver=solver or {})
+    cfg = config or TrainConfig()
+    settings = run_settings(teacher=teacher.to_dict(), **{k: v for k, v in cfg.to_dict().items() if k != "width"})
     key = settings_key(settings)
     done = read_records(out, KEY, settings)
     todo = [(n, w, s) for w in grid_w for n in grid_n for s in grid_s if (n, w, s) not in done]
-    teacher_map = CachedMap(teacher.flow_map(**(solver or {})))  # computed once, reused by every run
+    teacher_map = CachedMap(teacher.ode_map(**cfg.solver.kwargs()))  # computed once, reused by every run
 
     from tqdm.auto import tqdm
 
-    for n, w, s in tqdm(todo, desc="mtog", unit="run", disable=not progress, leave=False):
+    for n, w, s in tqdm(todo, desc="mtog", unit="run", disable=not cfg.progress, leave=False):
         try:
-            rec, _ = train_student(teacher, n, w, depth=depth, seed=s, steps=steps, batch_size=batch_size, lr=lr,
-                                   n_eval=n_eval, eval_seed=eval_seed, teacher_map=teacher_map, solver=solver)
+            rec, _ = train_student(teacher, n, cfg.replace(width=w), seed=s, teacher_map=teacher_map)
         except (ArithmeticError, RuntimeError, ValueError) as exc:  # a diverging run: record it, go on
             rec = {"n_train": n, "width": w, "seed": s, "failed": True,
                    "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"}
@@ -246,9 +240,8 @@ def mtog_scaling(
     if not runs:
         raise RuntimeError(f"all {len(every)} mtog runs failed; the first: {failed[0]['error']}")
     result = {
-        "config": {"n_trains": grid_n, "widths": grid_w, "seeds": grid_s, "depth": depth, "steps": steps,
-                   "batch_size": batch_size, "lr": lr, "n_eval": n_eval, "eval_seed": eval_seed,
-                   "solver": solver or {"solver": "heun", "steps": 18}, "teacher": teacher.to_dict(),
+        "config": {"n_trains": grid_n, "widths": grid_w, "seeds": grid_s,
+                   **{k: v for k, v in cfg.to_dict().items() if k != "width"}, "teacher": teacher.to_dict(),
                    "settings_key": key, "versions": settings["versions"]},
         "runs": runs,
         "failed_runs": failed,

@@ -183,7 +183,7 @@ def _ode(gmm: GaussianMixture, x: torch.Tensor, s: float, t: float, proc: Proces
     if s == 0 or t == 0:
         raise ValueError("the numerical ('ode') map needs t_from > 0 and t_to > 0")
     a_s, a_t = float(proc.alpha(s)), float(proc.alpha(t))
-    u0, u1 = 0.5 * math.log(float(proc.rho(s))), 0.5 * math.log(float(proc.rho(t)))
+    u0, u1 = 0.5 * math.log(float(proc.inv_snr(s))), 0.5 * math.log(float(proc.inv_snr(t)))
     y0 = (x / a_s).reshape(-1).numpy()
     shape = x.shape
 

@@ -469,7 +469,7 @@ class GaussianMixture:
         root = self._evecs * self._evals.sqrt()[:, None, :]  # U diag(sqrt(lam))
         return mu + torch.einsum("nde,ne->nd", root[comp], eps)
 
-    def flow_map(self, **solver_options: Any):
+    def ode_map(self, **solver_options: Any):
         """The PF-ODE noise-to-data map of this mixture: a :class:`pfd.DiffusionMap`.
 
         Keyword arguments go to :class:`pfd.DiffusionMap` (``solver``, ``steps``,

@@ -31,7 +31,8 @@ from typing import Any
 import torch
 
 from pfd._checks import check_positive_float, check_positive_int
-from pfd.adapters.ratio import RatioFit, RatioNet, _as_pool, _log_uniform, fit_ratio, grad_log_ratio, ratio_loss, torch_threads
+from pfd._train import as_pool, log_uniform, torch_threads
+from pfd.adapters.ratio import RatioFit, RatioNet, fit_ratio, grad_log_ratio, ratio_loss
 from pfd.noise import canonical_noise, derive_seed
 from pfd.report import progress_range
 from pfd.schedules import check_sigma_range
@@ -52,18 +53,18 @@ _F64 = torch.float64
 DIVERGENCES = ("rkl", "js")
 
 
-def make_generator(dim: int, hidden: int = 128, depth: int = 3, *, seed: int = 0) -> torch.nn.Sequential:
-    """The student G(z): an MLP dim -> depth x hidden (SiLU) -> dim, seeded initialisation (float32)."""
+def make_generator(dim: int, width: int = 128, depth: int = 3, *, seed: int = 0) -> torch.nn.Sequential:
+    """The student G(z): an MLP dim -> depth x width (SiLU) -> dim, seeded initialisation (float32)."""
     check_positive_int(dim, "dim")
-    check_positive_int(hidden, "hidden")
+    check_positive_int(width, "width")
     check_positive_int(depth, "depth")
     g = torch.Generator().manual_seed(derive_seed(seed, 0x6E4))
     layers: list[torch.nn.Module] = []
-    width = dim
+    fan_in = dim
     for _ in range(depth):
-        layers += [torch.nn.Linear(width, hidden), torch.nn.SiLU()]
-        width = hidden
-    layers.append(torch.nn.Linear(width, dim))
+        layers += [torch.nn.Linear(fan_in, width), torch.nn.SiLU()]
+        fan_in = width
+    layers.append(torch.nn.Linear(fan_in, dim))
     net = torch.nn.Sequential(*layers)
     with torch.no_grad():
         for m in net:
@@ -97,7 +98,7 @@ class DiffRatioResult:
     sigma_min: float
     sigma_max: float
     divergence: str
-    steps: int
+    train_steps: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -118,7 +119,7 @@ class DiffRatioResult:
         the training sigma range, batch 2048, 3000 steps with a cosine learning-rate decay (on the
         2-D benchmark this brought the ratio-corrected PFD from +44% to +18% of the exact one)."""
         kwargs.setdefault("sigma_min", self.sigma_min)
-        kwargs.setdefault("steps", 3000)
+        kwargs.setdefault("train_steps", 3000)
         kwargs.setdefault("lr_schedule", "cosine")
         kwargs.setdefault("sigma_max", self.sigma_max)
         kwargs.setdefault("batch_size", 2048)
@@ -126,19 +127,19 @@ class DiffRatioResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "divergence": self.divergence,
-                "steps": self.steps, "seconds": self.seconds, "history": self.history}
+                "train_steps": self.train_steps, "seconds": self.seconds, "history": self.history}
 
 
 def train_diffratio(
     reference: Any,
     *,
-    steps: int = 4000,
+    train_steps: int = 4000,
     ratio_steps: int = 2,
     batch_size: int = 512,
     sigma_min: float = 0.02,
     sigma_max: float = 5.0,
     divergence: str = "rkl",
-    hidden: int = 128,
+    width: int = 128,
     depth: int = 3,
     lr: float = 1e-3,
     n_samples: int = 65536,
@@ -158,23 +159,23 @@ def train_diffratio(
     >>> import pfd
     >>> from pfd.distill.diffratio import train_diffratio
     >>> data = pfd.GaussianMixture([1.0], [[2.0, 0.0]], [0.1]).sample(4096, seed=0)
-    >>> res = train_diffratio(data, steps=30, hidden=32, batch_size=128, seed=0)
+    >>> res = train_diffratio(data, train_steps=30, width=32, batch_size=128, seed=0)
     >>> res.sample(5).shape, res.history[-1]["step"]
     (torch.Size([5, 2]), 30)
     """
     lo, hi = check_sigma_range(sigma_min, sigma_max)
-    check_positive_int(steps, "steps")
+    check_positive_int(train_steps, "train_steps")
     check_positive_int(ratio_steps, "ratio_steps")
     check_positive_int(batch_size, "batch_size")
     check_positive_int(log_every, "log_every")
     lr = check_positive_float(lr, "lr")
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    data = _as_pool(reference, n_samples, derive_seed(seed, 11), "reference").float()
+    data = as_pool(reference, n_samples, derive_seed(seed, 11), "reference").float()
     dim = data.shape[1]
     sigma_data = float(data.std(0).mean())
-    gen = make_generator(dim, hidden, depth, seed=derive_seed(seed, 12))
-    ratio = RatioNet(dim, hidden, depth, sigma_data=sigma_data, seed=derive_seed(seed, 13))
+    gen = make_generator(dim, width, depth, seed=derive_seed(seed, 12))
+    ratio = RatioNet(dim, width, depth, sigma_data=sigma_data, seed=derive_seed(seed, 13))
     opt_r = torch.optim.Adam(ratio.parameters(), lr=lr, betas=(0.5, 0.99))
     opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.0, 0.99))
     g = torch.Generator().manual_seed(derive_seed(seed, 14))
@@ -183,11 +184,11 @@ def train_diffratio(
     b = batch_size
 
     def noise_levels(n: int) -> torch.Tensor:
-        return _log_uniform(n, lo, hi, g).float()
+        return log_uniform(n, lo, hi, g).float()
 
     with torch_threads(num_threads):
         r_ema = g_ema = None
-        for i in progress_range(steps, "diffratio", progress):
+        for i in progress_range(train_steps, "diffratio", progress):
             step = i + 1
             for _ in range(ratio_steps):
                 with torch.no_grad():
@@ -211,22 +212,22 @@ def train_diffratio(
             lr_, lg_ = loss_r.item(), loss_g.item()
             r_ema = lr_ if r_ema is None else 0.99 * r_ema + 0.01 * lr_
             g_ema = lg_ if g_ema is None else 0.99 * g_ema + 0.01 * lg_
-            if step % log_every == 0 or step == steps:
+            if step % log_every == 0 or step == train_steps:
                 history.append({"step": step, "ratio_loss": r_ema, "generator_loss": g_ema,
                                 "seconds": time.perf_counter() - t0})
     gen.eval()
     ratio.eval()
-    return DiffRatioResult(gen, ratio, lo, hi, divergence, steps, time.perf_counter() - t0, history)
+    return DiffRatioResult(gen, ratio, lo, hi, divergence, train_steps, time.perf_counter() - t0, history)
 
 
 class ScoreNet(torch.nn.Module):
     """A denoising-score-matching network with EDM preconditioning:
     D(x; sigma) = c_skip x + c_out F(c_in x, log sigma), score = (D - x) / sigma^2."""
 
-    def __init__(self, dim: int, hidden: int = 128, depth: int = 3, *, sigma_data: float = 1.0, seed: int = 0) -> None:
+    def __init__(self, dim: int, width: int = 128, depth: int = 3, *, sigma_data: float = 1.0, seed: int = 0) -> None:
         super().__init__()
         self.sigma_data = check_positive_float(sigma_data, "sigma_data")
-        self.f = RatioNet(dim, hidden, depth, sigma_data=sigma_data, out_dim=dim, seed=seed)
+        self.f = RatioNet(dim, width, depth, sigma_data=sigma_data, out_dim=dim, seed=seed)
 
     def denoiser(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         dt = self.f.freqs.dtype
@@ -242,25 +243,25 @@ class ScoreNet(torch.nn.Module):
         return (self.denoiser(x, sigma) - x.to(s.dtype)) / (s * s)
 
 
-def fit_score_net(samples: Any, *, sigma_min: float = 0.02, sigma_max: float = 5.0, steps: int = 2000,
-                  batch_size: int = 512, hidden: int = 128, depth: int = 3, lr: float = 1e-3, seed: int = 0,
+def fit_score_net(samples: Any, *, sigma_min: float = 0.02, sigma_max: float = 5.0, train_steps: int = 2000,
+                  batch_size: int = 512, width: int = 128, depth: int = 3, lr: float = 1e-3, seed: int = 0,
                   n_samples: int = 65536, num_threads: int | None = 1, progress: bool = True) -> ScoreNet:
     """Fit a score network to samples by denoising score matching (EDM loss weighting), sigma
     log-uniform in [sigma_min, sigma_max]; the VSD/DMD baseline fits one for each distribution."""
     lo, hi = check_sigma_range(sigma_min, sigma_max)
-    check_positive_int(steps, "steps")
+    check_positive_int(train_steps, "train_steps")
     check_positive_int(batch_size, "batch_size")
     lr = check_positive_float(lr, "lr")
-    data = _as_pool(samples, n_samples, derive_seed(seed, 21), "samples").float()
+    data = as_pool(samples, n_samples, derive_seed(seed, 21), "samples").float()
     dim = data.shape[1]
     sd = float(data.std(0).mean())
-    net = ScoreNet(dim, hidden, depth, sigma_data=sd, seed=derive_seed(seed, 22))
+    net = ScoreNet(dim, width, depth, sigma_data=sd, seed=derive_seed(seed, 22))
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.99))
     g = torch.Generator().manual_seed(derive_seed(seed, 23))
     with torch_threads(num_threads):
-        for _ in progress_range(steps, "fit_score_net", progress):
+        for _ in progress_range(train_steps, "fit_score_net", progress):
             x0 = data[torch.randint(0, data.shape[0], (batch_size,), generator=g)]
-            s = _log_uniform(batch_size, lo, hi, g).float()
+            s = log_uniform(batch_size, lo, hi, g).float()
             x = x0 + s[:, None] * torch.randn((batch_size, dim), generator=g)
             lam = (s * s + sd * sd) / (s * sd) ** 2
             loss = (lam[:, None] * (net.denoiser(x, s) - x0) ** 2).sum(1).mean()

@@ -14,9 +14,9 @@ x(sigma_max) = sigma_max z), and :class:`ExactFlowMap` is the matching exact ref
 >>> import torch, pfd
 >>> from pfd.distill import train_trajectory_student, ExactFlowMap
 >>> gmm = pfd.GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [0.1, 0.1])
->>> grid = pfd.stability.make_grid("balanced-sum", 2, 1e-2, 3.0, gmm)
->>> student, hist = train_trajectory_student(gmm, grid, steps=100, n_train=512, hidden=16, seed=0)
->>> res = pfd.distance(student.as_map(), ExactFlowMap(gmm, 3.0, 1e-2), n=128, progress=False)
+>>> grid = pfd.stability.make_time_grid("balanced-sum", 2, 1e-2, 3.0, gmm)
+>>> student, hist = train_trajectory_student(gmm, grid, train_steps=100, n_train=512, width=16, seed=0)
+>>> res = pfd.distance(student.as_map(), ExactFlowMap(gmm, 1e-2, 3.0), n=128, progress=False)
 >>> res.value < 0.5, student.as_map().describe()["student_kind"]
 (True, 'trajectory')
 """
@@ -43,7 +43,7 @@ __all__ = ["ExactFlowMap", "TrajectoryMap", "TrajectoryStudent", "exact_pairs", 
 _F64 = torch.float64
 
 
-def _check_grid(grid: Any) -> torch.Tensor:
+def _check_times(grid: Any) -> torch.Tensor:
     if isinstance(grid, bool):
         raise TypeError("grid must be a decreasing sequence of times, got bool")
     try:
@@ -68,7 +68,7 @@ class TrajectoryStudent(torch.nn.Module):
         K + 1 process times from t_max down to t_min.
     dim:
         Data dimension d.
-    hidden, depth:
+    width, depth:
         Width and number of hidden layers (SiLU) of each segment's MLP h_j.
     time_conditioned:
         One MLP shared by all segments, given the segment's end-point log-SNRs as extra inputs
@@ -86,7 +86,7 @@ class TrajectoryStudent(torch.nn.Module):
         self,
         grid: Any,
         dim: int,
-        hidden: int = 64,
+        width: int = 64,
         depth: int = 2,
         *,
         time_conditioned: bool = False,
@@ -95,9 +95,9 @@ class TrajectoryStudent(torch.nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        g = _check_grid(grid)
+        g = _check_times(grid)
         self.dim = check_positive_int(dim, "dim")
-        self.hidden = check_positive_int(hidden, "hidden")
+        self.width = check_positive_int(width, "width")
         self.depth = check_positive_int(depth, "depth")
         if not isinstance(time_conditioned, bool):
             raise TypeError(f"time_conditioned must be a bool, got {type(time_conditioned).__name__}")
@@ -112,7 +112,7 @@ class TrajectoryStudent(torch.nn.Module):
         n_nets = 1 if time_conditioned else K
         d_in = self.dim + (2 if time_conditioned else 0)
         gen = torch.Generator().manual_seed(derive_seed(seed, 0x7A1))
-        sizes = [d_in] + [self.hidden] * self.depth + [self.dim]
+        sizes = [d_in] + [self.width] * self.depth + [self.dim]
         self.weights = torch.nn.ParameterList()
         self.biases = torch.nn.ParameterList()
         for i, (a, b) in enumerate(itertools.pairwise(sizes)):
@@ -209,7 +209,7 @@ class TrajectoryMap:
         s = self.student
         return {
             "type": "TrajectoryStudent", "student_kind": "trajectory", "K": s.K, "nfe": s.K,
-            "grid": [float(t) for t in s.grid], **s.process.describe(), "hidden": s.hidden, "depth": s.depth,
+            "grid": [float(t) for t in s.grid], **s.process.describe(), "width": s.width, "depth": s.depth,
             "time_conditioned": s.time_conditioned, "params": s.n_params,
             "start": "x_{t_max} = sigma_{t_max} z", "output": "x_{t_min} (process coordinates)",
         }
@@ -219,12 +219,12 @@ class ExactFlowMap:
     """The exact PF-ODE map of a mixture as a noise-to-data map: z -> Phi_{t_max -> t_min}(sigma_{t_max} z).
 
     >>> import torch, pfd
-    >>> m = pfd.distill.ExactFlowMap(pfd.GaussianMixture([1.0], [[2.0]], [1.0]), 5.0, 0.1)
+    >>> m = pfd.distill.ExactFlowMap(pfd.GaussianMixture([1.0], [[2.0]], [1.0]), 0.1, 5.0)
     >>> m.describe()["method"], m(torch.zeros(1, 1)).shape
     ('gaussian', torch.Size([1, 1]))
     """
 
-    def __init__(self, gmm: GaussianMixture, t_max: float, t_min: float, process: str | Process = "ou") -> None:
+    def __init__(self, gmm: GaussianMixture, t_min: float, t_max: float, process: str | Process = "ou") -> None:
         if not isinstance(gmm, GaussianMixture):
             raise TypeError(f"gmm must be a pfd.GaussianMixture, got {type(gmm).__name__}")
         self.t_max = check_positive_float(t_max, "t_max")
@@ -255,7 +255,7 @@ def exact_pairs(
     Y[j] = Phi_{t_j -> t_{j+1}}(X[j]), float64."""
     if not isinstance(gmm, GaussianMixture):
         raise TypeError(f"gmm must be a pfd.GaussianMixture, got {type(gmm).__name__}")
-    g = _check_grid(grid)
+    g = _check_times(grid)
     check_positive_int(n, "n")
     proc = get_process(process)
     xs, ys = [], []
@@ -274,11 +274,11 @@ def train_trajectory_student(
     grid: Any,
     *,
     process: str | Process = "ou",
-    steps: int = 2000,
+    train_steps: int = 2000,
     batch_size: int = 256,
     n_train: int = 8192,
     lr: float = 2e-3,
-    hidden: int = 64,
+    width: int = 64,
     depth: int = 2,
     time_conditioned: bool = False,
     seed: int = 0,
@@ -287,7 +287,7 @@ def train_trajectory_student(
 ) -> tuple[TrajectoryStudent, dict[str, Any]]:
     """Train a :class:`TrajectoryStudent` on ``grid`` by regression on exact segment pairs.
 
-    Budget: ``steps`` Adam steps (cosine-decayed ``lr``); every step draws one minibatch of
+    Budget: ``train_steps`` Adam steps (cosine-decayed ``lr``); every step draws one minibatch of
     ``batch_size`` pairs for every segment from a pool of ``n_train`` exact pairs per segment
     (or the given ``pairs`` from :func:`exact_pairs`). Returns the student (in eval mode) and a
     history dict (final training loss per segment, seconds, parameters). ``progress=False`` hides
@@ -295,8 +295,8 @@ def train_trajectory_student(
     """
     if not isinstance(gmm, GaussianMixture):
         raise TypeError(f"gmm must be a pfd.GaussianMixture, got {type(gmm).__name__}")
-    g = _check_grid(grid)
-    check_positive_int(steps, "steps")
+    g = _check_times(grid)
+    check_positive_int(train_steps, "train_steps")
     check_positive_int(batch_size, "batch_size")
     check_positive_int(n_train, "n_train")
     lr = check_positive_float(lr, "lr")
@@ -309,16 +309,16 @@ def train_trajectory_student(
         X, Y = pairs
         if X.shape != Y.shape or X.ndim != 3 or X.shape[0] != K or X.shape[2] != gmm.dim:
             raise ValueError(f"pairs must be two tensors of shape (K={K}, n, d={gmm.dim})")
-    student = TrajectoryStudent(g, gmm.dim, hidden, depth, time_conditioned=time_conditioned, process=proc, seed=seed)
+    student = TrajectoryStudent(g, gmm.dim, width, depth, time_conditioned=time_conditioned, process=proc, seed=seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and immune to oversubscription
     try:
-        last = _fit(student, X, Y, steps, batch_size, lr, seed, progress)
+        last = _fit(student, X, Y, train_steps, batch_size, lr, seed, progress)
     finally:
         torch.set_num_threads(threads)
     student.eval()
     hist = {"final_loss_per_segment": last.tolist(), "seconds": time.perf_counter() - t_start, "params": student.n_params,
-            "steps": steps, "batch_size": batch_size, "n_train": X.shape[1], "lr": lr}
+            "steps": train_steps, "batch_size": batch_size, "n_train": X.shape[1], "lr": lr}
     return student, hist
 
 

@@ -48,7 +48,7 @@ class PFDCallback(Callback):
     >>> import pfd
     >>> from pfd.integrations.lightning import PFDCallback
     >>> teacher = pfd.GaussianMixture([1.0], [[0.0, 0.0]], [1.0])
-    >>> cb = PFDCallback(reference=teacher.flow_map(), n=256, seed=0)
+    >>> cb = PFDCallback(reference=teacher.ode_map(), n=256, seed=0)
     >>> cb.monitor.n, cb.state_key
     (256, 'PFDCallback[pfd]')
     """
@@ -98,7 +98,7 @@ class PFDCallback(Callback):
         if any(h["step"] == step for h in self.monitor.history):
             return None  # e.g. several validation runs at the same step
         rec = self.monitor.evaluate(self._student_map(pl_module), step)
-        values = {"value": rec["pfd"], "stderr": rec["stderr"], "ci_low": rec["ci"][0], "ci_high": rec["ci"][1]}
+        values = {"value": rec["pfd"], "stderr": rec["stderr"], "ci_low": rec["ci95"][0], "ci_high": rec["ci95"][1]}
         if rec["nfe"] is not None:
             values["nfe"] = rec["nfe"]
         for key, val in values.items():

@@ -18,9 +18,9 @@ import torch
 from torchmetrics import Metric
 
 from pfd._checks import call_map, eval_mode, is_int
-from pfd.distance import ExactSum, summarize, warn_small_n
-from pfd.integrations.distributed import shard_range, world_info
-from pfd.monitor import NoiseBank, _as_student_map, _behind
+from pfd._maps import as_student_map, models_behind
+from pfd._reduce import SquaredDistances, shard_range, summarize, warn_small_n, world_info
+from pfd.monitor import NoiseBank
 
 __all__ = ["PFDMetric"]
 
@@ -38,10 +38,10 @@ class PFDMetric(Metric):
     >>> import torch, pfd
     >>> from pfd.integrations.metric import PFDMetric
     >>> teacher = pfd.GaussianMixture([1.0], [[0.0, 0.0]], [1.0])
-    >>> metric = PFDMetric(teacher.flow_map(steps=4), n=64)
+    >>> metric = PFDMetric(teacher.ode_map(steps=4), n=64)
     >>> metric.update(pfd.OneStepMap(lambda z: 0.5 * z, shape=(2,)))
     >>> value = metric.compute()
-    >>> ref = pfd.distance(teacher.flow_map(steps=4), lambda z: 0.5 * z, n=64, shape=(2,), progress=False)
+    >>> ref = pfd.distance(teacher.ode_map(steps=4), lambda z: 0.5 * z, n=64, shape=(2,), progress=False)
     >>> bool(value == ref.value), metric.details["n"]
     (True, 64)
     """
@@ -98,15 +98,13 @@ class PFDMetric(Metric):
         x = x.detach().to("cpu", torch.float64)
         hi = lo + x.shape[0]
         ref = self.bank.outputs(lo, hi)
-        d2 = (x - ref).reshape(x.shape[0], -1).pow(2).sum(1)
+        sums = SquaredDistances()
+        d2 = sums.add(x, ref)
         if not bool(torch.isfinite(d2).all()):
             bad = (torch.nonzero(~torch.isfinite(d2)).flatten() + lo).tolist()
             raise ValueError(f"student outputs are not finite for bank rows {bad[:10]}")
-        s2, s4 = ExactSum(), ExactSum()
-        s2.add_many(d2)
-        s4.add_many(d2 * d2)
-        self.sum_sq += s2.value  # each batch summed exactly, then one rounding per batch
-        self.sum_sq2 += s4.value
+        self.sum_sq += sums.s2.value  # each batch summed exactly, then one rounding per batch
+        self.sum_sq2 += sums.s4.value
         self.count += float(x.shape[0])
 
     def update(self, student: Any, start: int | None = None) -> None:
@@ -125,9 +123,9 @@ class PFDMetric(Metric):
             return
         if start is not None:
             raise ValueError("start= applies to tensors of student outputs only, not to maps")
-        smap = _as_student_map(student, self.bank.shape)
+        smap = as_student_map(student, self.bank.shape)
         lo, hi = self.shard()
-        with eval_mode(*_behind(student)), torch.no_grad():
+        with eval_mode(*models_behind(student)), torch.no_grad():
             for b in range(lo, hi, self.bank.batch_size):
                 e = min(hi, b + self.bank.batch_size)
                 x = call_map(smap, self.bank.noise[b:e], "student map", b)

@@ -6,7 +6,7 @@ m(z) = (1/K) sum_k Psi(Phi_k(z)):
     E_bias^2 = E_z ||Psi Phi_data(z) - m(z)||^2,   E_var = (1/K) sum_k E_z ||Psi Phi_k(z) - m(z)||^2,
     (1/K) sum_k E_gen,k^2 = E_bias^2 + E_var     (exactly: the cross term sums to zero over k).
 
-Everything is evaluated on one canonical noise bank; sums are exact (:class:`pfd.distance.ExactSum`).
+Everything is evaluated on one canonical noise bank; sums are exact (the reduction core's exact sums, as in :func:`pfd.distance`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from pfd._checks import call_descriptor, call_map, check_positive_int
-from pfd.distance import ExactSum, summarize
+from pfd._reduce import ExactSum, SquaredDistances
+from pfd.analysis.students import TrainConfig
 from pfd.maps import map_shape
 from pfd.noise import NoiseSource
 
@@ -68,8 +69,8 @@ def bias_variance(
 
     >>> import pfd
     >>> teacher = pfd.GaussianMixture([1.0], [[0.0, 0.0]], [1.0])
-    >>> students = [pfd.GaussianMixture([1.0], [[m, 0.0]], [1.0]).flow_map() for m in (0.4, 0.6)]
-    >>> bv = bias_variance(students, teacher.flow_map(), n=64)
+    >>> students = [pfd.GaussianMixture([1.0], [[m, 0.0]], [1.0]).ode_map() for m in (0.4, 0.6)]
+    >>> bv = bias_variance(students, teacher.ode_map(), n=64)
     >>> round(bv.bias2 / bv.mean_gen2, 3), bv.identity_residual < 1e-12
     (0.962, True)
     """
@@ -92,8 +93,7 @@ def bias_variance(
     src = NoiseSource(seed, shp)
     k = len(students)
     bias, var = ExactSum(), ExactSum()
-    g2 = [ExactSum() for _ in range(k)]
-    g4 = [ExactSum() for _ in range(k)]
+    gen = [SquaredDistances() for _ in range(k)]
     for start in range(0, n, batch_size):
         z = src.get(start, min(n, start + batch_size))
         b = z.shape[0]
@@ -104,11 +104,9 @@ def bias_variance(
         bias.add_many((t - mean).pow(2).sum(1))
         var.add_many((outs - mean).pow(2).sum(2).reshape(-1))
         for j in range(k):
-            d2 = (outs[j] - t).pow(2).sum(1)
-            g2[j].add_many(d2)
-            g4[j].add_many(d2 * d2)
-    stats = [summarize(g2[j].value, g4[j].value, n) for j in range(k)]
-    mean_gen2 = ExactSum([g.value for g in g2]).value / (k * n)
+            gen[j].add(outs[j], t)
+    stats = [g.summary(n) for g in gen]
+    mean_gen2 = ExactSum([g.s2.value for g in gen]).value / (k * n)
     return BiasVariance(bias.value / n, var.value / (k * n), mean_gen2, [s[0] for s in stats], [s[2] for s in stats], n, k,
                         {"seed": seed})
 
@@ -118,24 +116,16 @@ def bias_variance_study(
     n_train: int,
     k: int = 5,
     *,
-    width: int = 64,
-    depth: int = 3,
-    steps: int = 2000,
-    batch_size: int = 256,
-    lr: float = 2e-3,
-    n_eval: int = 2048,
-    eval_seed: int = 0,
     seed: int = 0,
-    solver: dict[str, Any] | None = None,
-    progress: bool = True,
+    config: TrainConfig | None = None,
 ) -> dict[str, Any]:
     """Train K DSM students on K independent training sets of N teacher samples (dataset and
     initialisation seeds seed..seed+K-1) and decompose their E_gen^2; the empirical (memorizing)
-    models of the same K training sets are decomposed alongside, as the pure-memorization case."""
+    models of the same K training sets are decomposed alongside, as the pure-memorization case.
+    ``config`` (:class:`pfd.analysis.TrainConfig`) sets the students' training and evaluation."""
     from tqdm.auto import tqdm
 
-    from pfd.analysis._runs import epochs_for_steps, train_set
-    from pfd.analysis.students import DSMTrainer
+    from pfd.analysis._runs import train_dsm
     from pfd.analytic.gmm import GaussianMixture
     from pfd.maps import CachedMap
 
@@ -143,19 +133,16 @@ def bias_variance_study(
         raise TypeError(f"teacher must be a pfd.GaussianMixture, got {type(teacher).__name__}")
     k = check_positive_int(k, "k", minimum=2)
     n_train = check_positive_int(n_train, "n_train", minimum=2)
-    solver = dict(solver or {})
-    tmap = CachedMap(teacher.flow_map(**solver))
+    cfg = config or TrainConfig()
+    solver = cfg.solver.kwargs()
+    tmap = CachedMap(teacher.ode_map(**solver))
     students, memorizers, params = [], [], None
-    for j in tqdm(range(k), desc="bias-variance", unit="run", disable=not progress, leave=False):
-        data = train_set(teacher, n_train, seed + j)
-        tr = DSMTrainer(data, width=width, depth=depth, seed=seed + j, lr=lr, batch_size=batch_size)
-        tr.train(epochs_for_steps(n_train, batch_size, steps))
+    for j in tqdm(range(k), desc="bias-variance", unit="run", disable=not cfg.progress, leave=False):
+        tr, data, _ = train_dsm(teacher, n_train, seed + j, cfg)
         params = tr.n_params
-        students.append(tr.flow_map(**solver))
-        memorizers.append(GaussianMixture.empirical(data).flow_map(**solver))
-    st = bias_variance(students, tmap, n=n_eval, seed=eval_seed)
-    mem = bias_variance(memorizers, tmap, n=n_eval, seed=eval_seed)
-    return {"config": {"n_train": n_train, "k": k, "width": width, "depth": depth, "n_params": params, "steps": steps,
-                       "batch_size": batch_size, "lr": lr, "n_eval": n_eval, "eval_seed": eval_seed, "seed": seed,
-                       "solver": solver or {"solver": "heun", "steps": 18}},
+        students.append(tr.ode_map(**solver))
+        memorizers.append(GaussianMixture.empirical(data).ode_map(**solver))
+    st = bias_variance(students, tmap, n=cfg.n_eval, seed=cfg.eval_seed)
+    mem = bias_variance(memorizers, tmap, n=cfg.n_eval, seed=cfg.eval_seed)
+    return {"config": {"n_train": n_train, "k": k, **cfg.to_dict(), "n_params": params, "seed": seed},
             "students": st.to_dict(), "empirical": mem.to_dict()}

@@ -10,11 +10,9 @@ chunking or the order in which partial sums are combined.
 
 from __future__ import annotations
 
-import math
 import platform
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,70 +20,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from pfd._checks import (
-    call_descriptor,
-    call_map,
-    check_positive_int,
-    check_shape,
-    progress_context,
+from pfd._checks import call_descriptor, call_map, check_positive_int, check_shape, progress_context
+from pfd._reduce import (
+    ExactSum,
+    SquaredDistances,
+    gather_or_raise,
+    resolve_group,
+    shard_range,
+    summarize,
+    warn_small_n,
 )
+from pfd._version import __version__
 from pfd.maps import describe_map, map_shape
 from pfd.noise import BLOCK, NoiseSource, derive_seed
 
-__all__ = ["MIN_CI_SAMPLES", "ExactSum", "PFDResult", "distance", "shard_range", "summarize", "versions"]
-
-Z95 = 1.959963984540054
-
-
-class ExactSum:
-    """Error-free running sum of floats (Shewchuk's non-overlapping partials).
-
-    ``value`` is the correctly rounded sum of everything added, independent of the order of
-    additions; two sums can be merged exactly (``merge``), e.g. across processes.
-    """
-
-    __slots__ = ("partials",)
-
-    def __init__(self, partials: Sequence[float] = ()) -> None:
-        self.partials: list[float] = []
-        for p in partials:
-            self.add(p)
-
-    def add(self, x: float) -> None:
-        partials = self.partials
-        i = 0
-        for y in partials:
-            if abs(x) < abs(y):
-                x, y = y, x
-            hi = x + y
-            lo = y - (hi - x)
-            if lo:
-                partials[i] = lo
-                i += 1
-            x = hi
-        partials[i:] = [x]
-
-    def add_many(self, values: torch.Tensor | np.ndarray | Sequence[float]) -> None:
-        if isinstance(values, torch.Tensor):
-            values = values.detach().to("cpu", torch.float64).reshape(-1).tolist()
-        elif isinstance(values, np.ndarray):
-            values = values.astype(np.float64).reshape(-1).tolist()
-        for v in values:
-            self.add(v)
-
-    def merge(self, other: ExactSum) -> None:
-        for p in other.partials:
-            self.add(p)
-
-    @property
-    def value(self) -> float:
-        return math.fsum(self.partials)
-
+__all__ = ["ExactSum", "PFDResult", "distance", "shard_range", "summarize", "versions"]
 
 def versions() -> dict[str, str]:
     """Versions of pfd and the numerical stack (recorded with every result)."""
-    from pfd import __version__
-
     out = {
         "pfd": __version__,
         "python": platform.python_version(),
@@ -138,30 +90,6 @@ class PFDResult:
         return f"PFD = {self.value:.6g} ± {self.stderr:.2g} (95% CI [{lo:.6g}, {hi:.6g}], n={self.n})"
 
 
-MIN_CI_SAMPLES = 30
-"""Below this many samples the normal 95% interval of mean d^2 is not reliable (a warning says so)."""
-
-
-def warn_small_n(n: int) -> None:
-    """Warn that the confidence interval of an estimate from ``n < 30`` samples is not meaningful."""
-    if n < MIN_CI_SAMPLES:
-        warnings.warn(f"n={n} samples: the 95% CI (a normal approximation of the mean of d^2) is not meaningful "
-                      f"below n={MIN_CI_SAMPLES}; use more samples for an interval (pfd's default is n=10,000)",
-                      UserWarning, stacklevel=3)
-
-
-def summarize(sum_sq: float, sum_sq2: float, n: int) -> tuple[float, float, tuple[float, float], float]:
-    """(value, stderr, ci95, mean_sq) from the sums of d^2 and d^4 over n samples."""
-    mean_sq = max(sum_sq / n, 0.0)
-    var_sq = max((sum_sq2 - n * mean_sq * mean_sq) / (n - 1), 0.0) if n > 1 else 0.0
-    se_mean = math.sqrt(var_sq / n)
-    value = math.sqrt(mean_sq)
-    stderr = se_mean / (2.0 * value) if value > 0 else 0.0
-    lo = math.sqrt(max(mean_sq - Z95 * se_mean, 0.0))
-    hi = math.sqrt(mean_sq + Z95 * se_mean)
-    return value, stderr, (lo, hi), mean_sq
-
-
 def _resolve_shape(a: Any, b: Any, shape: Sequence[int] | None) -> tuple[int, ...] | None:
     sa, sb = map_shape(a), map_shape(b)
     if sa is not None and sb is not None and sa != sb:
@@ -177,47 +105,6 @@ def _resolve_shape(a: Any, b: Any, shape: Sequence[int] | None) -> tuple[int, ..
 
 def _run_map(m: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, label: str, start: int) -> torch.Tensor:
     return call_map(m, z, f"map {label}", start)
-
-
-def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """The contiguous noise indices ``[lo, hi)`` that rank ``rank`` of ``world_size`` evaluates.
-
-    >>> [shard_range(10, r, 3) for r in range(3)]
-    [(0, 3), (3, 6), (6, 10)]
-    """
-    return (n * rank) // world_size, (n * (rank + 1)) // world_size
-
-
-def _resolve_group(group: Any) -> tuple[Any, int, int] | None:
-    """(group, rank, world_size) when the evaluation is distributed, else None.
-
-    ``group=None`` uses the default process group if torch.distributed is initialised;
-    ``group=False`` forces a single-process evaluation; otherwise ``group`` is a ProcessGroup.
-    """
-    if group is False:
-        return None
-    import torch.distributed as dist
-
-    if not dist.is_available() or not dist.is_initialized():
-        if group is not None:
-            raise ValueError("group= was given but torch.distributed is not initialised (call init_process_group first)")
-        return None
-    if group is True:
-        group = None
-    elif group is not None and not isinstance(group, dist.ProcessGroup):
-        raise TypeError(f"group must be None, False or a torch.distributed ProcessGroup, got {type(group).__name__}")
-    world = dist.get_world_size(group)
-    if world == 1:
-        return None
-    return group, dist.get_rank(group), world
-
-
-def _gather(obj: Any, group: Any, world: int) -> list[Any]:
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * world
-    dist.all_gather_object(out, obj, group=group)
-    return out
 
 
 def distance(
@@ -268,7 +155,7 @@ def distance(
     >>> import pfd
     >>> p = pfd.GaussianMixture([1.0], [[0.0, 0.0]], [1.0])
     >>> q = pfd.GaussianMixture([1.0], [[0.5, 0.0]], [1.0])
-    >>> res = pfd.distance(p.flow_map(), q.flow_map(), n=256, progress=False)
+    >>> res = pfd.distance(p.ode_map(), q.ode_map(), n=256, progress=False)
     >>> round(res.value, 4), res.nfe  # exact maps: 0.5 (1 - 1/sqrt(1 + 80^2)) = 0.4938; Heun/18 is 3e-4 off
     (0.4935, (35.0, 35.0))
     """
@@ -316,42 +203,35 @@ def distance(
 
         batch_size = auto_batch_size(sample_shape, a, b, n=n)
 
-    from tqdm.auto import tqdm
-
-    dist_info = _resolve_group(group)
+    dist_info = resolve_group(group)
     lo, hi = (0, n) if dist_info is None else shard_range(n, dist_info[1], dist_info[2])
     show = progress and (dist_info is None or dist_info[1] == 0)
-    s2, s4 = ExactSum(), ExactSum()
-    nfe_tot: list[float | None] = [0.0, 0.0]
+    sums, nfe_tot = SquaredDistances(), [0.0, 0.0]
     t0 = time.perf_counter()
     error: BaseException | None = None
     try:
+        rows = source.get if source is not None else (lambda start, stop: noise[start:stop])
         with progress_context(show):
-            _accumulate(a, b, n, lo, hi, batch_size, noise, source, descriptor, s2, s4, nfe_tot, show, tqdm)
+            sums, nfe_tot = _accumulate((a, b), rows, lo, hi, batch_size, descriptor, show)
     except Exception as exc:
         if dist_info is None:
             raise
-        error = exc  # re-raised on every rank below, so no rank hangs in the gather
+        error = exc  # re-raised on every rank by gather_or_raise, so no rank hangs in the gather
     world = 1
     if dist_info is not None:
         grp, _, world = dist_info
-        mine = (n, seed if source is not None else None, sample_shape, s2.partials, s4.partials, nfe_tot, _picklable(error))
-        parts = _gather(mine, grp, world)
-        for rank, part in enumerate(parts):
-            if part[6] is not None:
-                raise part[6] if isinstance(part[6], BaseException) else RuntimeError(f"rank {rank}: {part[6]}")
-        if any(p[:3] != mine[:3] for p in parts):
-            got = sorted({f"n={p[0]}, seed={p[1]}, shape={p[2]}" for p in parts})
+        key = (n, seed if source is not None else None, sample_shape)
+        parts = gather_or_raise((key, sums.s2.partials, sums.s4.partials, nfe_tot), error, grp, world)
+        if any(p[0] != key for p in parts):
+            got = sorted({f"n={p[0][0]}, seed={p[0][1]}, shape={p[0][2]}" for p in parts})
             raise ValueError(f"every rank must call distance with the same n, seed and shape; got {got}")
-        s2, s4 = ExactSum(), ExactSum()
-        nfe_tot = [0.0, 0.0]
-        for p in parts:
-            s2.merge(ExactSum(p[3]))
-            s4.merge(ExactSum(p[4]))
+        sums, nfe_tot = SquaredDistances(), [0.0, 0.0]
+        for _, p2, p4, p_nfe in parts:
+            sums.merge(SquaredDistances(p2, p4))
             for j in (0, 1):
-                nfe_tot[j] = None if nfe_tot[j] is None or p[5][j] is None else nfe_tot[j] + p[5][j]
+                nfe_tot[j] = None if nfe_tot[j] is None or p_nfe[j] is None else nfe_tot[j] + p_nfe[j]
     seconds = time.perf_counter() - t0
-    value, stderr, ci95, mean_sq = summarize(s2.value, s4.value, n)
+    value, stderr, ci95, mean_sq = sums.summary(n)
     warn_small_n(n)
     nfe = tuple(None if t is None else t / n for t in nfe_tot)
     provenance = {
@@ -372,26 +252,27 @@ def distance(
     return PFDResult(value, stderr, ci95, n, nfe, seconds, mean_sq, provenance)  # type: ignore[arg-type]
 
 
-def _picklable(exc: BaseException | None) -> BaseException | str | None:
-    if exc is None:
-        return None
-    import pickle
+def _accumulate(
+    maps: tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]],
+    rows: Callable[[int, int], torch.Tensor],
+    lo: int,
+    hi: int,
+    batch_size: int,
+    descriptor: Callable[[torch.Tensor], torch.Tensor] | None,
+    show: bool,
+) -> tuple[SquaredDistances, list[float | None]]:
+    """The exact sums of d^2, d^4 over noise rows [lo, hi) (``rows(start, stop)`` gives the noise)
+    and the NFE totals of both maps (None for a map that does not count them)."""
+    from tqdm.auto import tqdm
 
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        return f"{type(exc).__name__}: {exc}"
-
-
-def _accumulate(a, b, n, lo, hi, batch_size, noise, source, descriptor, s2, s4, nfe_tot, show, tqdm) -> None:
-    """Add d^2 and d^4 of noise rows [lo, hi) to the exact sums s2, s4 (and NFE totals)."""
+    sums = SquaredDistances()
+    nfe_tot: list[float | None] = [0.0, 0.0]
     with tqdm(total=hi - lo, unit="sample", desc="pfd", disable=not show, file=sys.stderr, leave=False) as bar:
         for start in range(lo, hi, batch_size):
             stop = min(hi, start + batch_size)
-            z = noise[start:stop] if source is None else source.get(start, stop)
+            z = rows(start, stop)
             outs = []
-            for j, (m, label) in enumerate(((a, "a"), (b, "b"))):
+            for j, (m, label) in enumerate(zip(maps, ("a", "b"), strict=True)):
                 x = _run_map(m, z, label, start)
                 nfe = getattr(m, "last_nfe", None)
                 if nfe is None or nfe_tot[j] is None:
@@ -405,7 +286,6 @@ def _accumulate(a, b, n, lo, hi, batch_size, noise, source, descriptor, s2, s4, 
                 if xa.shape != xb.shape:
                     raise ValueError(f"descriptor must return tensors of equal shape for both maps, got "
                                      f"{tuple(xa.shape)} (map a) and {tuple(xb.shape)} (map b)")
-            d2 = (xa - xb).reshape(stop - start, -1).pow(2).sum(1)
-            s2.add_many(d2)
-            s4.add_many(d2 * d2)
+            sums.add(xa, xb)
             bar.update(stop - start)
+    return sums, nfe_tot
