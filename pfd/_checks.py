@@ -72,7 +72,18 @@ class NonFiniteError(FloatingPointError):
 
 class SolveBudgetError(RuntimeError):
     """An adaptive solve used up its budget of model evaluations (``max_nfe``) before reaching
-    sigma_min. ``budget`` is that budget, ``sigma`` the noise level the solve had reached."""
+    sigma_min. ``budget`` is that budget, ``sigma`` the noise level the solve had reached.
+
+    >>> import torch, pfd
+    >>> g = torch.Generator().manual_seed(0)
+    >>> noisy = lambda x, s: x + 1e-3 * torch.randn(x.shape, dtype=x.dtype, generator=g)  # not smooth
+    >>> m = pfd.DiffusionMap(noisy, shape=(2,), solver="dopri5", max_nfe=50, progress=False)
+    >>> try:
+    ...     m(torch.zeros(2, 2))
+    ... except pfd.SolveBudgetError as err:
+    ...     print(err.budget, err.sigma < 80)
+    50 True
+    """
 
     def __init__(self, message: str, budget: int, sigma: float) -> None:
         super().__init__(message)
