@@ -113,6 +113,7 @@ def main() -> None:
             for kind in ("students", "empirical"):
                 d = s[kind]
                 rows.append({"N": s["config"]["n_train"], "model": kind, "E_bias²": d["bias2"], "E_var": d["var"],
+                             "E_bias² plug-in": d["bias2_plugin"], "E_var plug-in": d["var_plugin"],
                              "E_bias²+E_var": d["bias2_plus_var"], "mean E_gen²": d["mean_gen2"],
                              "rel. residual": d["identity_residual"]})
         print("\nBias-variance (K independent training sets)")

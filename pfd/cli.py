@@ -136,9 +136,19 @@ def _add_analysis_parsers(sub) -> None:
                        description="Train DSM MLP students over N x widths x seeds, measure E_gen and E_mem, fit the "
                        "transition per width and the best-collapsing exponent of |theta|. Resumable: finished runs "
                        "are kept in OUT_DIR/mtog_runs.jsonl and skipped on restart.")
-    m.add_argument("--n-trains", type=_int_list, default=[4, 8, 16, 32, 64, 128, 256], help="comma-separated N values")
+    m.add_argument("--n-trains", type=_int_list, default=None,
+                   help="comma-separated N values (default 4..256 in octaves; digits: 8..2048 in half-octaves)")
     m.add_argument("--widths", type=_int_list, default=[16, 48, 128], help="comma-separated MLP widths")
-    m.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated run seeds")
+    m.add_argument("--seeds", type=_int_list, default=None, help="comma-separated run seeds (default 0; digits: 0..4)")
+    f = m.add_argument_group("fair sweep (the default for --teacher digits, or whenever --sizes is given): each "
+                             "student trained to its loss plateau, N* and the collapse exponent with bootstrap CIs")
+    f.add_argument("--sizes", default=None, help="comma-separated mlp:WIDTH:DEPTH / conv:CHANNELS:BLOCKS "
+                   "(default mlp:24:3,mlp:64:3,mlp:192:3,mlp:512:3)")
+    f.add_argument("--max-steps", type=int, default=40000, help="step cap per student (default 40000)")
+    f.add_argument("--device", default="cpu", help="torch device for training and maps (default cpu)")
+    f.add_argument("--processes", type=int, default=1, help="worker processes, one model size each (default 1)")
+    f.add_argument("--wall-budget", type=float, default=None, help="seconds after which training stops")
+    f.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates over seeds (default 200)")
     _add_common(m, skip=("width",), train_steps=3000)
     d = sub.add_parser("dynamics", help="E_gen / E_mem / losses per epoch of one student",
                        description="Train one DSM student, scoring it on the same noise every --eval-every epochs; "
@@ -191,6 +201,10 @@ def _cmd_mtog(args: argparse.Namespace) -> int:
     from pfd.report import format_table, write_json
 
     teacher, out, config = _check_common(args)
+    if args.teacher == "digits" or args.sizes is not None:
+        return _cmd_mtog_fair(args, out)
+    args.n_trains = args.n_trains or [4, 8, 16, 32, 64, 128, 256]
+    args.seeds = args.seeds or [0]
     if any(n < 2 for n in args.n_trains) or any(w < 1 for w in args.widths) or any(s < 0 for s in args.seeds):
         raise ValueError("--n-trains must be >= 2, --widths >= 1 and --seeds >= 0")
     _check_outputs(out, ("mtog_runs.jsonl", "mtog.json", "mtog.png"), args)
@@ -211,6 +225,36 @@ def _cmd_mtog(args: argparse.Namespace) -> int:
     c = res["collapse"]["e_gen"]
     print(f"best-collapsing exponent of |θ| (E_gen): {c['best_alpha']}; wrote {out / 'mtog.json'}"
           + (f"; {len(res['failed_runs'])} run(s) failed and are left out of the fits" if res["failed_runs"] else ""))
+    return 0
+
+
+def _cmd_mtog_fair(args: argparse.Namespace, out) -> int:
+    from pfd.analysis.mtog import half_octaves, mtog_sweep
+    from pfd.report import write_json
+
+    sizes = (args.sizes or "mlp:24:3,mlp:64:3,mlp:192:3,mlp:512:3").split(",")
+    n_trains = args.n_trains or half_octaves(8, 2048)
+    seeds = args.seeds if args.seeds is not None else [0, 1, 2, 3, 4]
+    if args.max_steps < 1 or args.processes < 1 or args.n_boot < 1:
+        raise ValueError("--max-steps, --processes and --n-boot must be >= 1")
+    train = {"max_steps": args.max_steps, "lr": args.lr, "batch_size": args.batch_size,
+             "min_steps": min(2000, args.max_steps)}
+    res = mtog_sweep(args.teacher, n_trains, sizes, seeds, out=out / "mtog_runs_fair.jsonl", train=train,
+                     n_eval=args.n_eval, eval_seed=args.eval_seed, device=args.device, processes=args.processes,
+                     wall_budget=args.wall_budget, n_boot=args.n_boot, progress=not args.no_progress)
+    write_json(out / "mtog.json", res)
+    if not args.no_plot:
+        from pfd.analysis.plots import plot_mtog_sweep
+
+        plot_mtog_sweep(res, out / "mtog.png")
+    for t in res["transitions"]:
+        ci = t["n_star_ci95"]
+        print(f"{t['size']} (|θ| = {t['params']}): E_gen transition N* = "
+              + ("-" if t["n_star"] is None else f"{t['n_star']:.1f}")
+              + ("" if ci is None else f", 95% CI [{ci[0]:.1f}, {ci[1]:.1f}]"))
+    c = res["collapse"]
+    print(f"collapse exponent alpha = {c.get('alpha')}, 95% CI {c.get('alpha_ci95')}; complete: {res['complete']}; "
+          f"wrote {out / 'mtog.json'}")
     return 0
 
 
@@ -255,6 +299,7 @@ def _cmd_bias_variance(args: argparse.Namespace) -> int:
 
         plot_bias_variance(studies, out / "bias_variance.png")
     rows = [{"N": s["config"]["n_train"], "model": kind, "E_bias²": s[kind]["bias2"], "E_var": s[kind]["var"],
+             "E_bias² plug-in": s[kind]["bias2_plugin"], "E_var plug-in": s[kind]["var_plugin"],
              "mean E_gen²": s[kind]["mean_gen2"], "rel. residual": s[kind]["identity_residual"]}
             for s in studies for kind in ("students", "empirical")]
     print(format_table(rows, list(rows[0]), floatfmt=".6g"))
@@ -285,10 +330,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-SCORE_EPILOG = """SPEC: module:function (a factory; dotted module on PYTHONPATH or path/to/file.py), a TorchScript file
-(*.pt, *.ts) or gmm:<mixture.json>. Examples:
+SCORE_EPILOG = """SPEC: module:function (a factory; dotted module on PYTHONPATH or path/to/file.py), a model file
+(TorchScript *.pt, *.ts; a torch.save'd module with --allow-pickle), a diffusers folder (save_pretrained: a
+pipeline, or a model folder with --student-arg scheduler=FOLDER) or gmm:<mixture.json>. Examples:
   pfd score --reference gmm:teacher.json --student models.py:make_student --student-type one-step --shape 2
   pfd score --reference teacher.pt --student student.pt --student-type consistency --shape 3,32,32 --json --out s.json
+  pfd score --reference ddpm-folder --student ddpm-folder --student-solver ddim --student-steps 10
 """
 
 
@@ -312,8 +359,16 @@ def _add_score_parser(sub) -> None:
                        epilog=SCORE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     for role in ("reference", "student"):
         s.add_argument(f"--{role}", required=True, metavar="SPEC", help=f"the {role} model (see SPEC below)")
-        s.add_argument(f"--{role}-type", default="denoiser", choices=ADAPTERS, metavar="TYPE",
-                       help=f"adapter type of the {role}: {', '.join(ADAPTERS)} (default denoiser)")
+        s.add_argument(f"--{role}-type", default=None, choices=ADAPTERS, metavar="TYPE",
+                       help=f"adapter type of the {role}: {', '.join(ADAPTERS)} (default denoiser; a diffusers "
+                       "folder's scheduler names it)")
+        s.add_argument(f"--{role}-solver", default=None, metavar="NAME",
+                       help=f"PF-ODE solver of the {role} (default --solver)")
+        s.add_argument(f"--{role}-steps", type=int, default=None, metavar="N",
+                       help=f"grid points of the {role} (default --steps)")
+        s.add_argument(f"--{role}-weights", default=None, metavar="FILE",
+                       help=f"state_dict file (torch weights-only or .safetensors) loaded into the module the {role} "
+                       "factory builds")
         s.add_argument(f"--{role}-arg", action="append", default=[], metavar="KEY=VALUE",
                        help=f"keyword argument of the {role} factory (repeatable; VALUE parsed as JSON, else a string)")
         s.add_argument(f"--{role}-schedule", action="append", default=[], metavar="KEY=VALUE",
@@ -324,9 +379,12 @@ def _add_score_parser(sub) -> None:
                    "scored by their raw map with a coupling warning")
     s.add_argument("--n", type=int, default=10_000, help="noise samples (default 10000)")
     s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    s.add_argument("--solver", default="heun", help="PF-ODE solver of diffusion models (default heun)")
+    s.add_argument("--solver", default="heun", help="PF-ODE solver of diffusion models (default heun; peer names such "
+                   "as ddim, dpmpp_2m, dpmpp_3m are accepted, see docs/core.md)")
     s.add_argument("--steps", type=int, default=None, help="grid points of fixed-grid solvers (default 18; adaptive "
                    "solvers such as dopri5 choose their own steps and refuse --steps)")
+    s.add_argument("--allow-pickle", action="store_true", help="load torch.save files of whole models (a pickle runs "
+                   "code stored in the file: only for files you trust)")
     s.add_argument("--batch-size", type=int, default=1024, help="samples per batch (value-neutral)")
     s.add_argument("--shape", type=_score_shape, help="shape of one sample, e.g. 2 or 3,32,32 (needed unless a model "
                    "declares it)")
@@ -341,13 +399,53 @@ def _add_score_parser(sub) -> None:
     s.error = one_line_error  # type: ignore[method-assign]
 
 
+def _refuse_out_onto_inputs(args: argparse.Namespace) -> None:
+    """--out must not be any file the command reads (a model SPEC's file, a factory module, weights)."""
+    from pathlib import Path
+
+    from pfd.spec import input_files, same_file
+
+    for role in ("reference", "student"):
+        weights = getattr(args, f"{role}_weights", None)
+        files = input_files(getattr(args, role)) + ([Path(weights)] if weights else [])
+        if any(same_file(args.out, f) for f in files):
+            raise ValueError(f"--out {args.out!r} is one of the {role} model's files ({getattr(args, role)}"
+                             f"{', --' + role + '-weights ' + str(weights) if weights else ''}); writing the result "
+                             "there would destroy it: choose another --out")
+
+
+def _role_solver(args: argparse.Namespace, role: str) -> tuple[str, int | None]:
+    """The solver and grid points of one model: its own options, else the shared --solver/--steps.
+
+    Steps apply to fixed-grid solvers only (default 18): giving them with an adaptive solver
+    (dopri5, ...) is an error naming both options, instead of being silently ignored."""
+    from pfd.maps import DEFAULT_STEPS
+    from pfd.solvers import get_solver
+
+    own_solver = getattr(args, f"{role}_solver", None)
+    solver = own_solver or args.solver
+    own_steps = getattr(args, f"{role}_steps", None)
+    steps = own_steps if own_steps is not None else args.steps
+    if get_solver(solver).adaptive:
+        if steps is not None:
+            s_opt = f"--{role}-steps" if own_steps is not None else "--steps"
+            v_opt = f"--{role}-solver" if own_solver else "--solver"
+            raise ValueError(f"{s_opt} {steps} does not apply to {v_opt} {solver}: an adaptive solver chooses its own "
+                             f"steps; drop {s_opt}, or use a fixed-grid solver (heun, euler, rk4, dpm2m, ...)")
+        return solver, None
+    return solver, DEFAULT_STEPS if steps is None else steps
+
+
 def _score_report(args: argparse.Namespace, res, kv: dict) -> dict:
     import pfd
 
     roles = {}
     for role, label in (("reference", "a"), ("student", "b")):
-        roles[role] = {"spec": getattr(args, role), "type": getattr(args, f"{role}_type"), "args": kv[f"{role}_arg"],
-                       "schedule": kv[f"{role}_schedule"], "map": res.provenance[label]}
+        solver, steps = _role_solver(args, role)
+        source = res.provenance[label].get("source") or {}
+        roles[role] = {"spec": getattr(args, role), "type": getattr(args, f"{role}_type") or source.get("adapter", "denoiser"),
+                       "args": kv[f"{role}_arg"], "schedule": kv[f"{role}_schedule"], "solver": solver, "steps": steps,
+                       "weights": getattr(args, f"{role}_weights"), "map": res.provenance[label]}
     prov = {k: v for k, v in res.provenance.items() if k not in ("a", "b")}
     return {
         "command": "score",
@@ -361,6 +459,7 @@ def _score_report(args: argparse.Namespace, res, kv: dict) -> dict:
         "reference": roles["reference"],
         "student": roles["student"],
         "settings": {"seed": args.seed, "solver": args.solver, "steps": args.steps, "batch_size": args.batch_size,
+                     "allow_pickle": args.allow_pickle,
                      "device": args.device, "shape": list(prov.get("shape") or [])},
         "provenance": {**prov, "pfd_version": pfd.__version__},
         "timing": {"seconds": res.seconds},
@@ -379,10 +478,10 @@ def _run_score(args: argparse.Namespace) -> int:
     import warnings
 
     import pfd
-    from pfd.maps import DEFAULT_STEPS, map_shape
+    from pfd.maps import map_shape
     from pfd.report import check_writable, format_table, to_jsonable, write_json
     from pfd.solvers import get_solver
-    from pfd.spec import LabelledMap, input_files, load_map, parse_assignments, resolve_device, same_file
+    from pfd.spec import LabelledMap, load_map, parse_assignments, resolve_device
 
     if args.n < 2:
         raise ValueError(f"--n must be >= 2 (a confidence interval needs two samples), got {args.n}")
@@ -390,41 +489,36 @@ def _run_score(args: argparse.Namespace) -> int:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.steps is not None and args.steps < 2:
-        raise ValueError(f"--steps must be >= 2, got {args.steps}")
-    try:
-        adaptive = get_solver(args.solver).adaptive
-    except ValueError as exc:
-        raise ValueError(f"--solver: {exc}") from None
-    if adaptive:
-        if args.steps is not None:
-            raise ValueError(f"--steps {args.steps} does not apply to --solver {args.solver}: an adaptive solver chooses "
-                             "its own steps; drop --steps, or use a fixed-grid solver (heun, euler, rk4, dpm2m, ...)")
-    elif args.steps is None:
-        args.steps = DEFAULT_STEPS
+    for opt in ("steps", "reference_steps", "student_steps"):
+        val = getattr(args, opt)
+        if val is not None and val < 2:
+            raise ValueError(f"--{opt.replace('_', '-')} must be >= 2, got {val}")
+    for opt in ("solver", "reference_solver", "student_solver"):
+        if getattr(args, opt) is not None:
+            try:
+                get_solver(getattr(args, opt))
+            except ValueError as exc:
+                raise ValueError(f"--{opt.replace('_', '-')}: {exc}") from None
     resolve_device(args.device, name="--device")
     if args.out:
         check_writable(args.out, "--out")
-        for role in ("reference", "student"):
-            if any(same_file(args.out, f) for f in input_files(getattr(args, role))):
-                raise ValueError(f"--out {args.out!r} is the {role} model's file ({getattr(args, role)}); "
-                                 "writing the result there would destroy it: choose another --out")
+        _refuse_out_onto_inputs(args)
     kv = {f"{role}_{what}": parse_assignments(getattr(args, f"{role}_{what}"), f"--{role}-{what}")
           for role in ("reference", "student") for what in ("arg", "schedule")}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         maps = {}
         for role in ("reference", "student"):
+            solver, steps = _role_solver(args, role)
             maps[role] = LabelledMap(load_map(getattr(args, role), adapter=getattr(args, f"{role}_type"),
                                               args=kv[f"{role}_arg"], schedule=kv[f"{role}_schedule"],
                                               kind=args.kind if role == "student" else "trajectory",
-                                              solver=args.solver, steps=args.steps, shape=args.shape,
-                                              device=args.device, label=f"--{role}"), f"--{role}")
+                                              solver=solver, steps=steps, shape=args.shape,
+                                              device=args.device, label=f"--{role}",
+                                              weights=getattr(args, f"{role}_weights"),
+                                              allow_pickle=args.allow_pickle), f"--{role}")
         if args.out:  # a factory's module file is known once it is imported
-            for role in ("reference", "student"):
-                if any(same_file(args.out, f) for f in input_files(getattr(args, role))):
-                    raise ValueError(f"--out {args.out!r} is the {role} model's file ({getattr(args, role)}); "
-                                     "writing the result there would destroy it: choose another --out")
+            _refuse_out_onto_inputs(args)
         sa, sb = map_shape(maps["reference"]), map_shape(maps["student"])
         if sa is not None and sb is not None and sa != sb:
             raise ValueError(f"--reference and --student have different sample shapes: {sa} vs {sb}")

@@ -265,9 +265,12 @@ def _accumulate(
     and the NFE totals of both maps (None for a map that does not count them)."""
     from tqdm.auto import tqdm
 
+    from pfd.report import pfd_bar_label
+
     sums = SquaredDistances()
     nfe_tot: list[float | None] = [0.0, 0.0]
-    with tqdm(total=hi - lo, unit="sample", desc="pfd", disable=not show, file=sys.stderr, leave=False) as bar:
+    with tqdm(total=hi - lo, unit="sample", desc=pfd_bar_label(*maps), disable=not show, file=sys.stderr,
+              leave=False) as bar:
         for start in range(lo, hi, batch_size):
             stop = min(hi, start + batch_size)
             z = rows(start, stop)

@@ -30,7 +30,7 @@ from pfd._maps import MapBase, infer_shape, model_device
 from pfd.schedules import check_grid_name, check_sigma_range, make_grid
 from pfd.solvers import DEFAULT_ATOL, DEFAULT_RTOL, get_solver
 
-__all__ = ["CachedMap", "DiffusionMap", "NoiseToData", "OneStepMap", "describe_map", "map_shape"]
+__all__ = ["CachedMap", "DiffusionMap", "NoiseToData", "OneStepMap", "check_in_range", "describe_map", "map_shape"]
 
 DEFAULT_STEPS = 18
 DEFAULT_MAX_NFE = 10_000
@@ -72,6 +72,44 @@ class NoiseToData(Protocol):
     """Protocol of a noise-to-data map: ``map(z) -> x`` with ``x.shape == z.shape``."""
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor: ...
+
+
+def check_in_range(denoiser: Any, lo: float, hi: float, what: str = "grid") -> None:
+    """Reject a noise range ``[lo, hi]`` outside the range a denoiser can be evaluated on.
+
+    A denoiser declares that range by a ``sigma_range`` attribute ``(sigma_min, sigma_max)``
+    (e.g. :class:`VPDenoiser`: its discrete schedule); others are not checked. A denoiser that can
+    be evaluated anywhere but was trained on a range declares ``trained_sigma_range``: leaving it
+    warns (a VP score model beyond t = 1, an EDM model beyond its scheduler's sigma_max).
+
+    >>> import torch
+    >>> from pfd.adapters import VPDenoiser
+    >>> den = VPDenoiser(lambda x, t: x, torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0),
+    ...                  "epsilon")
+    >>> check_in_range(den, 0.002, 80.0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: grid [0.002, 80] leaves the range [0.01, 157.4] of VPDenoiser(epsilon) ...
+    """
+    tol = 1e-6
+    trained = getattr(denoiser, "trained_sigma_range", None)
+    if trained is not None:
+        tmin, tmax = (float(v) for v in trained)
+        if lo < tmin * (1 - tol) or hi > tmax * (1 + tol):
+            import warnings
+
+            name = getattr(denoiser, "name", type(denoiser).__name__)
+            warnings.warn(f"{what} [{lo:.4g}, {hi:.4g}] leaves the noise range [{tmin:.4g}, {tmax:.4g}] {name} was "
+                          "trained on: its outputs there are extrapolations", UserWarning, stacklevel=3)
+    rng = getattr(denoiser, "sigma_range", None)
+    if rng is None:
+        return
+    smin, smax = (float(v) for v in rng)
+    if lo < smin * (1 - tol) or hi > smax * (1 + tol):
+        name = getattr(denoiser, "name", type(denoiser).__name__)
+        raise ValueError(f"{what} [{lo:.4g}, {hi:.4g}] leaves the range [{smin:.4g}, {smax:.4g}] of {name} (its "
+                         "schedule has no noise levels outside it); use noise levels inside it, e.g. its "
+                         "ode_map(...), which spans the schedule")
 
 
 class DiffusionMap(MapBase):
@@ -149,6 +187,8 @@ class DiffusionMap(MapBase):
             raise TypeError(f"denoiser must be callable D(x, sigma), got {type(denoiser).__name__}")
         self.denoiser = denoiser
         self.sigma_min, self.sigma_max = check_sigma_range(sigma_min, sigma_max)
+        check_in_range(denoiser, *getattr(self, "_grid_range", (self.sigma_min, self.sigma_max)),
+                       what="grid" if hasattr(self, "_grid_range") else "sigma range")
         self.stepper = get_solver(solver)
         self.backend, self.method = self.stepper.backend, self.stepper.method
         self.solver = solver
@@ -355,6 +395,8 @@ def map_shape(m: Callable[..., Any]) -> tuple[int, ...] | None:
 def describe_map(m: Callable[..., Any]) -> dict[str, Any]:
     """Provenance of any map (``describe()`` if present, else its type and name)."""
     d = getattr(m, "describe", None)
-    if callable(d):
-        return dict(d())
-    return {"type": type(m).__name__, "name": getattr(m, "__qualname__", repr(m))}
+    out = dict(d()) if callable(d) else {"type": type(m).__name__, "name": getattr(m, "__qualname__", repr(m))}
+    source = getattr(m, "source", None)
+    if isinstance(source, dict) and "source" not in out:
+        out["source"] = source  # where the model was loaded from (e.g. a diffusers folder's configs)
+    return out

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["append_jsonl", "atomic_write", "check_writable", "format_table", "progress_range", "to_jsonable", "write_json"]
+__all__ = ["append_jsonl", "atomic_write", "check_writable", "format_table", "map_label", "pfd_bar_label", "progress_range",
+           "to_jsonable", "write_json"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -169,3 +170,26 @@ def progress_range(n: int, desc: str, progress: bool = True) -> Iterable[int]:
     from tqdm.auto import tqdm
 
     return tqdm(range(n), desc=desc, unit="step", disable=not progress, leave=False, file=sys.stderr)
+
+
+def map_label(m: Any, width: int = 24) -> str:
+    """A short label of a map for progress bars: its ``label`` (``pfd score``'s ``--student``), its
+    ``name`` (a path shortened to its last part), else its type.
+
+    >>> import pfd
+    >>> map_label(pfd.DiffusionMap(lambda x, s: x, name="runs/ddpm-cifar10"))
+    'ddpm-cifar10'
+    """
+    label = getattr(m, "label", None)
+    if isinstance(label, str) and label:
+        return label.lstrip("-")
+    name = getattr(m, "name", None)
+    if not isinstance(name, str) or not name:
+        name = getattr(m, "__qualname__", None) or type(m).__name__
+    name = name.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or name
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def pfd_bar_label(a: Any, b: Any) -> str:
+    """``"PFD <a> vs <b>"``: the label of pfd.distance's progress bar."""
+    return f"PFD {map_label(a)} vs {map_label(b)}"

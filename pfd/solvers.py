@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "SOLVERS", "Denoise", "Solver", "SolverSettings", "get_solver", "solver_table"]
+__all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "SOLVERS", "SOLVER_ALIASES", "Denoise", "Solver", "SolverSettings", "get_solver",
+           "solver_table"]
 
 Denoise = Callable[[torch.Tensor, float], torch.Tensor]
 """D(x, sigma) on float64 state with a scalar sigma (the map broadcasts it to the batch)."""
@@ -171,6 +172,11 @@ def _torchdiffeq(method: str) -> Integrate:
 #     x_1 = e^{-h} x_0 + c0(h) b0 + c1(h) b1 + c2(h) b2,
 #     c0 = 1 - e^{-h},  c1 = h - 1 + e^{-h},  c2 = h^2 - 2h + 2 - 2 e^{-h}.
 #
+# The peers' variants differ only in the weights of the higher differences:
+#   "dpm2m_mid"  (k-diffusion's DPM++ 2M, diffusers' solver_type="midpoint"): c0 h / 2 instead of c1;
+#   "dpm3m_half" (k-diffusion's DPM++ 3M SDE at eta = 0, diffusers' solver_order=3): h^2/2 - c1 instead
+#                of c2 -- half the exact third-order weight (h^2/2 - c1 = h^3/6 + ..., c2 = h^3/3 + ...),
+#                which leaves the method second order (measured in docs/core.md).
 # A single point mass (D constant) is integrated exactly by every order. "unipc3" adds a
 # corrector (exponential Adams-Moulton, as in UniPC): the model value at the new point, which
 # the next step needs anyway, re-interpolates the step's integrand through (lambda_1, D_1),
@@ -189,6 +195,13 @@ def _phi_weights(h: float) -> tuple[float, float, float]:
         return c0, c1, c2
     c0 = -math.expm1(-h)
     return c0, h - c0, h * h - 2.0 * h + 2.0 * c0
+
+
+def _half_c2(h: float) -> float:
+    """h^2/2 - c1(h): the peers' third-order weight (series for small h, where it cancels)."""
+    if h < 1e-2:
+        return h**3 * (1.0 / 6.0 - h / 24.0 + h * h / 120.0 - h**3 / 720.0)
+    return 0.5 * h * h - (h + math.expm1(-h))
 
 
 def _ab_coeffs(
@@ -237,6 +250,10 @@ def _multistep(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, method: 
         c0, c1, c2 = _phi_weights(h)
         decay = s[i + 1] / s[i]  # e^{-h}, exactly from the grid
         b0, b1, b2 = _ab_coeffs(d_hist, lam_hist, order)
+        if method == "dpm2m_mid":
+            c1 = 0.5 * h * c0
+        elif method == "dpm3m_half":
+            c2 = _half_c2(h)
         x_new = decay * x + c0 * b0
         if b1 is not None:
             x_new = x_new + c1 * b1
@@ -277,6 +294,9 @@ SOLVERS: dict[str, Solver] = {
     "dpm2m": Solver("dpm2m", "builtin", "dpm2m", False, 1, 2, _exponential("dpm2m", 2)),
     "dpm3m": Solver("dpm3m", "builtin", "dpm3m", False, 1, 3, _exponential("dpm3m", 3)),
     "unipc3": Solver("unipc3", "builtin", "unipc3", False, 1, 3, _exponential("unipc3", 3)),
+    # the peers' weights (k-diffusion / diffusers; see _multistep); dpm3m_half's measured order is 2
+    "dpm2m_mid": Solver("dpm2m_mid", "builtin", "dpm2m_mid", False, 1, 2, _exponential("dpm2m_mid", 2)),
+    "dpm3m_half": Solver("dpm3m_half", "builtin", "dpm3m_half", False, 1, 2, _exponential("dpm3m_half", 3)),
     **{m: Solver(m, "torchdiffeq", m, True, None, None, _torchdiffeq(m)) for m in _TORCHDIFFEQ_ADAPTIVE},
     **{s.name: s for s in (Solver(f"torchdiffeq:{m}" if m in ("euler", "midpoint", "rk4") else m, "torchdiffeq", m,
                                   False, None, None, _torchdiffeq(m)) for m in _TORCHDIFFEQ_FIXED)},
@@ -285,27 +305,83 @@ SOLVERS: dict[str, Solver] = {
 method whose name a built-in one takes is registered as ``"torchdiffeq:<method>"``)."""
 
 
+SOLVER_ALIASES: dict[str, str] = {
+    # k-diffusion sampler names (sample_<name>) and diffusers scheduler settings -> pfd method
+    "ddim": "euler",  # DDIM (eta = 0) is Euler in sigma in EDM coordinates
+    "dpmpp_2m": "dpm2m_mid",  # k-diffusion sample_dpmpp_2m; diffusers DPMSolverMultistep(solver_type="midpoint")
+    "dpmpp_2m_heun": "dpm2m",  # diffusers DPMSolverMultistep(solver_order=2, solver_type="heun")
+    "dpmpp_3m": "dpm3m_half",  # k-diffusion sample_dpmpp_3m_sde(eta=0); diffusers DPMSolverMultistep(solver_order=3)
+}
+"""Peer solver names accepted by :func:`get_solver` (see docs/core.md for the exact equivalences)."""
+
+# peer names that have no pfd equivalent: why, and the nearest pfd method
+_REJECTED: dict[str, tuple[str, str]] = {
+    "unipc": ("diffusers' UniPC (B(h) variants bh1/bh2) is not implemented; pfd's unipc3 is a 2M predictor with an "
+              "exact-weight order-3 corrector", "unipc3"),
+    "uni_pc": ("see 'unipc'", "unipc3"),
+    "lms": ("k-diffusion's linear multistep in sigma is not implemented", "dpm3m"),
+    "dpm_2": ("k-diffusion's DPM-Solver-2 steps in log sigma with a geometric-mean midpoint; pfd's midpoint steps in "
+              "sigma", "midpoint"),
+    "dpm_fast": ("k-diffusion's DPM-Solver-fast is not implemented", "dpm3m"),
+    "dpm_adaptive": ("k-diffusion's adaptive DPM-Solver is not implemented; pfd's adaptive methods are torchdiffeq's",
+                     "dopri5"),
+}
+
+
+def _nearest(name: str) -> str | None:
+    import difflib
+
+    pool = [*(k for k, v in SOLVERS.items() if v.backend == "builtin" or v.adaptive), *SOLVER_ALIASES]
+    hit = difflib.get_close_matches(name, pool, n=1, cutoff=0.5)
+    if not hit:
+        return None
+    return SOLVER_ALIASES.get(hit[0], hit[0])
+
+
 def get_solver(solver: str) -> Solver:
     """The registry entry of a solver name (case-insensitive; ``"torchdiffeq:<method>"`` forces
     torchdiffeq's implementation).
 
+    Peer names (:data:`SOLVER_ALIASES`: k-diffusion's ``dpmpp_2m``, ``dpmpp_3m``, ...) resolve to
+    the pfd method that computes the same thing; stochastic samplers and peer methods pfd does not
+    implement are rejected with the nearest pfd method.
+
     >>> get_solver("torchdiffeq:dopri5").adaptive, get_solver("rk4").backend
     (True, 'builtin')
+    >>> get_solver("dpmpp_2m").name
+    'dpm2m_mid'
+    >>> get_solver("dpmpp_2m_sde")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: solver 'dpmpp_2m_sde' is a stochastic (SDE / ancestral) sampler; ... nearest pfd method: 'dpm2m_mid'
     """
     if not isinstance(solver, str):
         raise TypeError(f"solver must be a string, got {type(solver).__name__}")
     name = solver.strip().lower()
+    name = SOLVER_ALIASES.get(name, name)
     if name in SOLVERS:
         return SOLVERS[name]
     if name.startswith("torchdiffeq:") and name.split(":", 1)[1] in SOLVERS:
         entry = SOLVERS[name.split(":", 1)[1]]
         if entry.backend == "torchdiffeq":
             return entry
+    if name in _REJECTED:
+        why, near = _REJECTED[name]
+        raise ValueError(f"solver {solver!r}: {why}; nearest pfd method: {near!r}")
+    base = name
+    for tag in ("_sde_gpu", "_sde", "_ancestral", "_a"):
+        base = base.removesuffix(tag)
+    if base != name:
+        near = SOLVER_ALIASES.get(base, base) if SOLVER_ALIASES.get(base, base) in SOLVERS else _nearest(base)
+        raise ValueError(f"solver {solver!r} is a stochastic (SDE / ancestral) sampler; pfd integrates the "
+                         f"deterministic probability-flow ODE; nearest pfd method: {near!r}")
     builtin = sorted(k for k, v in SOLVERS.items() if v.backend == "builtin")
     other = [v.method for v in SOLVERS.values() if v.backend == "torchdiffeq"]
+    near = _nearest(name)
+    hint = f"; nearest pfd method: {near!r}" if near else ""
     raise ValueError(
-        f"solver must be one of the built-in fixed-grid methods {builtin} or a torchdiffeq method {other} "
-        f"(prefix 'torchdiffeq:' to force it), got {solver!r}"
+        f"solver must be one of the built-in fixed-grid methods {builtin}, a peer name {sorted(SOLVER_ALIASES)} or a "
+        f"torchdiffeq method {other} (prefix 'torchdiffeq:' to force it), got {solver!r}{hint}"
     )
 
 
@@ -315,7 +391,9 @@ def solver_table() -> str:
     rows = ["| solver | calls / step | order | NFE for `steps` grid points |", "|---|---|---|---|"]
     for s in SOLVERS.values():
         if s.backend == "builtin":
+            peer = [k for k, v in SOLVER_ALIASES.items() if v == s.name and k != "ddim"]
             label = f"`{s.name}` (EDM)" if s.name == "heun" else f"`{s.name}`"
+            label += f" (peers' `{peer[0]}`)" if peer else ""
             rows.append(f"| {label} | {s.evals_per_step} | {s.order} | {nfe[s.evals_per_step]} |")
     return "\n".join(rows)
 

@@ -4,12 +4,20 @@ A SPEC names a model the way users keep them:
 
 * ``module:function`` -- a Python factory, imported and called with keyword arguments
   (``module`` is a dotted module on ``sys.path`` or a path to a ``.py`` file);
-* ``path/to/model.pt`` or ``.ts`` -- a TorchScript file (``torch.jit.load``);
+* ``path/to/model.pt`` (``.ts``, ``.pth``, ``.pkl``, ``.ckpt``) -- a TorchScript file
+  (``torch.jit.load``), or a ``torch.save`` file of a whole module: that is a pickle, and loading
+  a pickle runs code stored in it, so it is loaded only with ``allow_pickle=True``
+  (``--allow-pickle``); a ``state_dict`` file is not a model: pass it as ``weights`` on top of a
+  factory SPEC (``--student-weights FILE``; torch ``weights_only`` load or ``.safetensors``);
+* ``path/to/folder`` -- a diffusers folder (``save_pretrained``): a pipeline (``model_index.json``)
+  or a model folder with ``args={"scheduler": "path/to/scheduler"}``; the adapter type, sample
+  shape and schedule are read from its configs (:mod:`pfd.adapters.pipelines`);
 * ``gmm:path/to/mixture.json`` -- an analytic :class:`pfd.GaussianMixture`
   (``{"weights", "means", "covs"}`` or ``{"points"}``, see :meth:`pfd.GaussianMixture.to_dict`).
 
 The loaded object is wrapped by the adapter named by ``adapter`` (the existing classes of
-:mod:`pfd.adapters`; nothing is guessed) and returned as a map ``z -> x``:
+:mod:`pfd.adapters`; nothing is guessed; a diffusers folder's scheduler names it) and returned as
+a map ``z -> x``:
 
 ============  =========================================================  ======================
 adapter       the model is called as                                     map
@@ -42,13 +50,14 @@ import torch
 from pfd._checks import NonFiniteError, check_positive_int, check_shape
 from pfd.maps import describe_map, map_shape
 
-__all__ = ["ADAPTERS", "TORCHSCRIPT_SUFFIXES", "LabelledMap", "load_map", "load_object", "parse_assignments",
-           "resolve_device"]
+__all__ = ["ADAPTERS", "TORCHSCRIPT_SUFFIXES", "LabelledMap", "load_map", "load_object", "load_weights",
+           "parse_assignments", "resolve_device"]
 
 ADAPTERS = ("denoiser", "eps", "v", "x0", "velocity", "score", "one-step", "flow-map", "consistency")
 """Adapter types a SPEC can be wrapped in."""
 
-TORCHSCRIPT_SUFFIXES = (".pt", ".ts")
+TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".pth", ".pkl", ".ckpt")
+"""File SPECs: TorchScript archives, or ``torch.save`` pickles (loaded only with ``allow_pickle``)."""
 
 _VP_PREDICTION = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
 _RANGE = ("sigma_max", "sigma_min")
@@ -61,7 +70,10 @@ SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
     "flow-map": ("grid", "signature", "start_scale"),
     "consistency": ("sigma_max",),
 }
+SCHEDULE_KEYS["eps"] = (*SCHEDULE_KEYS["eps"], "grid")
 SCHEDULE_KEYS["v"] = SCHEDULE_KEYS["x0"] = SCHEDULE_KEYS["eps"]
+FOLDER_SCHEDULE_KEYS = ("grid", "start", *_RANGE)
+"""Schedule keys of a diffusers folder SPEC (the schedule itself is read from the folder)."""
 # the DDPM schedule (Ho et al. 2020), used when a VP model's schedule is not given
 DDPM_SCHEDULE = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "train_steps": 1000}
 
@@ -186,9 +198,128 @@ def _import_module(module: str, label: str) -> Any:
         raise ValueError(f"{label}: importing module {module!r} raised {_one_line(exc)}") from None
 
 
-def load_object(spec: str, *, args: Mapping[str, Any] | None = None, device: Any = "cpu", label: str = "spec") -> Any:
-    """The model a SPEC names: the factory's return value, a TorchScript module, or a
-    :class:`pfd.GaussianMixture`. Torch modules are moved to ``device``.
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+def _pickles_objects(exc: BaseException) -> bool:
+    """Whether a weights-only torch.load failed because the file pickles Python objects (classes,
+    functions: a whole model), rather than because it is not a torch file at all."""
+    text = str(exc)
+    return "Weights only load failed" in text and ("GLOBAL" in text or "global" in text.split("WeightsUnpickler")[-1])
+
+
+PICKLE_MESSAGE = ("{label}: {path!r} is a pickled Python object (torch.save of a whole model): loading a pickle runs "
+                  "code stored in the file, so pfd does not load it by default. If you trust the file, pass "
+                  "--allow-pickle (Python: allow_pickle=True); or save a TorchScript file (torch.jit.save) or a "
+                  "state_dict (pass it with --student-weights / --reference-weights on top of a factory SPEC)")
+
+
+def _load_model_file(path: Path, dev: torch.device, allow_pickle: bool, label: str) -> Any:
+    spec = str(path)
+    if not path.is_file():
+        raise ValueError(f"{label}: no such model file {spec!r}")
+    if _is_torchscript(path):
+        try:
+            with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript deprecated; loading still works
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.load(spec, map_location=dev)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{label}: {spec!r} is not a loadable TorchScript file "
+                             f"(save it with torch.jit.save; torch said: {first})") from None
+    try:
+        obj = torch.load(spec, map_location=dev, weights_only=True)
+    except Exception as exc:
+        if not _pickles_objects(exc):
+            raise ValueError(f"{label}: {spec!r} is not a loadable TorchScript file (torch.jit.save) nor a torch.save "
+                             "file") from None
+        obj = None
+    if obj is not None:
+        what = "a state_dict" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
+        raise ValueError(f"{label}: {spec!r} holds {what} (weights only, no model code): build the model with a "
+                         "factory SPEC and pass this file as its weights (--student-weights / --reference-weights FILE)")
+    if not allow_pickle:
+        raise ValueError(PICKLE_MESSAGE.format(label=label, path=spec))
+    try:
+        model = torch.load(spec, map_location=dev, weights_only=False)
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"{label}: the pickle {spec!r} refers to module {exc.name!r}, which cannot be imported; put "
+                         "the folder of the code that defined the model on PYTHONPATH") from None
+    except Exception as exc:
+        raise ValueError(f"{label}: unpickling {spec!r} raised {_one_line(exc)}") from None
+    if not callable(model):
+        raise TypeError(f"{label}: {spec!r} unpickled to a {type(model).__name__}, not a callable model")
+    if isinstance(model, torch.nn.Module):
+        model.to(dev)
+    return model
+
+
+def load_weights(model: Any, path: str | Path, *, label: str = "spec") -> None:
+    """Load a ``state_dict`` file into a ``torch.nn.Module`` (strict: every key must match).
+
+    ``*.safetensors`` files are read with safetensors; others with ``torch.load(weights_only=True)``
+    (a mapping of tensors, or a checkpoint dict holding one under ``state_dict``).
+
+    >>> import os, tempfile, torch
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.pt")
+    >>> torch.save(torch.nn.Linear(2, 2).state_dict(), path)
+    >>> net = torch.nn.Linear(2, 2)
+    >>> load_weights(net, path)
+    >>> load_weights(torch.nn.Linear(2, 3), path, label="--student-weights")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: --student-weights: ... do not fit the model: size mismatch for weight: copying a param ...
+    """
+    p = Path(path)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{label}: weights can be loaded into a torch.nn.Module only, the SPEC gave a "
+                        f"{type(model).__name__}")
+    if not p.is_file():
+        raise ValueError(f"{label}: no such weights file {str(p)!r}")
+    if p.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ImportError(f"{label}: reading {str(p)!r} needs the safetensors package") from None
+        try:
+            sd: Any = load_file(str(p), device="cpu")
+        except Exception as exc:
+            raise ValueError(f"{label}: {str(p)!r} is not a safetensors file ({_one_line(exc)})") from None
+    else:
+        try:
+            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            if _pickles_objects(exc):
+                raise ValueError(f"{label}: {str(p)!r} is not a weights-only file (it pickles Python objects); save "
+                                 "model.state_dict() instead") from None
+            raise ValueError(f"{label}: {str(p)!r} is not a torch.save file ({type(exc).__name__})") from None
+    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+        sd = sd["state_dict"]
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        keys = sorted(map(str, sd))[:8] if isinstance(sd, Mapping) else []
+        raise ValueError(f"{label}: {str(p)!r} is not a state_dict (a mapping of names to tensors); top-level keys: "
+                         f"{keys}")
+    try:
+        res = model.load_state_dict(sd, strict=False)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()]
+        raise ValueError(f"{label}: the weights in {str(p)!r} do not fit the model: {'; '.join(lines[:3])}") from None
+    if res.missing_keys or res.unexpected_keys:
+        raise ValueError(f"{label}: the weights in {str(p)!r} do not fit the model: missing keys "
+                         f"{res.missing_keys[:6]}, unexpected keys {res.unexpected_keys[:6]}")
+
+
+def load_object(spec: str, *, args: Mapping[str, Any] | None = None, device: Any = "cpu", label: str = "spec",
+                allow_pickle: bool = False) -> Any:
+    """The model a SPEC names: the factory's return value, a TorchScript module, an unpickled
+    module (``allow_pickle`` only), or a :class:`pfd.GaussianMixture`. Torch modules are moved to
+    ``device``. (A diffusers folder is loaded by :func:`load_map`.)
 
     Every failure is a ValueError / TypeError starting with ``label``.
     """
@@ -217,23 +348,19 @@ def load_object(spec: str, *, args: Mapping[str, Any] | None = None, device: Any
             return GaussianMixture.from_dict(data)
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"{label}: {str(path)!r} is not a valid mixture: {exc}") from None
+    if Path(spec).is_dir():
+        raise ValueError(f"{label}: {spec!r} is a folder; a diffusers folder is loaded by load_map")
+    if spec.endswith(".safetensors"):
+        raise ValueError(f"{label}: {spec!r} holds weights only (no model code): build the model with a factory SPEC "
+                         "and pass this file as its weights (--student-weights / --reference-weights FILE)")
     if spec.endswith(TORCHSCRIPT_SUFFIXES):
-        path = Path(spec)
         if args:
-            raise ValueError(f"{label}: a TorchScript SPEC takes no factory arguments, got {sorted(args)}")
-        if not path.is_file():
-            raise ValueError(f"{label}: no such TorchScript file {spec!r}")
-        try:
-            with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript deprecated; loading still works
-                warnings.simplefilter("ignore", DeprecationWarning)
-                return torch.jit.load(str(path), map_location=dev)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"{label}: {spec!r} is not a loadable TorchScript file "
-                             f"(save it with torch.jit.save; torch said: {first})") from None
+            raise ValueError(f"{label}: a model file SPEC takes no factory arguments, got {sorted(args)}")
+        return _load_model_file(Path(spec), dev, allow_pickle, label)
     if ":" not in spec:
         raise ValueError(f"{label}: {spec!r} is not a SPEC; expected module:function, path/to/file.py:function, "
-                         f"a TorchScript file ({', '.join('*' + s for s in TORCHSCRIPT_SUFFIXES)}) or gmm:<file.json>")
+                         f"a model file ({', '.join('*' + s for s in TORCHSCRIPT_SUFFIXES)}), a diffusers folder "
+                         "or gmm:<file.json>")
     module, attr = spec.rsplit(":", 1)
     if not module or not attr:
         raise ValueError(f"{label}: {spec!r} must be module:function with both parts non-empty")
@@ -277,7 +404,7 @@ def _vp_alphas_cumprod(sched: dict[str, Any], label: str) -> torch.Tensor:
 def load_map(
     spec: str,
     *,
-    adapter: str = "denoiser",
+    adapter: str | None = None,
     args: Mapping[str, Any] | None = None,
     schedule: Mapping[str, Any] | None = None,
     kind: str = "trajectory",
@@ -286,25 +413,32 @@ def load_map(
     shape: Sequence[int] | None = None,
     device: Any = "cpu",
     label: str = "spec",
+    weights: str | Path | None = None,
+    allow_pickle: bool = False,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Load the model a SPEC names and wrap it as a noise-to-data map.
 
     Parameters
     ----------
     spec:
-        ``module:function`` (dotted module or ``path/to/file.py``), a TorchScript file
-        (``*.pt``, ``*.ts``) or ``gmm:<file.json>``.
+        ``module:function`` (dotted module or ``path/to/file.py``), a model file (TorchScript, or a
+        pickled module with ``allow_pickle``), a diffusers folder, or ``gmm:<file.json>``.
     adapter:
-        One of :data:`ADAPTERS` (see the module docstring); a ``gmm:`` SPEC is a denoiser.
+        One of :data:`ADAPTERS` (see the module docstring); default ``"denoiser"``, or for a
+        diffusers folder the type its scheduler names (an explicit type must agree with it).
     args:
-        Keyword arguments of the factory (``module:function`` only).
+        Keyword arguments of the factory (``module:function`` only); for a diffusers model folder
+        ``scheduler=<folder>`` and optionally ``timesteps="nearest"`` (integer timesteps).
     schedule:
         Adapter parameters: ``sigma_max``/``sigma_min`` (denoiser, velocity, score; default 80
         and 0.002), ``beta_schedule`` (``linear``/``scaled_linear``), ``beta_start``,
         ``beta_end``, ``train_steps``, ``timesteps``, ``start`` (eps / v / x0; default the DDPM
         schedule 1e-4..0.02 over 1000 steps), ``time``, ``t_scale`` (velocity), ``process``
         (score: ``ve``/``vp``/``ou``, required), ``beta_min``, ``beta_max``, ``grid`` (flow-map:
-        required), ``signature``, ``start_scale`` (flow-map), ``sigma_max`` (consistency).
+        required), ``signature``, ``start_scale`` (flow-map), ``sigma_max`` (consistency); ``grid``
+        (eps / v / x0: ``schedule``, ``karras`` or ``loglinear``; see
+        :meth:`pfd.adapters.VPDenoiser.ode_map`). A diffusers folder takes ``grid``, ``start``,
+        ``sigma_min``, ``sigma_max`` (its schedule comes from the folder).
     kind:
         ``"trajectory"`` or ``"distribution"``: what a raw-map student (one-step, flow-map,
         consistency) was trained to match. A distribution student issues a
@@ -317,6 +451,10 @@ def load_map(
         ``"cpu"`` or ``"cuda"``: where torch modules are moved (TorchScript: ``map_location``).
     label:
         Prefix of every error message (``pfd score`` passes ``--reference`` / ``--student``).
+    weights:
+        A ``state_dict`` file loaded into the factory's module (strict), see :func:`load_weights`.
+    allow_pickle:
+        Load a ``torch.save`` file of a whole module (a pickle: it runs code from the file).
 
     Examples
     --------
@@ -335,7 +473,7 @@ def load_map(
     ...
     ValueError: --student: cannot import module 'no_such_module' (ModuleNotFoundError: ...); is its folder on PYTHONPATH?
     """
-    if adapter not in ADAPTERS:
+    if adapter is not None and adapter not in ADAPTERS:
         raise ValueError(f"{label}: adapter type must be one of {ADAPTERS}, got {adapter!r}")
     from pfd.adapters.students import check_kind
 
@@ -346,6 +484,9 @@ def load_map(
     if schedule is not None and not isinstance(schedule, Mapping):
         raise TypeError(f"{label}: schedule must be a mapping, got {type(schedule).__name__}")
     sched = dict(schedule or {})
+    if isinstance(spec, str) and spec.strip() and Path(spec.strip()).is_dir():
+        return _load_folder(Path(spec.strip()), adapter, args, sched, kind, solver, steps, shape, device, label, weights)
+    adapter = adapter or "denoiser"
     unknown = sorted(set(sched) - set(SCHEDULE_KEYS[adapter]))
     if unknown:
         allowed = ", ".join(SCHEDULE_KEYS[adapter]) or "none"
@@ -354,10 +495,48 @@ def load_map(
         shp = check_shape(shape, "shape") if shape is not None else None
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"{label}: {exc}") from None
-    obj = load_object(spec, args=args, device=device, label=label)
+    obj = load_object(spec, args=args, device=device, label=label, allow_pickle=allow_pickle)
+    if weights is not None:
+        if not isinstance(spec, str) or spec.strip().startswith("gmm:") or ":" not in spec:
+            raise ValueError(f"{label}: weights apply to a factory SPEC (module:function) that builds the module")
+        load_weights(obj, weights, label=f"{label}-weights")
     try:
         return _wrap(obj, spec.strip(), adapter, sched, kind, solver, steps, shp, label)
     except (ValueError, TypeError) as exc:
+        if str(exc).startswith(label):
+            raise
+        raise type(exc)(f"{label}: {exc}") from None
+
+
+def _load_folder(folder: Path, adapter: str | None, args: Mapping[str, Any] | None, sched: dict[str, Any], kind: str,
+                 solver: str, steps: int, shape: Sequence[int] | None, device: Any, label: str,
+                 weights: str | Path | None) -> Any:
+    from pfd.adapters.pipelines import check_loader_args, diffusers_map, load_diffusers
+
+    if weights is not None:
+        raise ValueError(f"{label}: a diffusers folder holds its own weights; --weights applies to factory SPECs")
+    if args is not None and not isinstance(args, Mapping):
+        raise TypeError(f"{label}: args must be a mapping, got {type(args).__name__}")
+    opts = check_loader_args(dict(args or {}), label)
+    unknown = sorted(set(sched) - set(FOLDER_SCHEDULE_KEYS))
+    if unknown:
+        raise ValueError(f"{label}: schedule key(s) {unknown} do not apply to a diffusers folder (its schedule is read "
+                         f"from the folder; allowed: {', '.join(FOLDER_SCHEDULE_KEYS)})")
+    dev = resolve_device(device, name=f"{label}: device")
+    try:
+        dm = load_diffusers(folder, scheduler=opts.get("scheduler"), device=dev)
+        if adapter is not None and adapter != dm.adapter:
+            raise ValueError(f"the scheduler {type(dm.scheduler).__name__} makes this a {dm.adapter!r} model, not "
+                             f"{adapter!r}; leave the type out to take it from the folder")
+        if kind == "distribution" and dm.adapter == "consistency":
+            from pfd.adapters.students import COUPLING_MESSAGE, CouplingWarning
+
+            warnings.warn(COUPLING_MESSAGE.format(name=str(folder)), CouplingWarning, stacklevel=3)
+        shp = check_shape(shape, "shape") if shape is not None else None
+        return diffusers_map(dm, solver=solver, steps=steps, grid=sched.get("grid"), start=sched.get("start"),
+                             sigma_min=sched.get("sigma_min"), sigma_max=sched.get("sigma_max"),
+                             timesteps=opts.get("timesteps", "continuous"), kind=kind, shape=shp, name=str(folder))
+    except (ValueError, TypeError, ImportError) as exc:
         if str(exc).startswith(label):
             raise
         raise type(exc)(f"{label}: {exc}") from None
@@ -398,7 +577,9 @@ def _wrap(obj: Any, spec: str, adapter: str, sched: dict[str, Any], kind: str, s
         abar = _vp_alphas_cumprod(sched, label)
         opts = {"timesteps": sched.get("timesteps", "continuous")}
         den = ad.VPDenoiser(obj, abar, _VP_PREDICTION[adapter], name=f"VPDenoiser({adapter})", **opts)
-        return den.ode_map(solver=solver, steps=steps, start=sched.get("start", "vp"), shape=shape, name=spec, **rng)
+        grid = sched.get("grid", "karras" if rng else None)
+        return den.ode_map(solver=solver, steps=steps, start=sched.get("start", "vp"), grid=grid, shape=shape, name=spec,
+                           **rng)
     if kind == "distribution" and adapter != "one-step":  # GeneratorStudent warns on its own
         from pfd.adapters.students import COUPLING_MESSAGE, CouplingWarning
 

@@ -72,11 +72,11 @@ def test_vp_adapter_reproduces_mixture_map(two_modes, ddpm_abar, prediction):
     lo, hi = den.sigma_min, den.sigma_max
     assert hi == pytest.approx(math.sqrt((1 - float(ddpm_abar[-1])) / float(ddpm_abar[-1])))
     z = pfd.canonical_noise(256, (2,), seed=3)
-    got = den.ode_map(start="ve", shape=(2,))(z)
+    got = den.ode_map(start="ve", grid="karras", shape=(2,))(z)
     ref = pfd.DiffusionMap(two_modes.denoiser, sigma_max=hi, sigma_min=lo, shape=(2,))(z)
     assert float((got - ref).abs().max()) < 1e-9
     # start="vp": x_VE(T) = z / sqrt(abar_T), i.e. the EDM map of the rescaled noise
-    got_vp = den.ode_map(shape=(2,))(z)
+    got_vp = den.ode_map(grid="karras", shape=(2,))(z)
     ref_vp = pfd.DiffusionMap(two_modes.denoiser, sigma_max=hi, sigma_min=lo, shape=(2,))(z * math.sqrt(1 + hi * hi) / hi)
     assert float((got_vp - ref_vp).abs().max()) < 1e-9
 
@@ -189,7 +189,7 @@ def test_diffusers_unet_eps_adapter_equals_hand_conversion():
 
     z = pfd.canonical_noise(4, (1, 8, 8), seed=0)
     lo, hi = float(sig[0]), float(sig[-1])
-    got = den.ode_map(start="ve", steps=6, shape=(1, 8, 8))(z)
+    got = den.ode_map(start="ve", grid="karras", steps=6, shape=(1, 8, 8))(z)
     ref = pfd.DiffusionMap(hand, sigma_max=hi, sigma_min=lo, steps=6, shape=(1, 8, 8))(z)
     assert got.abs().max() > 0.1
     assert float((got - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
@@ -320,7 +320,8 @@ def test_generator_student_kind_and_coupling_warning():
         (lambda: ScoreDenoiser(lambda x, t: x, "subvp"), "process must be"),
         (lambda: ScoreDenoiser(lambda x, t: x, "vp", beta_min=5.0, beta_max=1.0), "beta_max must be"),
         (lambda: GridMap(lambda x, s: x, [1.0, 2.0]), "strictly decreasing"),
-        (lambda: GridMap(lambda x, s: x, [2.0, 0.0]), "> 0"),
+        (lambda: GridMap(lambda x, s: x, [2.0, -1.0]), "> 0"),
+        (lambda: GridMap(lambda x, s: x, [2.0, 0.0, 0.0]), "> 0"),
         (lambda: GridMap(lambda x, s: x, [2.0, 1.0], solver="dopri5"), "built-in"),
         (lambda: GridMap(lambda x, s: x, [2.0, 1.0], start="pv"), "start must be"),
         (lambda: FlowMapStudent(lambda x, t, s: x, [1.0, 0.0], signature="x,t"), "signature"),

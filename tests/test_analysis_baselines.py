@@ -7,11 +7,11 @@ import torch
 from scipy.spatial.distance import cdist, pdist
 from scipy.stats import mannwhitneyu
 from sklearn.cluster import KMeans
-from sklearn.metrics.pairwise import rbf_kernel
+from sklearn.metrics.pairwise import polynomial_kernel, rbf_kernel
 from sklearn.neighbors import NearestNeighbors
 
 import pfd
-from pfd.analysis import data_copying_ct, frechet_distance, knn_distances, memorization_ratio, mmd_rbf, prdc
+from pfd.analysis import data_copying_ct, frechet_distance, kid, knn_distances, memorization_ratio, mmd_rbf, prdc
 from pfd.analysis.baselines import _mann_whitney_u, median_bandwidth
 from pfd.noise import derive_seed
 
@@ -101,6 +101,64 @@ def _prdc_bruteforce(real, fake, k):
     }
 
 
+def _kid_brute(x, y, degree=3, gamma=None, coef=1.0):
+    # the full unbiased MMD^2 with sklearn's polynomial kernel (gamma None -> 1 / d), diagonals dropped
+    kxx = polynomial_kernel(x, x, degree=degree, gamma=gamma, coef0=coef)
+    kyy = polynomial_kernel(y, y, degree=degree, gamma=gamma, coef0=coef)
+    kxy = polynomial_kernel(x, y, degree=degree, gamma=gamma, coef0=coef)
+    n, m = len(x), len(y)
+    return ((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+            - 2 * kxy.mean())
+
+
+def test_kid_one_subset_holding_every_point_is_the_full_unbiased_estimator():
+    x, y = _rng(30).normal(size=(60, 5)), _rng(31).normal(size=(60, 5)) * 1.2 + 0.3
+    r = kid(x, y, subset_size=60, subsets=1)
+    assert r["kid"] == pytest.approx(_kid_brute(x, y), rel=1e-12)
+    assert r["kid_std"] == 0.0 and r["gamma"] == 0.2
+    # other kernels, and chunking does not change the value
+    r2 = kid(x, y, subset_size=60, subsets=1, degree=2, gamma=0.7, coef=0.5, chunk=7)
+    assert r2["kid"] == pytest.approx(_kid_brute(x, y, degree=2, gamma=0.7, coef=0.5), rel=1e-12)
+    assert kid(x, y, subset_size=60, subsets=3)["kid"] == pytest.approx(r["kid"], rel=1e-12)  # permutations only
+
+
+def test_kid_subset_average_is_unbiased_for_the_full_estimator_and_seeded():
+    # a subset's U-statistic has the full sample's U-statistic as its mean over random subsets
+    x, y = _rng(32).normal(size=(30, 3)), _rng(33).normal(size=(45, 3)) + 0.4
+    r = kid(x, y, subset_size=10, subsets=3000, seed=5)
+    full = _kid_brute(x, y)
+    assert abs(r["kid"] - full) < 4 * r["kid_std"] / np.sqrt(3000)
+    assert r["kid_std"] > 0
+    # subsets are drawn in sequence, so 2 subsets start with the 1-subset draw; std divides by `subsets`
+    v1 = kid(x, y, subset_size=10, subsets=1, seed=5)["kid"]
+    two = kid(x, y, subset_size=10, subsets=2, seed=5)
+    v2 = 2 * two["kid"] - v1
+    assert two["kid_std"] == pytest.approx(abs(v1 - v2) / 2, rel=1e-9)
+    assert kid(x, y, subset_size=10, subsets=20, seed=5) == kid(x, y, subset_size=10, subsets=20, seed=5)
+    assert kid(x, y, subset_size=10, subsets=20, seed=6)["kid"] != kid(x, y, subset_size=10, subsets=20, seed=5)["kid"]
+
+
+def test_kid_separates_distributions_and_is_near_zero_for_the_same_one():
+    same = kid(_rng(34).normal(size=(400, 8)), _rng(35).normal(size=(400, 8)), subset_size=200, subsets=50)
+    diff = kid(_rng(34).normal(size=(400, 8)), _rng(35).normal(size=(400, 8)) + 0.5, subset_size=200, subsets=50)
+    assert abs(same["kid"]) < 3 * same["kid_std"]
+    assert diff["kid"] > 10 * diff["kid_std"]
+
+
+def test_kid_bad_input():
+    x = np.zeros((5, 2))
+    with pytest.raises(ValueError, match="subset_size=6 exceeds the smaller sample"):
+        kid(x, np.zeros((8, 2)), subset_size=6)
+    with pytest.raises(ValueError, match="subset_size must be >= 2"):
+        kid(x, x, subset_size=1)
+    with pytest.raises(ValueError, match="gamma"):
+        kid(x, x, subset_size=5, gamma=-1.0)
+    with pytest.raises(TypeError, match="coef must be a finite number"):
+        kid(x, x, subset_size=5, coef=float("nan"))
+    with pytest.raises(ValueError, match="same dimension"):
+        kid(x, np.zeros((5, 3)), subset_size=5)
+
+
 def test_prdc_matches_brute_force():
     real, fake = _rng(9).normal(size=(80, 2)), _rng(10).normal(size=(70, 2)) * 1.3 + 0.2
     got = prdc(real, fake, k=5, chunk=9)
@@ -137,6 +195,23 @@ def test_ct_matches_independent_computation_and_detects_copying():
     assert res["ct"] == pytest.approx(np.dot(ws, zs) / np.sum(ws), rel=1e-9)
     assert abs(res["ct"]) < 3.0
     assert data_copying_ct(copies, train, test, n_cells=5, seed=0)["ct"] < -10.0
+    # the authors' released-code convention: nearest training point within the cell, mean nm/2 - 1/2,
+    # cells with more than min_count generated samples
+    lab = km.labels_
+    zs, ws = [], []
+    for c in range(5):
+        tc = train[lab == c]
+        a, b = cdist(fresh[cq == c], tc).min(1), cdist(test[cp == c], tc).min(1)
+        if len(a) <= 20 or len(b) < 1:
+            continue
+        m, n = len(a), len(b)
+        zs.append((mannwhitneyu(a, b).statistic - (m * n / 2 - 0.5)) / np.sqrt(m * n * (m + n + 1) / 12))
+        ws.append(n / len(test))
+    authors = data_copying_ct(fresh, train, test, n_cells=5, min_count=20, seed=0, convention="meehan2020")
+    assert authors["ct"] == pytest.approx(np.dot(ws, zs) / np.sum(ws), rel=1e-9)
+    assert authors["ct"] != pytest.approx(res["ct"], rel=1e-3)
+    with pytest.raises(ValueError, match="convention must be 'pfd' or 'meehan2020'"):
+        data_copying_ct(fresh, train, test, convention="authors")
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,9 @@ def test_dynamics_and_bias_variance_cli(tmp_path):
                  "--out-dir", str(tmp_path), *TINY]) == 0
     (study,) = json.loads((tmp_path / "bias_variance.json").read_text())["studies"]
     assert study["students"]["identity_residual"] < 1e-14
+    st = study["students"]
+    assert st["var"] == pytest.approx(2 * st["var_plugin"], rel=1e-12)  # K = 2: var = K/(K-1) var_plugin
+    assert st["bias2"] == pytest.approx(st["bias2_plugin"] - st["var"] / 2, rel=1e-9, abs=1e-15)
     assert not (tmp_path / "bias_variance.png").exists()
 
 

@@ -79,9 +79,91 @@ def test_bias_variance_closed_form_for_affine_maps():
     means = torch.tensor([[0.3, 0.1], [-0.2, 0.4], [0.5, -0.3]], dtype=torch.float64)
     bv = bias_variance([_affine(m, a) for m in means], _affine(mt, a), n=100)
     mbar = means.mean(0)
-    assert bv.bias2 == pytest.approx((1 - a) ** 2 * float((mbar - mt).pow(2).sum()), rel=1e-12)
-    assert bv.var == pytest.approx((1 - a) ** 2 * float((means - mbar).pow(2).sum(1).mean()), rel=1e-12)
+    assert bv.bias2_plugin == pytest.approx((1 - a) ** 2 * float((mbar - mt).pow(2).sum()), rel=1e-12)
+    assert bv.var_plugin == pytest.approx((1 - a) ** 2 * float((means - mbar).pow(2).sum(1).mean()), rel=1e-12)
+    assert bv.var == pytest.approx(bv.var_plugin * 3 / 2, rel=1e-12)
     assert bv.e_gen == pytest.approx([(1 - a) * float((m - mt).norm()) for m in means], rel=1e-12)
+
+
+def _offset(base, c):
+    c = torch.as_tensor(c, dtype=torch.float64)
+    return pfd.OneStepMap(lambda z: base(z) + c, shape=(2,))
+
+
+def test_bias_variance_students_are_teacher_plus_fixed_offsets():
+    # o_k = t + c_k for every z: plug-in bias^2 = |c_bar|^2, plug-in var = (1/K) sum |c_k - c_bar|^2,
+    # unbiased var = the sample variance of the offsets (divisor K - 1), bias^2 = |c_bar|^2 - var / K
+    teacher = pfd.OneStepMap(lambda z: torch.sin(3 * z) + z, shape=(2,))
+    offs = torch.tensor([[0.3, 0.1], [-0.2, 0.4], [0.5, -0.3], [0.1, 0.0]], dtype=torch.float64)
+    bv = bias_variance([_offset(teacher, c) for c in offs], teacher, n=50, batch_size=7)
+    cbar = offs.mean(0)
+    spread = float((offs - cbar).pow(2).sum(1).sum())
+    assert bv.bias2_plugin == pytest.approx(float(cbar.pow(2).sum()), rel=1e-12)
+    assert bv.var_plugin == pytest.approx(spread / 4, rel=1e-12)
+    assert bv.var == pytest.approx(spread / 3, rel=1e-12)
+    assert bv.bias2 == pytest.approx(float(cbar.pow(2).sum()) - spread / 12, rel=1e-12)
+    assert bv.bias2 + bv.var == pytest.approx(bv.mean_gen2, rel=1e-12)
+    assert bv.identity_residual < 1e-14
+    assert bv.bias_share == pytest.approx(bv.bias2 / float(offs.pow(2).sum(1).mean()), rel=1e-12)
+    # the terms do not depend on z, so their intervals over the noise sample have zero width
+    for key in ("bias2", "var", "bias2_plugin", "var_plugin", "bias_share"):
+        lo, hi = bv.ci95[key]
+        assert hi - lo == pytest.approx(0.0, abs=1e-12)
+
+
+def test_bias_variance_unbiased_over_training_sets():
+    # offsets c_k ~ N(mu, s^2 I): population bias^2 = |mu|^2, var = d s^2. Averaged over many
+    # draws of K = 3 students the unbiased terms hit them; the plug-in ones miss by var/K and -var/K.
+    teacher = pfd.OneStepMap(lambda z: z, shape=(2,))
+    mu, s, k, reps = torch.tensor([0.3, -0.2], dtype=torch.float64), 0.5, 3, 1000
+    g = torch.Generator().manual_seed(7)
+    res = []
+    for _ in range(reps):
+        offs = mu + s * torch.randn(k, 2, generator=g, dtype=torch.float64)
+        bv = bias_variance([_offset(teacher, c) for c in offs], teacher, n=2)
+        res.append([bv.bias2, bv.var, bv.bias2_plugin, bv.var_plugin])
+    r = torch.tensor(res)
+    mean, se = r.mean(0), r.std(0) / math.sqrt(reps)
+    true_b, true_v = float(mu.pow(2).sum()), 2 * s * s
+    assert abs(float(mean[0]) - true_b) < 4 * float(se[0])
+    assert abs(float(mean[1]) - true_v) < 4 * float(se[1])
+    assert float(mean[2]) - true_b == pytest.approx(true_v / k, abs=4 * float(se[2]))
+    assert float(mean[3]) == pytest.approx(true_v * (k - 1) / k, abs=4 * float(se[3]))
+    assert float(mean[2]) - true_b > 10 * float(se[2])  # the plug-in bias really is biased here
+
+
+def test_bias_variance_ci_over_noise_matches_direct_computation():
+    # z-dependent offsets o_k(z) = t(z) + c_k z_1: per-sample terms scale with z_1^2
+    teacher = pfd.OneStepMap(lambda z: 2 * z, shape=(2,))
+    offs = torch.tensor([[0.3, 0.1], [-0.2, 0.4], [0.5, -0.3]], dtype=torch.float64)
+    students = [pfd.OneStepMap(lambda z, c=c: 2 * z + z[:, :1] * c, shape=(2,)) for c in offs]
+    n = 400
+    bv = bias_variance(students, teacher, n=n, seed=3, batch_size=64)
+    z1 = pfd.canonical_noise(n, (2,), seed=3)[:, 0]
+    cbar = offs.mean(0)
+    per = (float(cbar.pow(2).sum()) - float((offs - cbar).pow(2).sum(1).sum()) / 6) * z1 * z1  # unbiased bias^2 per z
+    assert bv.bias2 == pytest.approx(float(per.mean()), rel=1e-12)
+    half = 1.959963984540054 * float(per.std()) / math.sqrt(n)
+    assert bv.ci95["bias2"] == pytest.approx((float(per.mean()) - half, float(per.mean()) + half), rel=1e-10)
+    assert bv == bias_variance(students, teacher, n=n, seed=3, batch_size=1000)  # chunking does not matter
+
+
+def test_bias_variance_jackknife_over_students_matches_leave_one_out_calls():
+    from scipy.stats import t as t_dist
+
+    teacher = pfd.OneStepMap(lambda z: torch.tanh(z), shape=(3,))
+    offs = torch.tensor([[0.3, 0.1, 0.0], [-0.2, 0.4, 0.1], [0.5, -0.3, 0.2], [0.1, 0.0, -0.4]], dtype=torch.float64)
+    students = [pfd.OneStepMap(lambda z, c=c: torch.tanh(z) + c * (1 + z[:, :1]), shape=(3,)) for c in offs]
+    bv = bias_variance(students, teacher, n=64, batch_size=20)
+    jk = bv.extra["ci95_students"]
+    loo = [bias_variance(students[:i] + students[i + 1:], teacher, n=64) for i in range(4)]
+    q = t_dist.ppf(0.975, 3)
+    for key in ("bias2", "var", "mean_gen2", "bias_share"):
+        r = torch.tensor([getattr(b, key) for b in loo], dtype=torch.float64)
+        se = math.sqrt(3 / 4 * float((r - r.mean()).pow(2).sum()))
+        centre = getattr(bv, key)
+        assert jk[key] == pytest.approx([centre - q * se, centre + q * se], rel=1e-9, abs=1e-12)
+    assert "ci95_students" not in bias_variance(students[:2], teacher, n=8).extra  # K = 2: no jackknife
 
 
 def test_bias_variance_identity_to_float_precision(teacher):

@@ -125,3 +125,32 @@ def test_bad_input(gmm):
         train_trajectory_student(gmm, [1.0, 0.1], train_steps=0)
     with pytest.raises(ValueError, match="t_min must be < t_max"):
         ExactFlowMap(gmm, 1.0, 0.1)
+
+
+def test_plateau_stopping_restores_best_weights(one_thread):
+    """plateau=True: a single Gaussian's exact segment maps are linear, so every segment learns them fast
+    and plateaus well before the cap; the returned weights are the best validated ones."""
+    g1 = pfd.GaussianMixture([1.0], [[0.5]], [0.3])
+    grid = [2.0, 1.0, 0.3]
+    st, hist = train_trajectory_student(g1, grid, train_steps=3000, n_train=512, width=16, batch_size=64, seed=0,
+                                        plateau=True, eval_every=20, patience=3, rel_tol=0.05, n_val=256,
+                                        progress=False)
+    assert hist["steps_used"] < 3000 and all(hist["plateaued"]) and max(hist["stop_step"]) == hist["steps_used"]
+    val = exact_pairs(g1, grid, 256, seed=pfd.noise.derive_seed(0, 0x7A1D))
+    with torch.no_grad():
+        mse = ((st.segments_forward(val[0].float()).double() - val[1]) ** 2).sum(2).mean(1)
+    torch.testing.assert_close(mse, torch.tensor(hist["val_loss_per_segment"], dtype=F64), rtol=1e-6, atol=1e-9)
+    identity = ((val[0] - val[1]) ** 2).sum(2).mean(1)
+    assert bool((mse < 0.05 * identity).all())
+    # time-conditioned: one shared net, one stopping decision for all segments
+    _, h_tc = train_trajectory_student(g1, grid, train_steps=3000, n_train=512, width=16, batch_size=64, seed=0,
+                                       time_conditioned=True, plateau=True, eval_every=20, patience=3, rel_tol=0.05,
+                                       n_val=256, progress=False)
+    assert len(h_tc["stop_step"]) == 1 and h_tc["steps_used"] < 3000
+    # without plateau the cap is the budget and no stopping keys appear
+    _, h0 = train_trajectory_student(g1, grid, train_steps=30, n_train=256, width=8, seed=0, progress=False)
+    assert "steps_used" not in h0
+    with pytest.raises(TypeError, match="plateau must be a bool"):
+        train_trajectory_student(g1, grid, train_steps=5, plateau=1)
+    with pytest.raises(ValueError, match="eval_every must be >= 1"):
+        train_trajectory_student(g1, grid, train_steps=5, plateau=True, eval_every=0)

@@ -109,7 +109,7 @@ def test_progress_goes_to_stderr_and_result_to_stdout(models):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)  # stdout is pure JSON
     assert report["value"] == 0.0 and report["ci95"] == [0.0, 0.0]
-    assert "pfd" in out.stderr  # the tqdm bar
+    assert "PFD reference vs student" in out.stderr  # the tqdm bar, labelled by what it runs
 
 
 def test_parse_assignments_json_values_and_strings():
@@ -140,8 +140,8 @@ def test_eps_adapter_on_ddpm_schedule_equals_the_analytic_map(tmp_path, monkeypa
         "        return (x - G.denoiser(x, s)) / s[:, None]\n"
         "    return eps\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    m = load_map("vp_user:make", adapter="eps", args={"beta_end": 0.02}, schedule={"start": "ve"}, steps=10,
-                 shape=(2,))
+    m = load_map("vp_user:make", adapter="eps", args={"beta_end": 0.02}, schedule={"start": "ve", "grid": "karras"},
+                 steps=10, shape=(2,))
     sig = pfd.adapters.vp_sigmas(torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0))
     lo, hi = float(sig[0]), float(sig[-1])
     assert m.describe()["sigmas"][0] == pytest.approx(hi) and m.describe()["sigmas"][-1] == pytest.approx(lo)

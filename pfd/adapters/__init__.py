@@ -4,6 +4,7 @@
   (epsilon / v / x0 on a discrete alpha-bar schedule; :func:`diffusers_denoiser`),
   :class:`FlowMatchingDenoiser`, :class:`ScoreDenoiser` (VE / VP / OU scores); integrate them
   with :class:`pfd.DiffusionMap` or :class:`GridMap` (a sampler's own grid);
+* diffusers folders (``save_pretrained``) as maps: :func:`load_diffusers`, :func:`diffusers_map`;
 * students, each declaring ``kind="trajectory"`` or ``kind="distribution"``:
   :class:`ConsistencyStudent`, :class:`FlowMapStudent`, :class:`GridMap` (progressive
   distillation), :class:`GeneratorStudent` (one-step G(z); warns for distribution matching);
@@ -19,6 +20,7 @@ from pfd.adapters.diffusion import (
     diffusers_denoiser,
     vp_sigmas,
 )
+from pfd.adapters.pipelines import DiffusersModel, diffusers_map, is_diffusers_folder, load_diffusers
 from pfd.adapters.ratio import (
     RatioCorrectedMap,
     RatioFit,
@@ -41,6 +43,7 @@ __all__ = [
     "KINDS",
     "ConsistencyStudent",
     "CouplingWarning",
+    "DiffusersModel",
     "EDMDenoiser",
     "FlowMapStudent",
     "FlowMatchingDenoiser",
@@ -53,8 +56,11 @@ __all__ = [
     "VPDenoiser",
     "check_kind",
     "diffusers_denoiser",
+    "diffusers_map",
     "fit_ratio",
     "grad_log_ratio",
+    "is_diffusers_folder",
+    "load_diffusers",
     "ratio_heldout_loss",
     "ratio_loss",
     "vp_sigmas",

@@ -26,8 +26,8 @@ import torch
 
 from pfd._checks import as_sigma, call_model, check_positive_float, eval_mode
 from pfd._maps import model_device
-from pfd.maps import DiffusionMap
-from pfd.solvers import SOLVERS
+from pfd.maps import DiffusionMap, check_in_range
+from pfd.solvers import SOLVERS, get_solver
 
 __all__ = [
     "EDMDenoiser",
@@ -222,20 +222,62 @@ class VPDenoiser(_Adapter):
             d = out
         return d.to(x.dtype)
 
-    def ode_map(self, *, start: str = "vp", **kw: Any) -> GridMap | DiffusionMap:
-        """PF-ODE map over the schedule's sigma range (default Heun, 18 Karras points).
+    @property
+    def sigma_range(self) -> tuple[float, float]:
+        """(sigma_min, sigma_max) of the schedule: the model cannot be evaluated outside it."""
+        return self.sigma_min, self.sigma_max
 
+    def schedule_sigmas(self, steps: int) -> torch.Tensor:
+        """The DDIM-style grid of ``steps`` points inside the schedule: the noise levels of the
+        timesteps ``round(linspace(T - 1, 0, steps))`` (diffusers' ``timestep_spacing="linspace"``).
+
+        >>> import torch
+        >>> den = VPDenoiser(lambda x, t: x, torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0),
+        ...                  "epsilon")
+        >>> [round(float(s), 4) for s in den.schedule_sigmas(4)]
+        [157.4073, 9.4889, 1.4624, 0.01]
+        """
+        from pfd._checks import check_positive_int
+
+        n = self.log_sigmas.numel()
+        steps = check_positive_int(steps, "steps", minimum=2)
+        if steps > n:
+            raise ValueError(f"steps must be <= the schedule's {n} timesteps, got {steps}")
+        t = torch.linspace(n - 1, 0, steps, dtype=_F64).round().long()
+        return self.log_sigmas[t].exp().cpu()
+
+    def ode_map(self, *, start: str = "vp", grid: str | None = None, **kw: Any) -> GridMap:
+        """PF-ODE map inside the schedule's sigma range (default Heun on 18 points).
+
+        ``grid="schedule"``: the DDIM-style timestep grid (:meth:`schedule_sigmas`); ``"karras"``
+        (rho = ``rho``, default 7) or ``"loglinear"`` over [``sigma_min``, ``sigma_max``] (default
+        the schedule's range; a range outside it is rejected). Default (None): ``"loglinear"`` for
+        the multistep exponential integrators (dpm2m, dpm3m, ...), ``"schedule"`` for the others,
+        the better grid of each at every step count measured (benchmarks/results/vp_grid.json).
         ``start="vp"`` starts from x_VE = z / sqrt(abar_T) (the VP sampler's x_T = z);
         ``start="ve"`` from sigma_max * z (the EDM convention).
         """
-        from pfd.schedules import karras_sigmas
+        from pfd.schedules import check_grid_name, make_grid
 
-        lo = kw.pop("sigma_min", self.sigma_min)
-        hi = kw.pop("sigma_max", self.sigma_max)
+        lo = kw.pop("sigma_min", None)
+        hi = kw.pop("sigma_max", None)
         steps = kw.pop("steps", None) or 18
         rho = kw.pop("rho", 7.0)
         solver = kw.pop("solver", "heun")
-        return GridMap(self, karras_sigmas(steps, lo, hi, rho), solver=solver, start=start, **kw)
+        if grid is None:
+            entry = get_solver(solver)  # multistep exponential integrators: one call per step, order >= 2
+            grid = "loglinear" if entry.backend == "builtin" and entry.evals_per_step == 1 and entry.order > 1 else "schedule"
+        if grid == "schedule":
+            if lo is not None or hi is not None:
+                raise ValueError("sigma_min/sigma_max apply to grid='karras' or 'loglinear'; the 'schedule' grid "
+                                 "spans the whole schedule")
+            sigmas = self.schedule_sigmas(steps)
+        else:
+            lo = self.sigma_min if lo is None else lo
+            hi = self.sigma_max if hi is None else hi
+            check_in_range(self, float(lo), float(hi))
+            sigmas = make_grid(check_grid_name(grid), steps, lo, hi, rho)
+        return GridMap(self, sigmas, solver=solver, start=start, **kw)
 
 
 def diffusers_denoiser(unet: torch.nn.Module, scheduler: Any, *, timesteps: str = "continuous") -> VPDenoiser:
@@ -315,6 +357,13 @@ class ScoreDenoiser(_Adapter):
         if process == "vp" and not self.beta_max > self.beta_min:
             raise ValueError(f"beta_max must be > beta_min, got {beta_max} <= {beta_min}")
 
+    @property
+    def trained_sigma_range(self) -> tuple[float, float] | None:
+        """(0, sigma at t = 1) for the VP process (its time runs over [0, 1]); None otherwise."""
+        if self.process != "vp":
+            return None
+        return 0.0, math.sqrt(math.expm1(self.beta_min + 0.5 * (self.beta_max - self.beta_min)))
+
     def time_of_sigma(self, s: torch.Tensor) -> torch.Tensor:
         """The process time with EDM noise level sigma."""
         if self.process == "ve":
@@ -346,17 +395,29 @@ class ScoreDenoiser(_Adapter):
 class GridMap(DiffusionMap):
     """The PF-ODE map of a denoiser on an explicit, user-given sigma grid (a sampler's own grid).
 
-    ``sigmas`` decreasing, all > 0; built-in fixed-grid ``solver`` (``"euler"`` is DDIM in EDM
-    coordinates); the last grid point is followed by the final denoise x <- D(x; sigmas[-1]).
-    A one-point grid is a single denoise from sigmas[0]. ``start="ve"`` starts at
-    sigmas[0] * z, ``start="vp"`` at sqrt(1 + sigmas[0]^2) * z (a VP sampler's x_T = z).
+    ``sigmas`` strictly decreasing and > 0, optionally ending in 0 as k-diffusion's grids do (the
+    step to 0 is the final denoise, so ``[80, 1, 0.1, 0]`` is the same map as ``[80, 1, 0.1]``);
+    built-in fixed-grid ``solver`` (``"euler"`` is DDIM in EDM coordinates); the last positive
+    grid point is followed by the final denoise x <- D(x; sigmas[-1]). A one-point grid is a single
+    denoise from sigmas[0]. The start x(sigmas[0]) from the noise z:
+
+    * ``start="ve"``: sigmas[0] * z (EDM, k-diffusion);
+    * ``start="vp"``: sqrt(1 + sigmas[0]^2) * z (a VP sampler's x_T = z);
+    * ``start="fm"``: (1 + sigmas[0]) * z (a flow-matching sampler's x_t = z at t = s/(1 + s)).
+
+    A denoiser with a ``sigma_range`` (a :class:`VPDenoiser`) rejects a grid leaving it.
 
     >>> import pfd
     >>> gmm = pfd.GaussianMixture([1.0], [[1.0, -1.0]], [0.5])
     >>> m = pfd.adapters.GridMap(gmm.denoiser, [80.0, 10.0, 1.0, 0.1], solver="euler", shape=(2,))
     >>> _ = m(pfd.canonical_noise(4, (2,))); m.last_nfe
     4
+    >>> k = pfd.adapters.GridMap(gmm.denoiser, [80.0, 10.0, 1.0, 0.1, 0.0], solver="euler", shape=(2,))
+    >>> bool((k(pfd.canonical_noise(4, (2,))) == m(pfd.canonical_noise(4, (2,)))).all())
+    True
     """
+
+    STARTS = ("ve", "vp", "fm")
 
     def __init__(self, denoiser: Callable[..., Any], sigmas: Sequence[float] | torch.Tensor, solver: str = "euler",
                  *, start: str = "ve", kind: str = "trajectory", shape: Sequence[int] | None = None,
@@ -364,21 +425,28 @@ class GridMap(DiffusionMap):
         from pfd.adapters.students import check_kind
 
         grid = torch.as_tensor(sigmas, dtype=_F64).detach().flatten().cpu()
+        ends_in_zero = grid.numel() > 1 and float(grid[-1]) == 0.0
+        if ends_in_zero:
+            grid = grid[:-1]
         if grid.numel() < 1 or not bool(torch.isfinite(grid).all()) or bool((grid <= 0).any()):
-            raise ValueError("sigmas must be a non-empty sequence of finite noise levels > 0")
+            raise ValueError("sigmas must be a non-empty sequence of finite noise levels > 0 (only the last may be 0, "
+                             "the final denoise)")
         if grid.numel() > 1 and not bool((grid[1:] < grid[:-1]).all()):
             raise ValueError("sigmas must be strictly decreasing (from noise to data)")
-        builtin = sorted(k for k, v in SOLVERS.items() if v.backend == "builtin")
-        if solver not in builtin:
+        entry = get_solver(solver)
+        if entry.backend != "builtin":
+            builtin = sorted(k for k, v in SOLVERS.items() if v.backend == "builtin")
             raise ValueError(f"solver must be a built-in fixed-grid method {builtin}, got {solver!r}")
-        if start not in ("ve", "vp"):
-            raise ValueError(f"start must be 've' or 'vp', got {start!r}")
+        if start not in self.STARTS:
+            raise ValueError(f"start must be one of {self.STARTS}, got {start!r}")
         hi = float(grid[0])
         lo = float(grid[-1]) if grid.numel() > 1 else hi / 2.0
-        super().__init__(denoiser, sigma_min=lo, sigma_max=hi, solver=solver, steps=max(2, grid.numel()),
+        self._grid_range = (float(grid[-1]), hi)
+        super().__init__(denoiser, sigma_min=lo, sigma_max=hi, solver=entry.name, steps=max(2, grid.numel()),
                          shape=shape, model_dtype=model_dtype, name=name)
         self.sigmas = grid
         self.start = start
+        self.ends_in_zero = ends_in_zero
         self.kind = check_kind(kind)
 
     @property
@@ -389,6 +457,8 @@ class GridMap(DiffusionMap):
         d = super().describe()
         d.update(type="GridMap", grid="explicit", sigmas=self.sigmas.tolist(), start=self.start, kind=self.kind,
                  nfe=self.nfe_per_sample, sigma_min=float(self.sigmas[-1]))
+        if self.ends_in_zero:
+            d["final_step"] = "denoise at sigmas[-2] (grid ends in 0)"
         d.pop("rho", None)
         d.pop("steps", None)
         return d
@@ -398,6 +468,8 @@ class GridMap(DiffusionMap):
         s0 = float(self.sigmas[0])
         if self.start == "vp":
             z = z * (math.sqrt(1.0 + s0 * s0) / s0)
+        elif self.start == "fm":
+            z = z * ((1.0 + s0) / s0)
         if self.sigmas.numel() > 1:
             return super().__call__(z)
         device = model_device(self.denoiser) or z.device

@@ -5,6 +5,7 @@ from pfd.analysis.baselines import (
     all_baselines,
     data_copying_ct,
     frechet_distance,
+    kid,
     knn_distances,
     memorization_ratio,
     mmd_rbf,
@@ -19,13 +20,31 @@ from pfd.analysis.generalization import (
     generalization_errors,
     reference_maps,
 )
-from pfd.analysis.mtog import collapse_scan, fit_logistic, fit_transitions, mtog_scaling
-from pfd.analysis.students import DenoiserMLP, DSMTrainer, TrainConfig, dsm_loss
+from pfd.analysis.mtog import (
+    collapse_scan,
+    fit_logistic,
+    fit_transitions,
+    half_octaves,
+    mtog_report,
+    mtog_scaling,
+    mtog_sweep,
+    transition_fits,
+)
+from pfd.analysis.students import (
+    DenoiserMLP,
+    DSMTrainer,
+    EnsembleDenoiser,
+    EnsembleDSMTrainer,
+    TrainConfig,
+    dsm_loss,
+)
 
 __all__ = [
     "BiasVariance",
     "DSMTrainer",
     "DenoiserMLP",
+    "EnsembleDSMTrainer",
+    "EnsembleDenoiser",
     "GeneralizationErrors",
     "ReferenceMaps",
     "TrainConfig",
@@ -41,11 +60,16 @@ __all__ = [
     "fit_transitions",
     "frechet_distance",
     "generalization_errors",
+    "half_octaves",
+    "kid",
     "knn_distances",
     "memorization_ratio",
     "mmd_rbf",
+    "mtog_report",
     "mtog_scaling",
+    "mtog_sweep",
     "prdc",
     "reference_maps",
     "training_dynamics",
+    "transition_fits",
 ]

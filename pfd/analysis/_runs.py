@@ -19,7 +19,8 @@ from pfd.analytic.gmm import GaussianMixture
 from pfd.maps import CachedMap
 from pfd.noise import derive_seed
 
-__all__ = ["epochs_for_steps", "read_records", "run_settings", "settings_key", "train_dsm", "train_set", "train_student"]
+__all__ = ["OnDevice", "epochs_for_steps", "read_records", "run_settings", "settings_key", "train_dsm", "train_ensemble",
+           "train_set", "train_student"]
 
 
 def train_set(teacher: GaussianMixture, n_train: int, data_seed: int):
@@ -104,4 +105,84 @@ def read_records(
         warnings.warn(f"{p}: set aside {set_aside} run(s) made with other settings ("
                       f"{'; '.join(diffs) or 'records without settings, from an older pfd'}); they are not reused",
                       UserWarning, stacklevel=2)
+    return out
+
+
+class OnDevice:
+    """A noise-to-data map evaluated on ``device``: the noise is moved there and the output
+    back to the noise's device (e.g. a mixture's map on a GPU while pfd draws noise on the CPU)."""
+
+    def __init__(self, base: Any, device: str | Any) -> None:
+        import torch
+
+        self.base, self.device = base, torch.device(device)
+        self.shape = getattr(base, "shape", None)
+        self.name = getattr(base, "name", type(base).__name__)
+
+    def __call__(self, z):
+        return self.base(z.to(self.device)).to(z.device)
+
+
+def train_ensemble(
+    teacher: GaussianMixture,
+    n_trains: list[int],
+    seeds: list[int],
+    *,
+    arch: str = "mlp",
+    width: int = 256,
+    depth: int = 3,
+    train: dict[str, Any] | None = None,
+    n_eval: int = 4096,
+    eval_seed: int = 0,
+    eval_batch: int = 4096,
+    device: str = "cpu",
+    teacher_map: CachedMap | None = None,
+    solver: dict[str, Any] | None = None,
+    wall_budget: float | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Train one student per (seed, N) in ``seeds`` x ``n_trains`` (training set and init from
+    the seed) together as an :class:`pfd.analysis.students.EnsembleDSMTrainer`, each until it
+    converges, then score each: E_gen, E_mem, the memorizer's E_gen, the steps used and why
+    training stopped.
+
+    ``train`` holds the trainer's keyword arguments (lr, batch_size, sigma sampling, stopping
+    rule, ...), optionally ``clamp`` (the students' denoiser outputs are projected onto
+    [-clamp, clamp]^d when their maps are evaluated) and optionally ``lr_ref_width``: the learning rate is then scaled by
+    min(1, sqrt(lr_ref_width / width)) (wide networks take smaller Adam steps). The teacher and
+    empirical maps run on ``device`` (float64)."""
+    import math
+
+    from pfd.analysis.students import EnsembleDSMTrainer
+
+    train = dict(train or {})
+    ref = train.pop("lr_ref_width", None)
+    clamp = train.pop("clamp", None)
+    if ref is not None:
+        train["lr"] = train.get("lr", 1e-3) * min(1.0, math.sqrt(ref / width))
+    solver = dict(solver or {})
+    t0 = time.perf_counter()
+    members = [(int(s), int(n)) for s in seeds for n in n_trains]
+    data = [train_set(teacher, n, s) for s, n in members]
+    tr = EnsembleDSMTrainer(data, [int(derive_seed(s, 7, n) % (2**31)) for s, n in members], arch=arch, width=width,
+                            depth=depth, device=device, noise_seed=int(seeds[0]), **train)
+    stats = tr.train(wall_budget=wall_budget, progress=progress)
+    t_train = time.perf_counter() - t0
+    tmap = teacher_map if teacher_map is not None else CachedMap(OnDevice(teacher.ode_map(**solver), device))
+    out = []
+    kw = {"n": n_eval, "seed": eval_seed, "batch_size": eval_batch}
+    for i, (s, n) in enumerate(members):
+        t1 = time.perf_counter()
+        emp = CachedMap(OnDevice(GaussianMixture.empirical(data[i]).ode_map(**solver), device))
+        refs = reference_maps(tmap, emp)
+        err = generalization_errors(OnDevice(tr.ode_map(i, clamp=clamp, **solver), device), None, None,
+                                    references=refs, **kw)
+        emp_gen = generalization_errors(refs.empirical, None, None, references=refs, **kw).e_gen
+        rec = {**stats[i], **err.to_dict(), "n_train": n, "seed": s, "arch": arch, "width": width, "depth": depth,
+               "n_params": tr.n_params, "e_gen_empirical": emp_gen.value,
+               "e_gen_rel": err.e_gen.value / emp_gen.value if emp_gen.value > 0 else None,
+               "e_mem_rel": err.e_mem.value / emp_gen.value if emp_gen.value > 0 else None,
+               "lr": tr.lr0, "train_seconds_unit": t_train, "eval_seconds": time.perf_counter() - t1,
+               "device": str(tr.device.type)}
+        out.append(rec)
     return out

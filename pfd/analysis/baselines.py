@@ -7,6 +7,7 @@ matrix is ever held in memory. All randomness (bootstrap, bandwidth subsample, k
 * :func:`memorization_ratio` - fraction of samples with d1/d2 < 1/3 to the training set (+ bootstrap CI)
 * :func:`frechet_distance` - Fréchet (2-Wasserstein between Gaussian fits) distance in data space
 * :func:`mmd_rbf` - unbiased MMD^2 with an RBF kernel, bandwidth by the median heuristic
+* :func:`kid` - kernel inception distance: unbiased MMD^2, cubic polynomial kernel, over random subsets
 * :func:`prdc` - precision / recall / density / coverage (Naeem et al. 2020)
 * :func:`data_copying_ct` - Meehan et al. (2020) C_T data-copying statistic
 """
@@ -26,6 +27,7 @@ __all__ = [
     "all_baselines",
     "data_copying_ct",
     "frechet_distance",
+    "kid",
     "knn_distances",
     "memorization_ratio",
     "mmd_rbf",
@@ -203,6 +205,68 @@ def mmd_rbf(x: Any, y: Any, *, bandwidth: float | None = None, seed: int = 0, ch
     return {"mmd2": kxx + kyy - 2 * kxy, "bandwidth": h}
 
 
+def _poly_sum(a: torch.Tensor, b: torch.Tensor, gamma: float, coef: float, degree: int, chunk: int) -> float:
+    """sum_ij (gamma a_i . b_j + coef)^degree in (chunk x chunk) blocks, exactly summed across blocks."""
+    return math.fsum(
+        float((gamma * (a[i:i + chunk] @ b[j:j + chunk].T) + coef).pow(degree).sum())
+        for i in range(0, a.shape[0], chunk)
+        for j in range(0, b.shape[0], chunk)
+    )
+
+
+def kid(x: Any, y: Any, *, subset_size: int = 1000, subsets: int = 100, degree: int = 3, gamma: float | None = None,
+        coef: float = 1, seed: int = 0, chunk: int = _CHUNK) -> dict[str, Any]:
+    """Kernel inception distance (Bińkowski et al. 2018) between two samples, as torch-fidelity and
+    torchmetrics define it: the unbiased MMD^2 with the polynomial kernel
+    k(a, b) = (gamma a.b + coef)^degree (gamma = 1/d by default, so (a.b/d + 1)^3), computed on
+    ``subsets`` random subsets of ``subset_size`` points drawn without replacement from each
+    sample, averaged. ``kid_std`` is the standard deviation over subsets (divisor ``subsets``, as
+    torch-fidelity; torchmetrics divides by ``subsets - 1``). One subset holding every point of
+    two equal-size samples is the full unbiased estimator. Subsets are drawn from one generator
+    seeded by ``seed``; kernel sums are chunked (no N x N matrix beyond ``chunk``).
+
+    Here it sees whatever vectors it is given (flattened samples); for images scored as in the
+    literature pass Inception features instead.
+
+    With k = (ab + 1)^3 in 1-D: k_xx = k(1, 2) = 27, k_yy = k(0, 1) = 1 and the cross mean is
+    (1 + 8 + 1 + 27) / 4 = 9.25, so KID = 27 + 1 - 2 * 9.25:
+
+    >>> r = kid([[1.0], [2.0]], [[0.0], [1.0]], subset_size=2, subsets=1)
+    >>> r["kid"], r["kid_std"]
+    (9.5, 0.0)
+    """
+    a, b = _points(x, "x"), _points(y, "y")
+    _same_dim(a, b, "x", "y")
+    subset_size = check_positive_int(subset_size, "subset_size", minimum=2)
+    subsets = check_positive_int(subsets, "subsets")
+    degree = check_positive_int(degree, "degree")
+    check_positive_int(chunk, "chunk")
+    if subset_size > min(a.shape[0], b.shape[0]):
+        raise ValueError(f"subset_size={subset_size} exceeds the smaller sample ({min(a.shape[0], b.shape[0])} points); "
+                         "lower subset_size")
+    d = a.shape[1]
+    gamma = 1.0 / d if gamma is None else check_positive_float(gamma, "gamma")
+    if isinstance(coef, bool) or not isinstance(coef, (int, float)) or not math.isfinite(coef):
+        raise TypeError(f"coef must be a finite number, got {coef!r}")
+    coef = float(coef)
+    m = subset_size
+    g = torch.Generator().manual_seed(derive_seed(seed, 24) % (2**63))
+    vals = []
+    for _ in range(subsets):
+        xs = a[torch.randperm(a.shape[0], generator=g)[:m]]
+        ys = b[torch.randperm(b.shape[0], generator=g)[:m]]
+        kxx = _poly_sum(xs, xs, gamma, coef, degree, chunk) - math.fsum(
+            (gamma * xs.pow(2).sum(1) + coef).pow(degree).tolist())
+        kyy = _poly_sum(ys, ys, gamma, coef, degree, chunk) - math.fsum(
+            (gamma * ys.pow(2).sum(1) + coef).pow(degree).tolist())
+        kxy = _poly_sum(xs, ys, gamma, coef, degree, chunk)
+        vals.append((kxx + kyy) / (m * (m - 1)) - 2 * kxy / (m * m))
+    mean = math.fsum(vals) / subsets
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / subsets)
+    return {"kid": mean, "kid_std": std, "subset_size": m, "subsets": subsets, "degree": degree, "gamma": gamma,
+            "coef": coef, "seed": seed}
+
+
 def prdc(real: Any, fake: Any, *, k: int = 5, chunk: int = _CHUNK) -> dict[str, float]:
     """Precision, recall, density and coverage of ``fake`` w.r.t. ``real`` (Naeem et al. 2020).
 
@@ -253,7 +317,7 @@ def _mann_whitney_u(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def data_copying_ct(generated: Any, train: Any, test: Any, *, n_cells: int = 10, min_count: int = 20,
-                    seed: int = 0, chunk: int = _CHUNK) -> dict[str, Any]:
+                    seed: int = 0, convention: str = "pfd", chunk: int = _CHUNK) -> dict[str, Any]:
     """Meehan, Chaudhuri & Dasgupta (2020) C_T data-copying statistic.
 
     The training set is partitioned into ``n_cells`` k-means cells (seeded); in each cell pi the
@@ -263,6 +327,20 @@ def data_copying_ct(generated: Any, train: Any, test: Any, *, n_cells: int = 10,
     C_T averages Z_U over cells holding at least ``min_count`` generated and one test sample,
     weighted by the test fraction P_n(pi). C_T << 0: samples sit closer to the training points
     than fresh data does (data copying); ~0: no copying; >> 0: underfitting.
+
+    ``convention="pfd"`` (default) is the definition above: nearest training point over the
+    whole training set, no continuity correction, cells with >= ``min_count`` generated samples.
+    ``convention="meehan2020"`` follows the authors' released code instead: the nearest
+    training point *within the cell*, a continuity correction (mean n m / 2 - 1/2), and cells
+    with strictly more than ``min_count`` generated samples (their fraction rule Q_m(pi) > tau
+    with tau = min_count / m). See docs/generalization.md for how far the two differ.
+
+    >>> import torch
+    >>> train = torch.linspace(-1, 1, 40).reshape(-1, 1)
+    >>> copies = train.repeat(2, 1) + 1e-3
+    >>> fresh = torch.linspace(-0.99, 0.99, 80).reshape(-1, 1)
+    >>> data_copying_ct(copies, train, fresh, n_cells=2)["ct"] < -5
+    True
     """
     from sklearn.cluster import KMeans
 
@@ -271,43 +349,61 @@ def data_copying_ct(generated: Any, train: Any, test: Any, *, n_cells: int = 10,
     _same_dim(p, t, "test", "train")
     n_cells = check_positive_int(n_cells, "n_cells")
     min_count = check_positive_int(min_count, "min_count")
+    if convention not in ("pfd", "meehan2020"):
+        raise ValueError(f"convention must be 'pfd' or 'meehan2020', got {convention!r}")
+    authors = convention == "meehan2020"
     if t.shape[0] < n_cells:
         raise ValueError(f"train has {t.shape[0]} points, fewer than n_cells={n_cells}")
     km = KMeans(n_clusters=n_cells, n_init=5, random_state=int(derive_seed(seed, 23) % (2**31))).fit(t.numpy())
     cq = torch.as_tensor(km.predict(q.numpy()))
     cp = torch.as_tensor(km.predict(p.numpy()))
-    dq = knn_distances(q, t, 1, chunk=chunk)[:, 0]
-    dp = knn_distances(p, t, 1, chunk=chunk)[:, 0]
+    ct_cells = torch.as_tensor(km.labels_)
+    if not authors:
+        dq = knn_distances(q, t, 1, chunk=chunk)[:, 0]
+        dp = knn_distances(p, t, 1, chunk=chunk)[:, 0]
     zs, ws, cells = [], [], []
     for c in range(n_cells):
-        a, b = dq[cq == c], dp[cp == c]
+        if authors:
+            tc = t[ct_cells == c]
+            a, b = q[cq == c], p[cp == c]
+            a = knn_distances(a, tc, 1, chunk=chunk)[:, 0] if a.shape[0] else a[:, 0]
+            b = knn_distances(b, tc, 1, chunk=chunk)[:, 0] if b.shape[0] else b[:, 0]
+        else:
+            a, b = dq[cq == c], dp[cp == c]
         m, n = a.shape[0], b.shape[0]
-        if m < min_count or n < 1:
+        if (m <= min_count if authors else m < min_count) or n < 1:
             continue
         u = _mann_whitney_u(a, b)
-        z = (u - m * n / 2) / math.sqrt(m * n * (m + n + 1) / 12)
+        z = (u - (m * n / 2 - (0.5 if authors else 0.0))) / math.sqrt(m * n * (m + n + 1) / 12)
         zs.append(z)
         ws.append(n / p.shape[0])
         cells.append({"cell": c, "n_generated": m, "n_test": n, "u": u, "z_u": z})
     if not zs:
-        raise ValueError(f"no cell holds >= min_count={min_count} generated samples and a test sample")
+        rule = "more than" if authors else ">="
+        raise ValueError(f"no cell holds {rule} min_count={min_count} generated samples and a test sample")
     ct = float(np.dot(ws, zs) / np.sum(ws))
-    return {"ct": ct, "n_cells": n_cells, "cells_used": len(zs), "min_count": min_count, "seed": seed, "cells": cells}
+    return {"ct": ct, "n_cells": n_cells, "cells_used": len(zs), "min_count": min_count, "seed": seed,
+            "convention": convention, "cells": cells}
 
 
 def all_baselines(samples: Any, train: Any, test: Any, *, seed: int = 0, k: int = 5, n_cells: int = 10,
-                  chunk: int = _CHUNK) -> dict[str, Any]:
+                  kid_subsets: int = 100, chunk: int = _CHUNK) -> dict[str, Any]:
     """Every baseline for one set of generated ``samples``: memorization ratio against ``train``;
-    Fréchet distance, MMD^2 and PRDC against the held-out ``test`` samples of the data; C_T with
-    min(n_cells, N // 2) k-means cells of the N training points."""
+    Fréchet distance, MMD^2, KID (``kid_subsets`` subsets of min(1000, n_samples, n_test) points)
+    and PRDC against the held-out ``test`` samples of the data; C_T with min(n_cells, N // 2)
+    k-means cells of the N training points."""
     mr = memorization_ratio(samples, train, seed=seed, chunk=chunk)
     mmd = mmd_rbf(samples, test, seed=seed, chunk=chunk)
+    xs, ts = _points(samples, "samples"), _points(test, "test")
+    kd = kid(xs, ts, subset_size=min(1000, xs.shape[0], ts.shape[0]), subsets=kid_subsets, seed=seed, chunk=chunk)
     out: dict[str, Any] = {
         "memorization_ratio": mr["value"],
         "memorization_ratio_ci95": mr["ci95"],
         "frechet": frechet_distance(samples, test),
         "mmd2": mmd["mmd2"],
         "mmd_bandwidth": mmd["bandwidth"],
+        "kid": kd["kid"],
+        "kid_std": kd["kid_std"],
     }
     out.update({kk: v for kk, v in prdc(test, samples, k=k, chunk=chunk).items() if kk != "k"})
     n_train = _points(train, "train").shape[0]

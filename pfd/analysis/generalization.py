@@ -48,7 +48,7 @@ def reference_maps(teacher: Any, train_set: Any, **solver: Any) -> ReferenceMaps
     """Cached teacher map and empirical-model map of ``train_set``.
 
     ``teacher``: a :class:`pfd.GaussianMixture` (its PF-ODE map with ``solver`` options) or any
-    map. ``train_set``: (N, d) training points (their empirical model's map is built), an
+    map. ``train_set``: (N, d) or (N, *event_shape) training points (their empirical model's map is built), an
     empirical :class:`pfd.GaussianMixture`, or a ready map. ``solver`` goes to
     :class:`pfd.DiffusionMap` (default: EDM Heun, 18 grid points).
     """
@@ -59,8 +59,8 @@ def reference_maps(teacher: Any, train_set: Any, **solver: Any) -> ReferenceMaps
         if isinstance(train_set, GaussianMixture):
             n_train = train_set.n_components
     else:
-        if isinstance(train_set, torch.Tensor) and train_set.ndim != 2:
-            raise ValueError(f"train_set must be (N, d) points, got shape {tuple(train_set.shape)}")
+        if isinstance(train_set, torch.Tensor) and train_set.ndim < 2:
+            raise ValueError(f"train_set must be (N, d) or (N, *event_shape) points, got shape {tuple(train_set.shape)}")
         emp = GaussianMixture.empirical(train_set)
         n_train = emp.n_components
     return ReferenceMaps(tmap, _as_map(emp, "train_set", solver), n_train)

@@ -34,7 +34,8 @@ from pfd.analytic.gmm import GaussianMixture
 from pfd.maps import CachedMap
 from pfd.report import append_jsonl, check_writable
 
-__all__ = ["collapse_scan", "fit_logistic", "fit_transitions", "mtog_scaling"]
+__all__ = ["collapse_scan", "fit_logistic", "fit_transitions", "half_octaves", "mtog_report", "mtog_scaling", "mtog_sweep",
+           "parse_size", "run_key", "transition_fits"]
 
 KEY = ("n_train", "width", "seed")
 FIELDS = ("e_gen", "e_mem", "e_gen_rel", "e_mem_rel")
@@ -249,3 +250,394 @@ def mtog_scaling(
         "collapse": {f: collapse_scan(runs, f) for f in FIELDS},
     }
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The fair sweep: students trained to convergence (ensembles per size and seed), keyed runs,
+# process-parallel, and transition / collapse fits with bootstrap-over-seeds CIs.
+
+SWEEP_VERSION = 1
+DEFAULT_TRAIN: dict[str, Any] = {
+    "lr": 2e-3, "lr_ref_width": 256, "clamp": 3.0, "batch_size": 256, "p_mean": -1.2, "p_std": 1.2,
+    "p_uniform": 0.5, "sigma_min": 0.002, "sigma_max": 80.0, "ema": 0.999, "warmup": 200, "check_every": 500,
+    "patience": 3, "tol": 0.005, "lr_decay": 0.3, "max_decays": 2, "min_steps": 2000, "max_steps": 40000,
+    "n_check": 1024,
+}
+
+
+def parse_size(spec: str) -> dict[str, Any]:
+    """``"mlp:WIDTH:DEPTH"`` or ``"conv:CHANNELS:BLOCKS"`` -> {arch, width, depth, label}.
+
+    >>> parse_size("mlp:256:3")
+    {'arch': 'mlp', 'width': 256, 'depth': 3, 'label': 'mlp:256:3'}
+    """
+    parts = str(spec).split(":")
+    if len(parts) != 3 or parts[0] not in ("mlp", "conv"):
+        raise ValueError(f"size must look like 'mlp:WIDTH:DEPTH' or 'conv:CHANNELS:BLOCKS', got {spec!r}")
+    try:
+        width, depth = int(parts[1]), int(parts[2])
+    except ValueError:
+        raise ValueError(f"size {spec!r}: width and depth must be integers") from None
+    if width < 1 or depth < 1:
+        raise ValueError(f"size {spec!r}: width and depth must be >= 1")
+    return {"arch": parts[0], "width": width, "depth": depth, "label": f"{parts[0]}:{width}:{depth}"}
+
+
+def half_octaves(n_min: int = 8, n_max: int = 2048) -> list[int]:
+    """N values from ``n_min`` to ``n_max`` in half-octave steps (rounded 2^(k/2)).
+
+    >>> half_octaves(8, 64)
+    [8, 11, 16, 23, 32, 45, 64]
+    """
+    lo, hi = math.log2(n_min), math.log2(n_max)
+    ks = range(round(2 * lo), round(2 * hi) + 1)
+    return sorted({round(2 ** (k / 2)) for k in ks})
+
+
+def run_key(settings: dict[str, Any]) -> str:
+    """A stable hash of every setting that determines a run (canonical JSON, sha1)."""
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _unit_settings(teacher: GaussianMixture, size: dict[str, Any], seeds: list[int], n_trains: list[int],
+                   train: dict[str, Any], n_eval: int, eval_seed: int, solver: dict[str, Any], device: str) -> dict:
+    import hashlib
+    import json
+
+    # the teacher's parameters to 6 significant digits: another BLAS or scikit-learn build
+    # refitting the same named teacher gives the same key, a different teacher does not
+    rounded = {k: [float(f"{t:.6g}") for t in np.asarray(v, float).ravel()] for k, v in teacher.to_dict().items()}
+    teacher_hash = hashlib.sha1(json.dumps(rounded).encode()).hexdigest()[:16]
+    # the ensemble (all seeds x N of one size) shares noise streams, so its whole grid is part of
+    # each run's identity; CPU and CUDA generators differ, so the device type is too
+    return {"version": SWEEP_VERSION, "teacher": teacher_hash, "arch": size["arch"], "width": size["width"],
+            "depth": size["depth"], "seeds": list(seeds), "n_trains": list(n_trains), "train": train, "n_eval": n_eval,
+            "eval_seed": eval_seed, "solver": solver, "device": str(device).split(":")[0],
+            "tf32": str(device).startswith("cuda")}
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _unit_worker(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Train and score one size's ensemble (all seeds x N; runs in a worker process)."""
+    import time
+
+    import torch
+
+    from pfd.analysis._runs import OnDevice, train_ensemble
+    from pfd.analytic.teachers import get_teacher
+
+    torch.set_num_threads(job.get("threads", 1))
+    if job["device"].startswith("cuda"):
+        # TF32 tensor-core matmuls for the float32 students (about 4x faster on H100/H200); the
+        # mixtures' maps are float64 and unaffected. Part of the run key (see _unit_settings).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    key = (job["teacher_name"], job["device"], repr(job["solver"]))
+    if _WORKER.get("key") != key:
+        teacher = get_teacher(job["teacher_name"]) if job.get("teacher") is None else GaussianMixture.from_dict(job["teacher"])
+        _WORKER.update(key=key, teacher=teacher,
+                       tmap=CachedMap(OnDevice(teacher.ode_map(**job["solver"]), job["device"])))
+    left = None if job["deadline"] is None else job["deadline"] - time.time()
+    recs = train_ensemble(_WORKER["teacher"], job["n_trains"], job["seeds"], arch=job["arch"], width=job["width"],
+                          depth=job["depth"], train=job["train"], n_eval=job["n_eval"], eval_seed=job["eval_seed"],
+                          device=job["device"], teacher_map=_WORKER["tmap"], solver=job["solver"],
+                          wall_budget=None if left is None else max(1.0, left))
+    for r in recs:
+        r["key"] = run_key({**job["settings"], "seed": r["seed"], "n_train": r["n_train"]})
+        r["size"] = job["label"]
+    return recs
+
+
+def mtog_sweep(
+    teacher: GaussianMixture | str,
+    n_trains: Sequence[int],
+    sizes: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    out: str | os.PathLike[str],
+    train: dict[str, Any] | None = None,
+    n_eval: int = 4096,
+    eval_seed: int = 0,
+    solver: dict[str, Any] | None = None,
+    device: str = "cpu",
+    processes: int = 1,
+    wall_budget: float | None = None,
+    n_boot: int = 200,
+    progress: bool = True,
+    on_unit: Callable[[list[dict[str, Any]]], None] | None = None,
+    train_missing: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) the fair MtoG sweep; return the result dict (``config``, ``runs``,
+    ``transitions``, ``collapse``, ``complete``).
+
+    Work unit: one model size, i.e. one student per (seed, N) trained together, each to
+    convergence (:func:`pfd.analysis._runs.train_ensemble`). Each finished run is appended to the JSONL file
+    ``out`` under a key hashing every setting that determines it (teacher, architecture, seed,
+    whole seed and N grid, training config, evaluation, device type): a restart skips units whose runs are all
+    present with the same key; a run made with other settings is never reused. Units run in
+    ``processes`` worker processes. ``wall_budget`` (seconds) stops training of all units at that
+    deadline (runs marked ``stopped_by="wall"`` count as unfinished on restart and make the
+    result ``complete: false``). ``train_missing=False`` only refits the runs already in ``out``.
+    """
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    import time
+
+    teacher_name = teacher if isinstance(teacher, str) else None
+    if isinstance(teacher, str):
+        from pfd.analytic.teachers import get_teacher
+
+        teacher = get_teacher(teacher)
+    if not isinstance(teacher, GaussianMixture):
+        raise TypeError(f"teacher must be a pfd.GaussianMixture or a teacher name, got {type(teacher).__name__}")
+    grid_n = sorted({check_positive_int(int(n), "n_trains entry", minimum=2) for n in n_trains})
+    size_specs = [parse_size(s) for s in sizes]
+    grid_s = [int(s) for s in seeds]
+    if not grid_n or not size_specs or not grid_s:
+        raise ValueError("n_trains, sizes and seeds must be non-empty")
+    if any(s < 0 for s in grid_s):
+        raise ValueError("seeds must be >= 0")
+    cfg_train = {**DEFAULT_TRAIN, **(train or {})}
+    unknown = set(cfg_train) - set(DEFAULT_TRAIN)
+    if unknown:
+        raise ValueError(f"train: unknown setting(s) {sorted(unknown)}; known: {sorted(DEFAULT_TRAIN)}")
+    solver = dict(solver or {})
+    n_eval = check_positive_int(n_eval, "n_eval", minimum=2)
+    done = read_records(out, ("key",))
+    jobs = []
+    for size in size_specs:
+        st = _unit_settings(teacher, size, grid_s, grid_n, cfg_train, n_eval, eval_seed, solver, device)
+        keys = [run_key({**st, "seed": s, "n_train": n}) for s in grid_s for n in grid_n]
+        if train_missing and not all((k,) in done and done[(k,)].get("stopped_by") != "wall" for k in keys):
+            jobs.append({"teacher_name": teacher_name, "teacher": None if teacher_name else teacher.to_dict(),
+                         "arch": size["arch"], "width": size["width"], "depth": size["depth"], "label": size["label"],
+                         "seeds": grid_s, "n_trains": grid_n, "train": cfg_train, "n_eval": n_eval, "eval_seed": eval_seed,
+                         "solver": solver, "device": device, "settings": st,
+                         "deadline": None if wall_budget is None else time.time() + float(wall_budget)})
+    # biggest models first, so the stragglers at the end are small
+    jobs.sort(key=lambda j: -(j["width"] ** 2 * j["depth"] * (9 if j["arch"] == "conv" else 1)))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), desc="mtog units", unit="unit", disable=not progress, leave=False)
+
+    def finish(recs: list[dict[str, Any]]) -> None:
+        for r in recs:
+            append_jsonl(out, r)
+            done[(r["key"],)] = r
+        bar.update(1)
+        if on_unit is not None:
+            on_unit(recs)
+
+    if processes <= 1 or len(jobs) <= 1:
+        for j in jobs:
+            finish(_unit_worker(j))
+    else:
+        with cf.ProcessPoolExecutor(max_workers=processes, mp_context=mp.get_context("spawn")) as ex:
+            futs = [ex.submit(_unit_worker, j) for j in jobs]
+            for f in cf.as_completed(futs):
+                finish(f.result())
+    bar.close()
+    runs = []
+    for size in size_specs:
+        st = _unit_settings(teacher, size, grid_s, grid_n, cfg_train, n_eval, eval_seed, solver, device)
+        for s in grid_s:
+            for n in grid_n:
+                rec = done.get((run_key({**st, "seed": s, "n_train": n}),))
+                if rec is not None:
+                    runs.append(rec)
+    config = {"teacher": teacher_name or "custom", "n_trains": grid_n, "seeds": grid_s,
+              "sizes": [s["label"] for s in size_specs],
+              "steps": {"rule": "per run: every check_every steps, the fixed-noise DSM loss of the EMA weights on its "
+                        "training set; after `patience` checks without a relative drop of `tol` the learning rate is "
+                        "multiplied by lr_decay; after max_decays decays the run has converged (stopped_by='plateau');"
+                        " capped at max_steps (stopped_by='cap'); steps used are recorded per run",
+                        **{k: cfg_train[k] for k in ("check_every", "patience", "tol", "lr_decay", "max_decays",
+                                                     "min_steps", "max_steps")}},
+              "train": cfg_train, "n_eval": n_eval, "eval_seed": eval_seed,
+              "solver": solver or {"solver": "heun", "steps": 18}, "device": device, "processes": processes,
+              "wall_budget": wall_budget, "n_boot": n_boot}
+    return mtog_report(runs, config, n_boot=n_boot)
+
+
+def _seed_means(runs: list[dict[str, Any]], field: str, group: str, seeds: Sequence[int]):
+    """{group: (log2 N array, mean field over the given (possibly repeated) seeds)}."""
+    out = {}
+    for g in sorted({r[group] for r in runs}, key=lambda v: next(r["n_params"] for r in runs if r[group] == v)):
+        table: dict[int, dict[int, float]] = {}
+        for r in runs:
+            if r[group] == g and r.get(field) is not None:
+                table.setdefault(r["n_train"], {})[r["seed"]] = r[field]
+        ns = sorted(n for n in table if all(s in table[n] for s in set(seeds)))
+        y = np.array([np.mean([table[n][s] for s in seeds]) for n in ns])
+        out[g] = (np.log2(ns), y)
+    return out
+
+
+def _collapse_alpha(curves: dict[Any, tuple[np.ndarray, np.ndarray]], lps: dict[Any, float], fix_b: float | None,
+                    init: Sequence[float] | None = None) -> tuple[float | None, float | None, list[float] | None]:
+    """The collapse exponent alpha: every size's curve is fitted jointly as
+    E_g(N) = b_g + a_g / (1 + exp((log2 N - c - alpha log2|theta_g|) / w)), i.e. the curves
+    coincide against u = log2(N / |theta|^alpha) up to each size's own plateaus (b_g, a_g: a
+    small model generalizes to a higher floor), with one shared transition shape (c, w) and
+    alpha free (least squares). Started from the per-size logistic fits (or from ``init``, the
+    parameter vector of an earlier fit, e.g. the full-data fit inside a bootstrap).
+    Returns (alpha, 1 - R^2, parameters) or (None, None, None) when it cannot be fitted."""
+    import warnings
+
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    groups = list(curves)
+    if len(groups) < 2 or any(len(curves[g][0]) < 4 for g in groups):
+        return None, None, None
+    x = np.concatenate([curves[g][0] for g in groups])
+    y = np.concatenate([curves[g][1] for g in groups])
+    gi = np.concatenate([np.full(len(curves[g][0]), i) for i, g in enumerate(groups)])
+    lpv = np.array([lps[g] for g in groups])
+    if np.ptp(lpv) == 0:
+        return None, None, None
+    k = len(groups)
+    sst = float(np.sum((y - y.mean()) ** 2))
+
+    def model(xx, *p):
+        b = np.full(k, fix_b) if fix_b is not None else np.asarray(p[:k])
+        a = np.asarray(p[k:2 * k])
+        c, w, al = p[2 * k:]
+        return _logistic(xx, b[gi], a[gi], c + al * lpv[gi], w)
+
+    if init is None:
+        fits = [fit_logistic(*curves[g], fix_b=fix_b) for g in groups]
+        if any(f is None for f in fits):
+            return None, None, None
+        x0 = np.array([f["x0"] for f in fits])
+        al0, c0 = np.polyfit(lpv, x0, 1)
+        init = [*(f["b"] for f in fits), *(f["a"] for f in fits), float(c0), float(np.median([f["w"] for f in fits])),
+                float(al0)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p, _ = curve_fit(model, x, y, p0=list(init), maxfev=5000)
+    except (RuntimeError, ValueError):
+        return None, None, None
+    if not np.all(np.isfinite(p)) or abs(p[-2]) < 0.05:
+        return None, None, None
+    sse = float(np.sum((model(x, *p) - y) ** 2))
+    return float(p[-1]), (sse / sst if sst > 0 else 0.0), [float(v) for v in p]
+
+
+def transition_fits(runs: list[dict[str, Any]], field: str = "e_gen", *, group: str = "size", n_boot: int = 200,
+                    seed: int = 0, collapse: bool = True) -> dict[str, Any]:
+    """Per model size, the logistic transition N* of the seed-mean ``field`` against log2 N, and
+    the collapse exponent alpha of N / |theta|^alpha, each with a 95% bootstrap CI over seeds.
+
+    A bootstrap replicate resamples the seeds with replacement (the same resample for every
+    size: a seed fixes the training sets, which the sizes share) and refits everything;
+    CIs are the 2.5/97.5 percentiles. Also the slope of log2 N* against log2 |theta| (an
+    independent estimate of alpha) with its CI. ``n_star_ci95`` is None where fewer than half
+    of the replicates gave a transition inside the swept range.
+
+    >>> import numpy as np
+    >>> runs = [{"size": p, "n_params": p, "seed": s, "n_train": n,
+    ...          "e_gen": 1 + 2 / (1 + np.exp(np.log2(n) - 0.5 * np.log2(p) - 2 + 0.1 * s))}
+    ...         for p in (2**8, 2**12, 2**16) for s in range(3) for n in (2**np.arange(2, 15)).tolist()]
+    >>> res = transition_fits(runs, n_boot=20)
+    >>> round(res["collapse"]["alpha"], 1)
+    0.5
+    """
+    seeds = sorted({r["seed"] for r in runs})
+    params = {r[group]: r["n_params"] for r in runs}
+    lps = {g: math.log2(p) for g, p in params.items()}
+    fix_b = FIXED_PLATEAU.get(field)
+
+    def fit_all(sample: Sequence[int]):
+        curves = _seed_means(runs, field, group, sample)
+        stars = {}
+        for g, (x, y) in curves.items():
+            f = fit_logistic(x, y, fix_b=fix_b) if len(x) >= 4 else None
+            inside = f is not None and float(x.min()) <= f["x0"] <= float(x.max())
+            stars[g] = (f, inside)
+        ok = [g for g, (f, inside) in stars.items() if inside]
+        slope = None
+        if len(ok) >= 2:
+            lx = np.array([lps[g] for g in ok])
+            slope = float(np.polyfit(lx, [stars[g][0]["x0"] for g in ok], 1)[0]) if np.ptp(lx) > 0 else None
+        coll = _collapse_alpha(curves, lps, fix_b, init=init) if collapse else (None, None, None)
+        return stars, slope, coll
+
+    init = None
+    stars, slope, (alpha, residual, init) = fit_all(seeds)
+    order = list(_seed_means(runs, field, group, seeds))  # the groups' order inside the parameter vector
+    rng = np.random.default_rng(seed)
+    boot_x0: dict[Any, list[float]] = {g: [] for g in params}
+    boot_slope, boot_alpha = [], []
+    for _ in range(n_boot):
+        sample = rng.choice(seeds, size=len(seeds), replace=True).tolist()
+        st, sl, (al, _, _) = fit_all(sample)
+        for g, (f, inside) in st.items():
+            if inside:
+                boot_x0[g].append(f["x0"])
+        if sl is not None:
+            boot_slope.append(sl)
+        if al is not None:
+            boot_alpha.append(al)
+
+    def ci(vals: list[float], need: int) -> list[float] | None:
+        return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if len(vals) >= need and vals else None
+
+    entries = []
+    for g in sorted(params, key=params.get):
+        f, inside = stars[g]
+        c = ci(boot_x0[g], max(1, n_boot // 2))
+        entries.append({"size": g, "params": params[g], "field": field, "fit": f, "transition_in_range": inside,
+                        "log2_n_star": None if f is None else f["x0"],
+                        "n_star": None if f is None else 2.0 ** f["x0"],
+                        "n_star_ci95": None if c is None else [2.0 ** c[0], 2.0 ** c[1]],
+                        "boot_in_range": len(boot_x0[g]), "n_boot": n_boot})
+    return {"field": field, "transitions": entries,
+            "collapse": {"alpha": alpha, "residual": residual,
+                         "per_size": None if init is None else {
+                             g: {"b": fix_b if fix_b is not None else init[i], "a": init[len(order) + i]}
+                             for i, g in enumerate(order)},
+                         "c": None if init is None else init[-3], "w": None if init is None else init[-2],
+                         "alpha_ci95": ci(boot_alpha, max(1, n_boot // 2)),
+                         "alpha_ci_width": None if ci(boot_alpha, max(1, n_boot // 2)) is None else
+                         float(np.diff(ci(boot_alpha, max(1, n_boot // 2)))[0]),
+                         "slope_log2_nstar_vs_log2_params": slope,
+                         "slope_ci95": ci(boot_slope, max(1, n_boot // 2)), "n_boot": n_boot}}
+
+
+def mtog_report(runs: list[dict[str, Any]], config: dict[str, Any], *, n_boot: int = 200) -> dict[str, Any]:
+    """The sweep's result in the committed schema: ``config``, ``observable: "e_gen"``,
+    ``transitions`` (per size: params, n_star, n_star_ci95), ``collapse`` (alpha, alpha_ci95),
+    ``fits`` for the other observables, ``convergence`` (steps and how close small N got to the
+    memorizer), ``runs`` and ``complete``."""
+    config = {**config, "params": {r["size"]: r["n_params"] for r in runs}}
+    expected = len(config["n_trains"]) * len(config["seeds"]) * len(config["sizes"])
+    finished = [r for r in runs if r.get("stopped_by") != "wall"]
+    complete = len(finished) == expected
+    main = transition_fits(runs, "e_gen", n_boot=n_boot) if runs else None
+    others = {f: transition_fits(runs, f, n_boot=n_boot, collapse=f != "e_gen_rel") if runs else None
+              for f in ("e_mem", "e_gen_rel", "e_mem_rel")}
+    conv = {}
+    for size in config["sizes"]:
+        rs = [r for r in runs if r["size"] == size]
+        if not rs:
+            continue
+        n0 = min(r["n_train"] for r in rs)
+        small = [r for r in rs if r["n_train"] == n0]
+        conv[size] = {"steps_min": min(r["steps"] for r in rs), "steps_median": float(np.median([r["steps"] for r in rs])),
+                      "steps_max": max(r["steps"] for r in rs),
+                      "stopped_by": {k: sum(r["stopped_by"] == k for r in rs) for k in {r["stopped_by"] for r in rs}},
+                      "smallest_n": n0, "e_mem_rel_at_smallest_n": float(np.mean([r["e_mem_rel"] for r in small])),
+                      "e_mem_rel_at_smallest_n_max": float(np.max([r["e_mem_rel"] for r in small]))}
+    return {"config": config, "observable": "e_gen",
+            "transitions": [] if main is None else main["transitions"],
+            "collapse": {} if main is None else main["collapse"],
+            "fits": others, "convergence": conv, "runs": runs, "complete": complete,
+            "n_runs": len(runs), "n_runs_expected": expected}

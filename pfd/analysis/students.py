@@ -15,6 +15,7 @@ network approaches the empirical (memorizing) denoiser; on many points, the teac
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 from collections.abc import Callable
@@ -29,7 +30,8 @@ from pfd._train import atomic_torch_save
 from pfd.noise import derive_seed
 from pfd.solvers import SolverSettings
 
-__all__ = ["DSMTrainer", "DenoiserMLP", "TrainConfig", "dsm_loss"]
+__all__ = ["DSMTrainer", "DenoiserMLP", "EnsembleDSMTrainer", "EnsembleDenoiser", "MemberDenoiser", "TrainConfig", "dsm_loss",
+           "sample_sigma"]
 
 
 @dataclass(frozen=True)
@@ -323,4 +325,389 @@ class DSMTrainer:
         net = self.eval_model
         solver_options.setdefault("shape", net.event_shape)
         solver_options.setdefault("name", f"DenoiserMLP(w={net.width}, d={net.depth}, N={self.data.shape[0]})")
+        return DiffusionMap(net, **solver_options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ensembles: many independent students (one per training set) trained in one batched pass.
+
+
+def _uniform_init(shape: tuple[int, ...], fan_in: int, g: torch.Generator) -> torch.Tensor:
+    bound = 1.0 / math.sqrt(fan_in)
+    return (torch.rand(shape, generator=g) * 2.0 - 1.0) * bound
+
+
+class EnsembleDenoiser(torch.nn.Module):
+    """``R`` independent EDM-preconditioned denoisers evaluated in one batched pass.
+
+    Member r sees only its own weights (batched matrix products / grouped convolutions), so the
+    members are exactly independent networks; training them together only shares the kernels.
+
+    ``arch="mlp"``: the flattened input (``c_in x``) and ``n_freq`` sine/cosine features of
+    ``c_noise = ln(sigma)/4`` feed ``depth`` hidden SiLU layers of ``width`` units.
+    ``arch="conv"`` (image event shapes (C, H, W)): a residual 3x3 conv net of ``depth`` blocks
+    of ``width`` channels, each block adding a per-channel bias computed from the noise
+    features (h <- h + SiLU(conv(h) + emb)). Member r is initialised from ``seeds[r]``.
+
+    >>> import torch
+    >>> ens = EnsembleDenoiser((1, 4, 4), arch="conv", width=8, depth=2, seeds=[0, 1, 2])
+    >>> ens(torch.zeros(3, 5, 1, 4, 4), torch.ones(3, 5)).shape
+    torch.Size([3, 5, 1, 4, 4])
+    >>> ens.n_params_per_member == EnsembleDenoiser((1, 4, 4), arch="conv", width=8, depth=2, seeds=[0]).n_params
+    True
+    """
+
+    def __init__(self, event_shape: tuple[int, ...] | list[int], *, arch: str = "mlp", width: int = 256,
+                 depth: int = 3, seeds: list[int] | tuple[int, ...] = (0,), sigma_data: float | list[float] = 1.0,
+                 n_freq: int = 8) -> None:
+        super().__init__()
+        if arch not in ("mlp", "conv"):
+            raise ValueError(f"arch must be 'mlp' or 'conv', got {arch!r}")
+        self.event_shape = tuple(int(s) for s in event_shape)
+        if not self.event_shape or any(s < 1 for s in self.event_shape):
+            raise ValueError(f"event_shape must be positive ints, got {event_shape!r}")
+        if arch == "conv" and len(self.event_shape) != 3:
+            raise ValueError(f"arch='conv' needs an image event shape (C, H, W), got {self.event_shape}")
+        self.arch, self.width, self.depth = arch, check_positive_int(width, "width"), check_positive_int(depth, "depth")
+        self.n_freq = check_positive_int(n_freq, "n_freq")
+        self.seeds = [int(s) for s in seeds]
+        r = len(self.seeds)
+        if r < 1:
+            raise ValueError("seeds must name at least one member")
+        sd = torch.as_tensor(sigma_data, dtype=torch.float32).reshape(-1)
+        if sd.numel() == 1:
+            sd = sd.expand(r)
+        if sd.numel() != r or not bool((sd > 0).all()):
+            raise ValueError(f"sigma_data must be > 0, one value or one per member ({r}), got {sigma_data!r}")
+        self.register_buffer("sigma_data", sd.clone())
+        self.register_buffer("freqs", torch.arange(1, n_freq + 1, dtype=torch.float32) * math.pi / 2)
+        self.dim = math.prod(self.event_shape)
+        gens = [torch.Generator().manual_seed(derive_seed(s, 11) % (2**63)) for s in self.seeds]
+
+        def stack(shape: tuple[int, ...], fan_in: int) -> torch.nn.Parameter:
+            return torch.nn.Parameter(torch.stack([_uniform_init(shape, fan_in, g) for g in gens]))
+
+        e = 2 * n_freq
+        if arch == "mlp":
+            sizes = [self.dim + e] + [width] * depth + [self.dim]
+            self.weights = torch.nn.ParameterList([stack((a, b), a) for a, b in itertools.pairwise(sizes)])
+            self.biases = torch.nn.ParameterList([stack((b,), a) for a, b in itertools.pairwise(sizes)])
+        else:
+            c = self.event_shape[0]
+            self.conv_in = stack((width, c, 3, 3), 9 * c)
+            self.bias_in = stack((width,), 9 * c)
+            self.convs = torch.nn.ParameterList([stack((width, width, 3, 3), 9 * width) for _ in range(depth)])
+            self.emb_w = torch.nn.ParameterList([stack((e, width), e) for _ in range(depth)])
+            self.emb_b = torch.nn.ParameterList([stack((width,), e) for _ in range(depth)])
+            self.conv_out = stack((c, width, 3, 3), 9 * width)
+            self.bias_out = stack((c,), 9 * width)
+
+    @property
+    def n_members(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def n_params_per_member(self) -> int:
+        """|theta| of one member."""
+        return sum(p[0].numel() for p in self.parameters())
+
+    n_params = n_params_per_member
+
+    def config(self) -> dict[str, Any]:
+        return {"event_shape": list(self.event_shape), "arch": self.arch, "width": self.width, "depth": self.depth,
+                "n_freq": self.n_freq, "seeds": self.seeds}
+
+    def _raw(self, h: torch.Tensor, emb: torch.Tensor, idx: slice) -> torch.Tensor:
+        """The raw network F on preconditioned input h (R', B, *event) and noise features (R', B, e)."""
+        rr, b = h.shape[:2]
+        if self.arch == "mlp":
+            h = torch.cat([h.reshape(rr, b, self.dim), emb], dim=2)
+            n = len(self.weights)
+            for i, (w, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+                h = torch.baddbmm(bias[idx][:, None, :], h, w[idx])
+                if i < n - 1:
+                    h = torch.nn.functional.silu(h)
+            return h.reshape(rr, b, *self.event_shape)
+        c, hh, ww = self.event_shape
+        fw = self.width
+        x = h.transpose(0, 1).reshape(b, rr * c, hh, ww)
+        x = torch.nn.functional.conv2d(x, self.conv_in[idx].reshape(rr * fw, c, 3, 3),
+                                       self.bias_in[idx].reshape(-1), padding=1, groups=rr)
+        for conv, ew, eb in zip(self.convs, self.emb_w, self.emb_b, strict=True):
+            bias = torch.baddbmm(eb[idx][:, None, :], emb, ew[idx])  # (R', B, width)
+            y = torch.nn.functional.conv2d(x, conv[idx].reshape(rr * fw, fw, 3, 3), padding=1, groups=rr)
+            x = x + torch.nn.functional.silu(y + bias.transpose(0, 1).reshape(b, rr * fw, 1, 1))
+        x = torch.nn.functional.conv2d(x, self.conv_out[idx].reshape(rr * c, fw, 3, 3),
+                                       self.bias_out[idx].reshape(-1), padding=1, groups=rr)
+        return x.reshape(b, rr, c, hh, ww).transpose(0, 1)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, members: slice | None = None) -> torch.Tensor:
+        """D(x; sigma) for inputs x (R', B, *event_shape) and sigma (R', B) of members ``members``
+        (default: all R)."""
+        idx = slice(None) if members is None else members
+        dtype = self.freqs.dtype
+        x = x.to(dtype)
+        s = sigma.to(dtype)
+        sd = self.sigma_data[idx][:, None]
+        sd2 = sd * sd
+        c_skip = sd2 / (s * s + sd2)
+        c_out = s * sd / (s * s + sd2).sqrt()
+        c_in = 1.0 / (s * s + sd2).sqrt()
+        ang = (s.log() / 4.0)[..., None] * self.freqs
+        emb = torch.cat([ang.sin(), ang.cos()], dim=-1)
+        expand = (...,) + (None,) * len(self.event_shape)
+        out = self._raw(c_in[expand] * x, emb, idx)
+        return c_skip[expand] * x + c_out[expand] * out
+
+    def member(self, r: int, *, clamp: float | None = None) -> MemberDenoiser:
+        """Member ``r`` as a stand-alone denoiser ``D(x (B, *event_shape), sigma (B,))``; with
+        ``clamp`` its output is projected onto the box [-clamp, clamp]^d."""
+        if not 0 <= int(r) < self.n_members:
+            raise ValueError(f"r must be a member index in [0, {self.n_members}), got {r!r}")
+        return MemberDenoiser(self, int(r), clamp=clamp)
+
+
+class MemberDenoiser(torch.nn.Module):
+    """One member of an :class:`EnsembleDenoiser` (shares its weights; no copy).
+
+    ``clamp``: project the output onto [-clamp, clamp]^d (as samplers' "clip denoised"). The
+    DSM optimum for a training set, its empirical denoiser, is a convex combination of the
+    training points, so for data in a box inside [-clamp, clamp]^d the projection can only
+    move the student towards it; it bounds the PF-ODE trajectory (each Euler/Heun step mixes x
+    with D), which stops a rare off-data trajectory from diverging.
+    """
+
+    def __init__(self, ensemble: EnsembleDenoiser, r: int, *, clamp: float | None = None) -> None:
+        super().__init__()
+        self.ensemble, self.r = ensemble, r
+        self.event_shape = ensemble.event_shape
+        self.clamp = None if clamp is None else check_positive_float(clamp, "clamp")
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        s = torch.as_tensor(sigma, device=x.device).reshape(-1)
+        if s.numel() == 1:
+            s = s.expand(x.shape[0])
+        out = self.ensemble(x[None], s[None], members=slice(self.r, self.r + 1))[0]
+        return out if self.clamp is None else out.clamp(-self.clamp, self.clamp)
+
+
+def sample_sigma(shape: tuple[int, ...], g: torch.Generator, *, p_mean: float, p_std: float, p_uniform: float,
+                 sigma_min: float, sigma_max: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Training noise levels: with probability ``p_uniform`` log-uniform on [sigma_min, sigma_max]
+    (so the whole range the PF-ODE map visits, up to sigma_max, is trained), else EDM's
+    log-normal ln sigma ~ N(p_mean, p_std^2)."""
+    lo, hi = math.log(sigma_min), math.log(sigma_max)
+    u = torch.rand(shape, generator=g, device=device)
+    ln_uni = lo + (hi - lo) * torch.rand(shape, generator=g, device=device)
+    ln_norm = p_mean + p_std * torch.randn(shape, generator=g, device=device)
+    return torch.where(u < p_uniform, ln_uni, ln_norm).exp()
+
+
+class EnsembleDSMTrainer:
+    """Train one student per training set, all in one batched pass, each until its loss plateaus.
+
+    ``datasets``: a list of R tensors (N_r, *event_shape) (the sets may differ in size);
+    ``seeds[r]`` initialises member r. Every step each member takes a minibatch of
+    ``batch_size`` points drawn uniformly (with replacement) from its own set, each with a
+    fresh noise level from :func:`sample_sigma` and fresh noise, and one Adam step on the EDM
+    loss (learning rate warmed up linearly over ``warmup`` steps). An EMA of the weights
+    (``ema``) is what is evaluated.
+
+    Stopping rule (per member), checked every ``check_every`` steps on the DSM loss of the EMA
+    weights on the member's training set with FIXED noise (common random numbers, so two checks
+    differ only by training): an improvement is a drop below (1 - ``tol``) x the best so far;
+    after ``patience`` checks without one the learning rate is multiplied by ``lr_decay``, and
+    after ``max_decays`` such decays the member has converged and is frozen (its step count is
+    recorded). ``max_steps`` caps every member ("cap"); a ``wall_budget`` in seconds stops all
+    ("wall"); a non-finite loss freezes the member ("diverged").
+    """
+
+    def __init__(
+        self,
+        datasets: list[torch.Tensor],
+        seeds: list[int],
+        *,
+        arch: str = "mlp",
+        width: int = 256,
+        depth: int = 3,
+        lr: float = 1e-3,
+        batch_size: int = 256,
+        p_mean: float = -1.2,
+        p_std: float = 1.2,
+        p_uniform: float = 0.5,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        ema: float = 0.999,
+        warmup: int = 200,
+        check_every: int = 500,
+        patience: int = 3,
+        tol: float = 0.005,
+        lr_decay: float = 0.3,
+        max_decays: int = 2,
+        min_steps: int = 2000,
+        max_steps: int = 40000,
+        n_check: int = 1024,
+        device: str | torch.device = "cpu",
+        noise_seed: int = 0,
+    ) -> None:
+        if not datasets or len(datasets) != len(seeds):
+            raise ValueError("datasets and seeds must be non-empty lists of the same length")
+        shape = tuple(datasets[0].shape[1:])
+        if any(tuple(d.shape[1:]) != shape or d.shape[0] < 1 for d in datasets):
+            raise ValueError("every dataset must be (N_r >= 1, *event_shape) with one common event shape")
+        self.device = torch.device(device)
+        self.r = len(datasets)
+        self.n = torch.tensor([d.shape[0] for d in datasets], device=self.device)
+        nmax = int(self.n.max())
+        data = torch.zeros(self.r, nmax, *shape)
+        for i, d in enumerate(datasets):
+            data[i, : d.shape[0]] = d.detach().to(torch.float32)
+        self.data = data.to(self.device)
+        sd = [float(d.std()) if d.numel() > 1 and float(d.std()) > 0 else 1.0 for d in datasets]
+        self.model = EnsembleDenoiser(shape, arch=arch, width=width, depth=depth, seeds=seeds,
+                                      sigma_data=sd).to(self.device)
+        self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
+        self.params = list(self.model.parameters())
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.lr0 = check_positive_float(lr, "lr")
+        self.lr = torch.full((self.r,), self.lr0, device=self.device)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.sig = {"p_mean": float(p_mean), "p_std": check_positive_float(p_std, "p_std"),
+                    "p_uniform": float(p_uniform), "sigma_min": check_positive_float(sigma_min, "sigma_min"),
+                    "sigma_max": check_positive_float(sigma_max, "sigma_max")}
+        if not 0.0 <= self.sig["p_uniform"] <= 1.0:
+            raise ValueError(f"p_uniform must be in [0, 1], got {p_uniform!r}")
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"ema must be a decay in [0, 1), got {ema!r}")
+        self.ema, self.warmup = float(ema), int(warmup)
+        self.check_every, self.patience = check_positive_int(check_every, "check_every"), int(patience)
+        self.tol, self.lr_decay, self.max_decays = float(tol), float(lr_decay), int(max_decays)
+        self.min_steps, self.max_steps = int(min_steps), check_positive_int(max_steps, "max_steps")
+        self.gen = torch.Generator(device=self.device).manual_seed(derive_seed(int(noise_seed), 12) % (2**63))
+        # fixed check set: every training point equally often, seeded noise levels and noise
+        gc = torch.Generator().manual_seed(derive_seed(int(noise_seed), 13) % (2**63))
+        idx = torch.stack([torch.arange(n_check) % int(n) for n in self.n.cpu()])
+        self._check_y = self.data[torch.arange(self.r, device=self.device)[:, None], idx.to(self.device)]
+        self._check_sigma = sample_sigma((self.r, n_check), gc, **self.sig).to(self.device)
+        self._check_eps = torch.randn((self.r, n_check, *shape), generator=gc).to(self.device)
+        self.step = 0
+        self.active = torch.ones(self.r, dtype=torch.bool)
+        self._act_dev = torch.ones(self.r, device=self.device)
+        self.steps_used = [0] * self.r
+        self.stopped_by: list[str | None] = [None] * self.r
+        self.best = [math.inf] * self.r
+        self.bad = [0] * self.r
+        self.decays = [0] * self.r
+        self.history: list[list[float]] = []
+
+    @property
+    def n_params(self) -> int:
+        return self.model.n_params_per_member
+
+    def _loss(self, model: EnsembleDenoiser, y: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """(R,) mean EDM-weighted loss per member."""
+        sd = model.sigma_data[:, None]
+        weight = (sigma * sigma + sd * sd) / (sigma * sd) ** 2
+        expand = (...,) + (None,) * (y.ndim - 2)
+        out = model(y + sigma[expand] * eps, sigma)
+        per = (out - y).pow(2).flatten(2).mean(2)
+        return (weight * per).mean(1)
+
+    def check_loss(self) -> list[float]:
+        """Fixed-noise DSM loss of the EMA weights on each member's training set."""
+        with torch.no_grad():
+            return self._loss(self.ema_model, self._check_y, self._check_sigma, self._check_eps).tolist()
+
+    def _adam(self, lr_eff: torch.Tensor, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> None:
+        t = self.step
+        c1, c2 = 1 - b1**t, 1 - b2**t
+        with torch.no_grad():
+            for p, m, v in zip(self.params, self.m, self.v, strict=True):
+                g = p.grad
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                upd = (m / c1) / ((v / c2).sqrt_().add_(eps))
+                p.sub_(upd * lr_eff.reshape(-1, *([1] * (p.ndim - 1))))
+
+    def _check(self) -> None:
+        losses = self.check_loss()
+        self.history.append([self.step, *losses])
+        for i, val in enumerate(losses):
+            if not self.active[i]:
+                continue
+            if not math.isfinite(val):
+                self._freeze(i, "diverged")
+                continue
+            if val < self.best[i] * (1.0 - self.tol):
+                self.best[i], self.bad[i] = val, 0
+            else:
+                self.bad[i] += 1
+            if self.bad[i] >= self.patience and self.step >= self.min_steps:
+                if self.decays[i] < self.max_decays:
+                    self.decays[i] += 1
+                    self.bad[i] = 0
+                    self.lr[i] *= self.lr_decay
+                else:
+                    self._freeze(i, "plateau")
+
+    def _freeze(self, i: int, why: str) -> None:
+        self.active[i] = False
+        self._act_dev[i] = 0.0
+        self.steps_used[i] = self.step
+        self.stopped_by[i] = why
+
+    def train(self, *, wall_budget: float | None = None, progress: bool = False) -> list[dict[str, Any]]:
+        """Train until every member has stopped; return per member: steps, stopped_by, final
+        check loss, learning-rate decays."""
+        import time
+
+        from tqdm.auto import tqdm
+
+        t0 = time.monotonic()
+        rows = torch.arange(self.r, device=self.device)
+        bar = tqdm(total=self.max_steps, desc=f"train {self.model.arch} w={self.model.width}", disable=not progress,
+                   leave=False)
+        while bool(self.active.any()):
+            if self.step >= self.max_steps or (wall_budget is not None and time.monotonic() - t0 > wall_budget):
+                why = "cap" if self.step >= self.max_steps else "wall"
+                for i in range(self.r):
+                    if self.active[i]:
+                        self._freeze(i, why)
+                break
+            b = self.batch_size
+            idx = (torch.rand(self.r, b, generator=self.gen, device=self.device) * self.n[:, None]).long()
+            y = self.data[rows[:, None], idx]
+            sigma = sample_sigma((self.r, b), self.gen, device=self.device, **self.sig)
+            eps = torch.randn(y.shape, generator=self.gen, device=self.device)
+            loss = self._loss(self.model, y, sigma, eps)
+            for p in self.params:
+                p.grad = None
+            loss.sum().backward()
+            self.step += 1
+            act = self._act_dev
+            warm = min(1.0, self.step / self.warmup) if self.warmup > 0 else 1.0
+            self._adam(self.lr * act * warm)
+            d = min(self.ema, (1.0 + self.step) / (10.0 + self.step))
+            keep = torch.where(act > 0, torch.full_like(act, d), torch.ones_like(act))
+            with torch.no_grad():
+                for pe, p in zip(self.ema_model.parameters(), self.params, strict=True):
+                    k = keep.reshape(-1, *([1] * (p.ndim - 1)))
+                    pe.mul_(k).add_(p * (1.0 - k))
+            if self.step % self.check_every == 0:
+                self._check()
+            bar.update(1)
+        bar.close()
+        final = self.check_loss()
+        return [{"steps": self.steps_used[i], "stopped_by": self.stopped_by[i], "check_loss": final[i],
+                 "lr_decays": self.decays[i]} for i in range(self.r)]
+
+    def ode_map(self, r: int, *, clamp: float | None = None, **solver_options: Any):
+        """Member ``r``'s PF-ODE noise-to-data map (EMA weights; EDM Heun 18 by default); with
+        ``clamp`` the denoiser output is projected onto [-clamp, clamp]^d."""
+        from pfd.maps import DiffusionMap
+
+        net = self.ema_model.member(r, clamp=clamp)
+        solver_options.setdefault("shape", net.event_shape)
+        solver_options.setdefault("name", f"{self.model.arch}(w={self.model.width}, d={self.model.depth})[{r}]")
         return DiffusionMap(net, **solver_options)

@@ -77,7 +77,7 @@ class GaussianMixture:
     torch.Size([1, 2])
     """
 
-    def __init__(self, weights: Any, means: Any, covs: Any) -> None:
+    def __init__(self, weights: Any, means: Any, covs: Any, *, event_shape: Sequence[int] | None = None) -> None:
         w = _as_f64(weights, "weights")
         mu = _as_f64(means, "means")
         cov = _as_f64(covs, "covs")
@@ -120,6 +120,16 @@ class GaussianMixture:
                 f"covs must have shape (K,)=({k},), (K, d)=({k}, {d}) or (K, d, d)=({k}, {d}, {d}); "
                 f"got {tuple(cov.shape)}"
             )
+        if event_shape is None:
+            shape: tuple[int, ...] = (d,)
+        else:
+            try:
+                shape = tuple(int(v) for v in event_shape)
+            except (TypeError, ValueError):
+                raise TypeError(f"event_shape must be a sequence of ints, got {event_shape!r}") from None
+            if not shape or any(v < 1 for v in shape) or math.prod(shape) != d:
+                raise ValueError(f"event_shape must be positive ints whose product is d = {d}, got {shape}")
+        self._event_shape = shape
         self.weights = w / w.sum()
         self.log_weights = self.weights.log()
         self.means = mu
@@ -143,13 +153,13 @@ class GaussianMixture:
         tensor([[1., 1.]], dtype=torch.float64)
         """
         pts = _as_f64(points, "points")
-        if pts.ndim != 2:
-            raise ValueError(f"points must have shape (N, d), got {tuple(pts.shape)}")
+        if pts.ndim < 2:
+            raise ValueError(f"points must have shape (N, d) or (N, *event_shape), got {tuple(pts.shape)}")
         if pts.shape[0] == 0:
             raise ValueError("points must contain at least one training point (got N = 0)")
         n = pts.shape[0]
         w = torch.full((n,), 1.0 / n, dtype=_F64) if weights is None else weights
-        gmm = cls(w, pts, torch.zeros(n, dtype=_F64))
+        gmm = cls(w, pts.reshape(n, -1), torch.zeros(n, dtype=_F64), event_shape=pts.shape[1:])
         gmm.is_empirical = True
         return gmm
 
@@ -163,15 +173,63 @@ class GaussianMixture:
         missing = [k for k in ("weights", "means", "covs") if k not in data]
         if missing:
             raise ValueError(f"data is missing the key(s) {missing}")
-        return cls(data["weights"], data["means"], data["covs"])
+        return cls(data["weights"], data["means"], data["covs"], event_shape=data.get("event_shape"))
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable description (weights, means, covs)."""
-        return {
+        """A JSON-serialisable description (weights, means, covs; event_shape when not (d,))."""
+        out: dict[str, Any] = {
             "weights": self.weights.tolist(),
             "means": self.means.tolist(),
             "covs": self.covs.tolist(),
         }
+        if self._event_shape != (self.dim,):
+            out["event_shape"] = list(self._event_shape)
+        return out
+
+    @classmethod
+    def fit(
+        cls,
+        x: Any,
+        n_components: int,
+        *,
+        covariance: str = "full",
+        reg: float = 1e-3,
+        seed: int = 0,
+        max_iter: int = 200,
+    ) -> GaussianMixture:
+        """Fit a mixture to data ``x`` (N, d) or (N, *event_shape) by EM (scikit-learn).
+
+        ``covariance`` is ``"full"``, ``"diag"``, ``"spherical"`` or ``"tied"`` (tied is stored
+        as K copies of the shared matrix); ``reg`` is added to every covariance's diagonal
+        (scikit-learn's ``reg_covar``); ``seed`` fixes the k-means initialisation. The event
+        shape of ``x`` is kept: samples, denoiser inputs and outputs have it.
+
+        >>> import torch, pfd
+        >>> x = torch.cat([torch.randn(200, 2) - 3, torch.randn(200, 2) + 3])
+        >>> gmm = pfd.GaussianMixture.fit(x, 2, seed=0)
+        >>> sorted(round(float(m), 0) for m in gmm.means[:, 0])
+        [-3.0, 3.0]
+        """
+        from sklearn.mixture import GaussianMixture as _SkGMM
+
+        data = _as_f64(x, "x")
+        if data.ndim < 2 or data.shape[0] < 2:
+            raise ValueError(f"x must have shape (N, d) or (N, *event_shape) with N >= 2, got {tuple(data.shape)}")
+        k = check_positive_int(n_components, "n_components")
+        if k > data.shape[0]:
+            raise ValueError(f"n_components must be <= the number of points N = {data.shape[0]}, got {k}")
+        kinds = {"full": "full", "diag": "diag", "spherical": "spherical", "tied": "tied"}
+        if covariance not in kinds:
+            raise ValueError(f"covariance must be one of {sorted(kinds)}, got {covariance!r}")
+        if not (isinstance(reg, (int, float)) and not isinstance(reg, bool) and reg >= 0 and math.isfinite(reg)):
+            raise ValueError(f"reg must be a finite number >= 0, got {reg!r}")
+        flat = data.reshape(data.shape[0], -1).numpy()
+        sk = _SkGMM(k, covariance_type=covariance, reg_covar=float(reg), random_state=int(seed),
+                    max_iter=check_positive_int(max_iter, "max_iter")).fit(flat)
+        covs = np.asarray(sk.covariances_, dtype=np.float64)
+        if covariance == "tied":
+            covs = np.broadcast_to(covs, (k, *covs.shape)).copy()
+        return cls(sk.weights_, sk.means_, covs, event_shape=data.shape[1:])
 
     # ------------------------------------------------------------------ properties
     @property
@@ -181,8 +239,9 @@ class GaussianMixture:
 
     @property
     def event_shape(self) -> tuple[int, ...]:
-        """Shape of one sample, ``(d,)``."""
-        return (self.dim,)
+        """Shape of one sample: ``(d,)`` unless the mixture was built with another ``event_shape``
+        (e.g. ``(1, 8, 8)`` images), whose product is d."""
+        return self._event_shape
 
     @property
     def n_components(self) -> int:
@@ -237,12 +296,15 @@ class GaussianMixture:
         return p
 
     def _check_x(self, x: Any, name: str = "x") -> torch.Tensor:
+        """Validate x of shape (B, d) or (B, *event_shape); return it flattened to (B, d)."""
+        ev = self._event_shape
+        want = f"(B, {self.dim})" + ("" if ev == (self.dim,) else f" or (B, {', '.join(map(str, ev))})")
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (B, {self.dim}), got {type(x).__name__}")
+            raise TypeError(f"{name} must be a torch.Tensor of shape {want}, got {type(x).__name__}")
+        if x.ndim >= 2 and tuple(x.shape[1:]) == ev and ev != (self.dim,):
+            x = x.reshape(x.shape[0], self.dim)
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(
-                f"{name} must have shape (B, {self.dim}) for this {self.dim}-D mixture, got {tuple(x.shape)}"
-            )
+            raise ValueError(f"{name} must have shape {want} for this {self.dim}-D mixture, got {tuple(x.shape)}")
         if not (x.dtype.is_floating_point):
             raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
         return x
@@ -424,18 +486,20 @@ class GaussianMixture:
         ``x`` is (B, d); ``sigma`` a float or a (B,) tensor, > 0. Computed in float64 and
         returned in ``x``'s dtype.
         """
+        shape = getattr(x, "shape", None)
         x = self._check_x(x)
         s = as_sigma(sigma, x.shape[0], x.device)
         _, mean = self._posterior(x.to(_F64), s * s, want_mean=True)
-        return mean.to(x.dtype)
+        return mean.to(x.dtype).reshape(shape)
 
     def score(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """Score of the noised density, grad_x log p_sigma(x) = (D(x; sigma) - x) / sigma^2."""
+        shape = getattr(x, "shape", None)
         x = self._check_x(x)
         s = as_sigma(sigma, x.shape[0], x.device)
         x64 = x.to(_F64)
         _, mean = self._posterior(x64, s * s, want_mean=True)
-        return ((mean - x64) / (s * s)[:, None]).to(x.dtype)
+        return ((mean - x64) / (s * s)[:, None]).to(x.dtype).reshape(shape)
 
     def log_prob(self, x: torch.Tensor, sigma: float | torch.Tensor = 0.0) -> torch.Tensor:
         """Log density of p_sigma (the mixture convolved with N(0, sigma^2 I)) at ``x``, (B,).
@@ -456,18 +520,20 @@ class GaussianMixture:
         return logp - 0.5 * self.dim * math.log(2.0 * math.pi)
 
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
-        """Draw ``n`` samples (n, d), float64, reproducibly from ``seed``."""
+        """Draw ``n`` samples (n, *event_shape), float64, reproducibly from ``seed``."""
         check_positive_int(n, "n")
         g = torch.Generator().manual_seed(derive_seed(seed, 0x5A3F))
         comp = torch.multinomial(self.weights, n, replacement=True, generator=g)
         eps = torch.randn(n, self.dim, generator=g, dtype=_F64)
         mu = self.means[comp]
         if self.cov_type == "iso":
-            return mu + self.covs[comp].sqrt()[:, None] * eps
-        if self.cov_type == "diag":
-            return mu + self.covs[comp].sqrt() * eps
-        root = self._evecs * self._evals.sqrt()[:, None, :]  # U diag(sqrt(lam))
-        return mu + torch.einsum("nde,ne->nd", root[comp], eps)
+            out = mu + self.covs[comp].sqrt()[:, None] * eps
+        elif self.cov_type == "diag":
+            out = mu + self.covs[comp].sqrt() * eps
+        else:
+            root = self._evecs * self._evals.sqrt()[:, None, :]  # U diag(sqrt(lam))
+            out = mu + torch.einsum("nde,ne->nd", root[comp], eps)
+        return out.reshape(n, *self._event_shape)
 
     def ode_map(self, **solver_options: Any):
         """The PF-ODE noise-to-data map of this mixture: a :class:`pfd.DiffusionMap`.
@@ -484,6 +550,6 @@ class GaussianMixture:
     def subset(self, index: Sequence[int] | torch.Tensor) -> GaussianMixture:
         """A mixture of the selected components (renormalised weights)."""
         idx = torch.as_tensor(index, dtype=torch.long)
-        out = GaussianMixture(self.weights[idx], self.means[idx], self.covs[idx])
+        out = GaussianMixture(self.weights[idx], self.means[idx], self.covs[idx], event_shape=self._event_shape)
         out.is_empirical = self.is_empirical
         return out

@@ -70,6 +70,14 @@ def hexagon_teacher() -> GaussianMixture:
     return GaussianMixture(weights, means, torch.stack(covs))
 
 
+@register_teacher("digits")
+def _digits_teacher() -> GaussianMixture:
+    """The 64-D digits mixture (:func:`pfd.analytic.digits_teacher` with its defaults)."""
+    from pfd.analytic.digits import digits_teacher
+
+    return digits_teacher()
+
+
 @register_teacher("cross4d")
 def cross_teacher() -> GaussianMixture:
     """Four isotropic modes (variance 0.1) at +-2 e1, +-2 e2 in R^4 with weights 0.3/0.2/0.3/0.2:

@@ -41,10 +41,12 @@ __all__ = [
     "DiffRatioResult",
     "ScoreNet",
     "diffratio_generator_loss",
+    "dsm_loss",
     "fit_score_net",
     "generator_gradient",
     "make_generator",
     "ratio_score_difference",
+    "score_difference_surrogate",
     "train_diffratio",
     "two_score_difference",
 ]
@@ -262,14 +264,28 @@ def fit_score_net(samples: Any, *, sigma_min: float = 0.02, sigma_max: float = 5
         for _ in progress_range(train_steps, "fit_score_net", progress):
             x0 = data[torch.randint(0, data.shape[0], (batch_size,), generator=g)]
             s = log_uniform(batch_size, lo, hi, g).float()
-            x = x0 + s[:, None] * torch.randn((batch_size, dim), generator=g)
-            lam = (s * s + sd * sd) / (s * sd) ** 2
-            loss = (lam[:, None] * (net.denoiser(x, s) - x0) ** 2).sum(1).mean()
+            loss = dsm_loss(net, x0, s, torch.randn((batch_size, dim), generator=g))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     net.eval()
     return net
+
+
+def dsm_loss(net: ScoreNet, x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Denoising score matching loss with EDM weighting, lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2:
+    mean of lambda ||D(x0 + sigma eps; sigma) - x0||^2 (the loss of :func:`fit_score_net`)."""
+    sd = net.sigma_data
+    s = sigma.to(x0.dtype)
+    lam = (s * s + sd * sd) / (s * sd) ** 2
+    return (lam[:, None] * (net.denoiser(x0 + s[:, None] * eps, sigma) - x0) ** 2).sum(1).mean()
+
+
+def score_difference_surrogate(x: torch.Tensor, delta: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Surrogate whose gradient w.r.t. the generator is E[w(sigma) (dG/dtheta)^T delta], w = sigma:
+    mean over rows of sigma * <delta, x> with ``x = G(z)`` (differentiable) and ``delta`` a fixed
+    (detached) score-difference estimate at G(z) + sigma eps. Minimising it is a reverse-KL step."""
+    return ((sigma.to(_F64)[:, None] * delta.detach().to(_F64)).to(x.dtype) * x).sum(1).mean()
 
 
 def generator_gradient(generator: torch.nn.Module, score_difference: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -285,7 +301,7 @@ def generator_gradient(generator: torch.nn.Module, score_difference: Callable[[t
         delta = score_difference(xs, sigma.to(_F64)).to(_F64)
     if delta.shape != x.shape:
         raise ValueError(f"score_difference must return shape {tuple(x.shape)}, got {tuple(delta.shape)}")
-    surrogate = ((sigma.to(_F64)[:, None] * delta).to(dt) * x).sum(1).mean()
+    surrogate = score_difference_surrogate(x, delta, sigma)
     grads = torch.autograd.grad(surrogate, params)
     return torch.cat([gr.reshape(-1).to(_F64) for gr in grads])
 

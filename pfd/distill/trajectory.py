@@ -283,6 +283,11 @@ def train_trajectory_student(
     time_conditioned: bool = False,
     seed: int = 0,
     pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    plateau: bool = False,
+    eval_every: int = 50,
+    patience: int = 6,
+    rel_tol: float = 0.01,
+    n_val: int = 2048,
     progress: bool = True,
 ) -> tuple[TrajectoryStudent, dict[str, Any]]:
     """Train a :class:`TrajectoryStudent` on ``grid`` by regression on exact segment pairs.
@@ -292,6 +297,14 @@ def train_trajectory_student(
     (or the given ``pairs`` from :func:`exact_pairs`). Returns the student (in eval mode) and a
     history dict (final training loss per segment, seconds, parameters). ``progress=False`` hides
     the progress bar (stderr).
+
+    ``plateau=True``: per-segment validation plateau as the stopping rule, with ``train_steps`` as the
+    cap. Every ``eval_every`` steps each segment's loss on ``n_val`` held-out exact pairs is
+    measured; a segment whose loss has not dropped below (1 - ``rel_tol``) x its best for
+    ``patience`` evaluations is stopped (its loss leaves the objective), training ends when every
+    segment has stopped, and each segment gets back its best weights (one shared MLP for
+    ``time_conditioned``: the total validation loss decides). The history then also holds
+    ``stop_step`` per segment, ``steps_used`` and the final validation loss per segment.
     """
     if not isinstance(gmm, GaussianMixture):
         raise TypeError(f"gmm must be a pfd.GaussianMixture, got {type(gmm).__name__}")
@@ -309,21 +322,39 @@ def train_trajectory_student(
         X, Y = pairs
         if X.shape != Y.shape or X.ndim != 3 or X.shape[0] != K or X.shape[2] != gmm.dim:
             raise ValueError(f"pairs must be two tensors of shape (K={K}, n, d={gmm.dim})")
+    if not isinstance(plateau, bool):
+        raise TypeError(f"plateau must be a bool, got {type(plateau).__name__}")
+    val = None
+    if plateau:
+        check_positive_int(eval_every, "eval_every")
+        check_positive_int(patience, "patience")
+        check_positive_int(n_val, "n_val")
+        rel_tol = check_positive_float(rel_tol, "rel_tol", allow_zero=True)
+        val = exact_pairs(gmm, g, n_val, seed=derive_seed(seed, 0x7A1D), process=proc)
     student = TrajectoryStudent(g, gmm.dim, width, depth, time_conditioned=time_conditioned, process=proc, seed=seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and immune to oversubscription
     try:
-        last = _fit(student, X, Y, train_steps, batch_size, lr, seed, progress)
+        last, stop = _fit(student, X, Y, train_steps, batch_size, lr, seed, progress, val, eval_every, patience, rel_tol)
     finally:
         torch.set_num_threads(threads)
     student.eval()
     hist = {"final_loss_per_segment": last.tolist(), "seconds": time.perf_counter() - t_start, "params": student.n_params,
-            "steps": train_steps, "batch_size": batch_size, "n_train": X.shape[1], "lr": lr}
+            "steps": train_steps, "batch_size": batch_size, "n_train": X.shape[1], "lr": lr, **stop}
     return student, hist
 
 
+def _val_losses(student: TrajectoryStudent, val: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    dtype = student.weights[0].dtype
+    with torch.no_grad():
+        xv = val[0].to(dtype)
+        pred = student.segments_forward(xv).to(_F64)
+    return ((pred - val[1]) ** 2).sum(2).mean(1)
+
+
 def _fit(student: TrajectoryStudent, X: torch.Tensor, Y: torch.Tensor, steps: int, batch_size: int, lr: float,
-         seed: int, progress: bool = True) -> torch.Tensor:
+         seed: int, progress: bool = True, val: tuple[torch.Tensor, torch.Tensor] | None = None, eval_every: int = 50,
+         patience: int = 6, rel_tol: float = 0.01) -> tuple[torch.Tensor, dict[str, Any]]:
     K = student.K
     dtype = student.weights[0].dtype
     Xd, Rd = X.to(dtype), (Y - X).to(dtype)
@@ -334,15 +365,59 @@ def _fit(student: TrajectoryStudent, X: torch.Tensor, Y: torch.Tensor, steps: in
     ar = torch.arange(K)[:, None]
     student.train()
     last = torch.zeros(K, dtype=_F64)
-    for _ in progress_range(steps, "trajectory student", progress):
+    # plateau bookkeeping: units are segments (or the one shared net of a time-conditioned student)
+    units = 1 if student.time_conditioned else K
+    active = torch.ones(K, dtype=torch.bool)
+    best = torch.full((units,), math.inf, dtype=_F64)
+    ref = torch.full((units,), math.inf, dtype=_F64)
+    since = torch.zeros(units, dtype=torch.long)
+    stop_step = [steps] * units
+    best_state = [p.detach().clone() for p in student.parameters()]
+    done = 0
+    for i in progress_range(steps, "trajectory student", progress):
         idx = torch.randint(0, n, (K, min(batch_size, n)), generator=gen)
         xb, rb = Xd[ar, idx], Rd[ar, idx]
         pred = student.segments_forward(xb) - xb
         per_seg = ((pred - rb) ** 2).sum(2).mean(1)
-        loss = per_seg.sum()
+        loss = per_seg[active].sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         last = per_seg.detach().to(_F64)
-    return last
+        done = i + 1
+        if val is not None and (done % eval_every == 0 or done == steps):
+            vl = _val_losses(student, val)
+            vu = vl.sum()[None] if units == 1 else vl
+            for u in range(units):
+                if stop_step[u] < steps or (units > 1 and not bool(active[u])):
+                    continue
+                v = float(vu[u])
+                if v < float(best[u]):  # checkpoint the best weights
+                    best[u] = v
+                    with torch.no_grad():
+                        for bs, p in zip(best_state, student.parameters(), strict=True):
+                            if units == 1:
+                                bs.copy_(p)
+                            else:
+                                bs[u].copy_(p[u])
+                if v < (1.0 - rel_tol) * float(ref[u]):  # a real improvement resets the patience
+                    ref[u], since[u] = v, 0
+                else:
+                    since[u] += 1
+                    if since[u] >= patience:
+                        stop_step[u] = done
+                        if units == 1:
+                            active[:] = False
+                        else:
+                            active[u] = False
+            if not bool(active.any()):
+                break
+    info: dict[str, Any] = {}
+    if val is not None:
+        with torch.no_grad():  # every unit back to its best validated weights
+            for bs, p in zip(best_state, student.parameters(), strict=True):
+                p.copy_(bs)
+        info = {"stop_step": stop_step, "steps_used": done, "val_loss_per_segment": _val_losses(student, val).tolist(),
+                "plateaued": [s < steps for s in stop_step]}
+    return last, info

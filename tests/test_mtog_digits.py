@@ -1,0 +1,129 @@
+"""Ensemble students, the keyed MtoG sweep on the digits teacher, and its bootstrap fits."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import pfd
+from pfd.analysis.mtog import half_octaves, mtog_sweep, parse_size, transition_fits
+from pfd.analysis.students import EnsembleDenoiser, EnsembleDSMTrainer
+
+
+def _synthetic(alpha, *, seeds=5, noise=0.05, seed=0):
+    """Curves with a known collapse exponent: E = 2 + 3 / (1 + exp((log2 N - alpha log2|θ| - c_s) / 0.7))."""
+    rng = np.random.default_rng(seed)
+    runs, true = [], {}
+    shifts = rng.normal(0, 0.2, size=seeds)  # a seed's training sets shift every size alike
+    for p in (3e3, 3e4, 3e5, 3e6):
+        x0 = 6.0 + alpha * (math.log2(p) - math.log2(3e4))
+        true[int(p)] = 2.0**x0
+        for s in range(seeds):
+            shift = shifts[s] + rng.normal(0, 0.05)
+            for n in half_octaves(8, 2048):
+                e = 2 + 3 / (1 + math.exp((math.log2(n) - x0 - shift) / 0.7)) + rng.normal(0, noise)
+                runs.append({"size": f"s{p:g}", "n_params": int(p), "seed": s, "n_train": n, "e_gen": e})
+    return runs, true
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.0])
+def test_bootstrap_recovers_known_collapse_exponent(alpha):
+    runs, true = _synthetic(alpha)
+    res = transition_fits(runs, n_boot=30)
+    lo, hi = res["collapse"]["alpha_ci95"]
+    assert lo <= alpha <= hi and hi - lo < 0.5
+    other = 0.5 - alpha  # the other hypothesis (0 or 1/2) is excluded
+    assert not lo <= other <= hi
+    assert res["collapse"]["alpha"] == pytest.approx(alpha, abs=0.05)
+    for t in res["transitions"]:
+        a, b = t["n_star_ci95"]
+        assert a <= t["n_star"] <= b
+        assert t["n_star"] == pytest.approx(true[t["params"]], rel=0.25)
+
+
+def test_bootstrap_ci_widens_with_noise():
+    narrow = transition_fits(_synthetic(0.5, noise=0.02)[0], n_boot=30)["collapse"]["alpha_ci95"]
+    wide = transition_fits(_synthetic(0.5, noise=0.3)[0], n_boot=30)["collapse"]["alpha_ci95"]
+    assert wide[1] - wide[0] > narrow[1] - narrow[0]
+
+
+def test_ensemble_members_are_independent_networks(one_thread):
+    ens = EnsembleDenoiser((1, 4, 4), arch="mlp", width=8, depth=2, seeds=[3, 4])
+    solo = EnsembleDenoiser((1, 4, 4), arch="mlp", width=8, depth=2, seeds=[4])
+    # member 1 of the pair is the network seeded 4 alone: same weights, same outputs
+    x, s = torch.randn(5, 1, 4, 4), torch.rand(5) + 0.1
+    torch.testing.assert_close(ens.member(1)(x, s), solo.member(0)(x, s))
+    # |theta| by hand: (16 + 16) x 8 + 8, 8 x 8 + 8, 8 x 16 + 16
+    assert ens.n_params_per_member == 32 * 8 + 8 + 8 * 8 + 8 + 8 * 16 + 16
+    # the loss of member 0 has no gradient in member 1's weights
+    out = ens(torch.randn(2, 3, 1, 4, 4), torch.ones(2, 3))
+    out[0].sum().backward()
+    assert all(float(p.grad[1].abs().max()) == 0.0 for p in ens.parameters())
+    assert all(float(p.grad[0].abs().max()) > 0.0 for p in ens.parameters())
+    conv = EnsembleDenoiser((1, 4, 4), arch="conv", width=4, depth=1, seeds=[0, 1])
+    assert conv(torch.zeros(2, 3, 1, 4, 4), torch.ones(2, 3)).shape == (2, 3, 1, 4, 4)
+    with pytest.raises(ValueError, match="arch"):
+        EnsembleDenoiser((4,), arch="conv")
+    with pytest.raises(ValueError, match="size"):
+        parse_size("mlp:64")
+
+
+def test_plateau_rule_stops_and_records_steps(one_thread):
+    g = torch.Generator().manual_seed(0)
+    data = [torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(16, 3, generator=g, dtype=torch.float64)]
+    # tol = 1 can never be met: every check is "no improvement", so the rule must fire at min_steps
+    tr = EnsembleDSMTrainer(data, [0, 1], width=8, depth=1, check_every=10, patience=1, tol=1.0, max_decays=1,
+                            min_steps=30, max_steps=1000)
+    stats = tr.train()
+    assert [s["stopped_by"] for s in stats] == ["plateau", "plateau"]
+    assert [s["steps"] for s in stats] == [40, 40] and [s["lr_decays"] for s in stats] == [1, 1]
+    tr2 = EnsembleDSMTrainer(data, [0, 1], width=8, depth=1, check_every=10, max_steps=25)
+    assert {s["stopped_by"] for s in tr2.train()} == {"cap"}
+
+
+def test_digits_sweep_smoke_keyed_resume(tmp_path, one_thread):
+    out = tmp_path / "runs.jsonl"
+    units = []
+    kw = {"train": {"max_steps": 60, "min_steps": 20, "check_every": 20, "n_check": 64}, "n_eval": 64,
+          "progress": False, "n_boot": 5, "on_unit": units.append}
+    res = mtog_sweep("digits", [8, 16], ["mlp:8:1", "mlp:16:1"], [0, 1], out=out, **kw)
+    assert res["complete"] and len(res["runs"]) == 8 and len(units) == 2
+    teacher = pfd.analytic.digits_teacher()
+    for r in res["runs"]:
+        assert math.isfinite(r["e_gen"]) and math.isfinite(r["e_mem"]) and r["steps"] == 60
+        assert r["e_gen_rel"] == pytest.approx(r["e_gen"] / r["e_gen_empirical"])
+    # the memorizer's E_gen equals an independent computation on the same noise
+    from pfd.analysis._runs import train_set
+
+    r0 = next(r for r in res["runs"] if r["n_train"] == 8 and r["seed"] == 1)
+    emp = pfd.GaussianMixture.empirical(train_set(teacher, 8, 1))
+    ref = pfd.distance(emp.ode_map(), teacher.ode_map(), n=64, seed=0, progress=False).value
+    assert r0["e_gen_empirical"] == pytest.approx(ref, rel=1e-6)
+    # same settings: nothing retrained; other settings: nothing reused
+    mtog_sweep("digits", [8, 16], ["mlp:8:1", "mlp:16:1"], [0, 1], out=out, **kw)
+    assert len(units) == 2
+    kw["train"] = {**kw["train"], "lr": 1e-3}
+    res2 = mtog_sweep("digits", [8, 16], ["mlp:8:1"], [0, 1], out=out, **kw)
+    assert len(units) == 3 and {r["key"] for r in res2["runs"]}.isdisjoint({r["key"] for r in res["runs"]})
+    # a wall budget stops training: such runs are marked and the result is incomplete
+    res3 = mtog_sweep("digits", [8], ["mlp:8:1"], [0], out=tmp_path / "w.jsonl", wall_budget=0.0,
+                      **{**kw, "train": {**kw["train"], "max_steps": 10**6}})
+    assert res3["runs"][0]["stopped_by"] == "wall" and not res3["complete"]
+
+
+def test_cli_mtog_digits_runs_the_fair_sweep(tmp_path, one_thread, capsys):
+    import json
+
+    from pfd.cli import main
+
+    rc = main(["mtog", "--teacher", "digits", "--sizes", "mlp:8:1", "--n-trains", "8,16", "--seeds", "0,1",
+               "--max-steps", "20", "--n-eval", "64", "--n-boot", "5", "--no-plot", "--no-progress",
+               "--out-dir", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "mtog.json").read_text())
+    assert res["observable"] == "e_gen" and res["complete"] and len(res["runs"]) == 4
+    # |θ| by hand: (64 + 16 noise features) x w + w, then w x 64 + 64
+    assert res["config"]["params"] == {"mlp:8:1": 81 * 8 + 8 * 64 + 64}
+    assert {r["steps"] for r in res["runs"]} == {20}
+    assert "collapse exponent alpha" in capsys.readouterr().out
