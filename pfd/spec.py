@@ -533,7 +533,8 @@ def _load_folder(folder: Path, adapter: str | None, args: Mapping[str, Any] | No
 
             warnings.warn(COUPLING_MESSAGE.format(name=str(folder)), CouplingWarning, stacklevel=3)
         shp = check_shape(shape, "shape") if shape is not None else None
-        return diffusers_map(dm, solver=solver, steps=18 if steps is None else steps, grid=sched.get("grid"), start=sched.get("start"),
+        return diffusers_map(dm, solver=solver, steps=18 if steps is None else steps, grid=sched.get("grid"),
+                             start=sched.get("start"),
                              sigma_min=sched.get("sigma_min"), sigma_max=sched.get("sigma_max"),
                              timesteps=opts.get("timesteps", "continuous"), kind=kind, shape=shp, name=str(folder))
     except (ValueError, TypeError, ImportError) as exc:
