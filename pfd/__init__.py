@@ -12,7 +12,7 @@ True
 """
 
 from pfd import adapters, analysis, analytic, solver_error, spec, stability
-from pfd._checks import NonFiniteError
+from pfd._checks import NonFiniteError, SolveBudgetError
 from pfd._version import __version__
 from pfd.analysis import bias_variance, generalization_errors
 from pfd.analytic.conditional import ConditionalGaussianMixture
@@ -34,6 +34,7 @@ __all__ = [
     "OneStepMap",
     "PFDMonitor",
     "PFDResult",
+    "SolveBudgetError",
     "SolverError",
     "__version__",
     "adapters",

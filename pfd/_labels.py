@@ -76,8 +76,3 @@ def resolve_labels(labels: Any, seed: int, maps: Sequence[Any], names: Sequence[
         return Conditions(src.get, True, {"kind": "canonical", "seed": seed, "probs": src.probs.tolist()})
     raise TypeError("labels must be a number of classes, a sequence of class probabilities, an integer tensor of class "
                     f"ids (n,) or a float tensor of embeddings (n, ...); got {type(labels).__name__}")
-
-
-def call_map(m: Any, z: torch.Tensor, lab: torch.Tensor | None) -> Any:
-    """``m(z, labels)`` for a conditional map, ``m(z)`` otherwise (the condition is shared)."""
-    return m(z, lab) if lab is not None and is_conditional(m) else m(z)

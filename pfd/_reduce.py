@@ -100,6 +100,20 @@ class SquaredDistances:
         return summarize(self.s2.value, self.s4.value, n)
 
 
+MIN_CI_SAMPLES = 30
+"""Below this many samples the normal 95% interval of mean d^2 is not reliable (a warning says so)."""
+
+
+def warn_small_n(n: int) -> None:
+    """Warn that the confidence interval of an estimate from ``n < 30`` samples is not meaningful."""
+    if n < MIN_CI_SAMPLES:
+        import warnings
+
+        warnings.warn(f"n={n} samples: the 95% CI (a normal approximation of the mean of d^2) is not meaningful "
+                      f"below n={MIN_CI_SAMPLES}; use more samples for an interval (pfd's default is n=10,000)",
+                      UserWarning, stacklevel=3)
+
+
 def summarize(sum_sq: float, sum_sq2: float, n: int) -> tuple[float, float, tuple[float, float], float]:
     """(value, stderr, ci95, mean_sq) from the sums of d^2 and d^4 over n samples.
 

@@ -194,6 +194,17 @@ def _check_common(args: argparse.Namespace):
     return get_teacher(args.teacher), out, config
 
 
+def _check_outputs(out, names: Sequence[str], args: argparse.Namespace) -> None:
+    """Every file a long command will write into --out-dir must be writable before any training
+    (the message names the user's path, not a temporary file)."""
+    from pfd.report import check_writable
+
+    for name in names:
+        if name.endswith(".png") and args.no_plot:
+            continue
+        check_writable(out / name, "--out-dir")
+
+
 def _cmd_mtog(args: argparse.Namespace) -> int:
     from pfd.analysis.mtog import mtog_scaling
     from pfd.report import format_table, write_json
@@ -205,6 +216,7 @@ def _cmd_mtog(args: argparse.Namespace) -> int:
     args.seeds = args.seeds or [0]
     if any(n < 2 for n in args.n_trains) or any(w < 1 for w in args.widths) or any(s < 0 for s in args.seeds):
         raise ValueError("--n-trains must be >= 2, --widths >= 1 and --seeds >= 0")
+    _check_outputs(out, ("mtog_runs.jsonl", "mtog.json", "mtog.png"), args)
     res = mtog_scaling(teacher, args.n_trains, args.widths, args.seeds, out=out / "mtog_runs.jsonl", config=config)
     write_json(out / "mtog.json", res)
     if not args.no_plot:
@@ -217,8 +229,11 @@ def _cmd_mtog(args: argparse.Namespace) -> int:
     for t in res["transitions"]["e_gen"]:
         print(f"width {t['width']} (|θ| = {t['n_params']}, sqrt = {t['sqrt_params']:.1f}): E_gen transition N* = "
               + ("-" if t["n_star"] is None else f"{t['n_star']:.1f}"))
+    for f in res["failed_runs"]:
+        print(f"FAILED: N={f['n_train']} width={f['width']} seed={f['seed']}: {f['error']}")
     c = res["collapse"]["e_gen"]
-    print(f"best-collapsing exponent of |θ| (E_gen): {c['best_alpha']}; wrote {out / 'mtog.json'}")
+    print(f"best-collapsing exponent of |θ| (E_gen): {c['best_alpha']}; wrote {out / 'mtog.json'}"
+          + (f"; {len(res['failed_runs'])} run(s) failed and are left out of the fits" if res["failed_runs"] else ""))
     return 0
 
 
@@ -262,6 +277,7 @@ def _cmd_dynamics(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {2 if name == 'n_train' else 1}")
     if args.seed < 0:
         raise ValueError("--seed must be >= 0")
+    _check_outputs(out, ("dynamics.pt", "dynamics.json", "dynamics.png"), args)
     res = training_dynamics(teacher, args.n_train, epochs=args.epochs, eval_every=args.eval_every, seed=args.seed,
                             checkpoint=out / "dynamics.pt", config=config)
     write_json(out / "dynamics.json", res)
@@ -284,6 +300,7 @@ def _cmd_bias_variance(args: argparse.Namespace) -> int:
     teacher, out, config = _check_common(args)
     if any(n < 2 for n in args.n_train) or args.k < 2 or args.seed < 0:
         raise ValueError("--n-train must be >= 2, --k >= 2 and --seed >= 0")
+    _check_outputs(out, ("bias_variance.json", "bias_variance.png"), args)
     studies = [bias_variance_study(teacher, n, args.k, seed=args.seed, config=config) for n in args.n_train]
     write_json(out / "bias_variance.json", {"studies": studies})
     if not args.no_plot:
@@ -307,6 +324,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {2 if name == 'n' else 1}")
     if args.seed < 0:
         raise ValueError("--seed must be >= 0")
+    if args.out:
+        from pfd.report import check_writable
+
+        check_writable(args.out, "--out")
     report = run_demo(n=args.n, seed=args.seed, batch_size=args.batch_size,
                       progress=not args.no_progress, train_steps=args.train_steps,
                       solver_error=_solver_error_mode(args.solver_error))
@@ -370,7 +391,8 @@ def _add_score_parser(sub) -> None:
     s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     s.add_argument("--solver", default="heun", help="PF-ODE solver of diffusion models (default heun; peer names such "
                    "as ddim, dpmpp_2m, dpmpp_3m are accepted, see docs/core.md)")
-    s.add_argument("--steps", type=int, default=18, help="grid points of fixed-grid solvers (default 18)")
+    s.add_argument("--steps", type=int, default=None, help="grid points of fixed-grid solvers (default 18; adaptive "
+                   "solvers such as dopri5 choose their own steps and refuse --steps)")
     s.add_argument("--allow-pickle", action="store_true", help="load torch.save files of whole models (a pickle runs "
                    "code stored in the file: only for files you trust)")
     s.add_argument("--labels", metavar="SPEC", help="conditions for conditional models, shared by both: a number of "
@@ -438,11 +460,41 @@ def _parse_labels(text: str | None):
     return out
 
 
-def _role_solver(args: argparse.Namespace, role: str) -> tuple[str, int]:
-    """The solver and grid points of one model: its own options, else the shared --solver/--steps."""
-    solver = getattr(args, f"{role}_solver", None) or args.solver
-    steps = getattr(args, f"{role}_steps", None)
-    return solver, steps if steps is not None else args.steps
+def _refuse_out_onto_inputs(args: argparse.Namespace) -> None:
+    """--out must not be any file the command reads (a model SPEC's file, a factory module, weights)."""
+    from pathlib import Path
+
+    from pfd.spec import input_files, same_file
+
+    for role in ("reference", "student"):
+        weights = getattr(args, f"{role}_weights", None)
+        files = input_files(getattr(args, role)) + ([Path(weights)] if weights else [])
+        if any(same_file(args.out, f) for f in files):
+            raise ValueError(f"--out {args.out!r} is one of the {role} model's files ({getattr(args, role)}"
+                             f"{', --' + role + '-weights ' + str(weights) if weights else ''}); writing the result "
+                             "there would destroy it: choose another --out")
+
+
+def _role_solver(args: argparse.Namespace, role: str) -> tuple[str, int | None]:
+    """The solver and grid points of one model: its own options, else the shared --solver/--steps.
+
+    Steps apply to fixed-grid solvers only (default 18): giving them with an adaptive solver
+    (dopri5, ...) is an error naming both options, instead of being silently ignored."""
+    from pfd.maps import DEFAULT_STEPS
+    from pfd.solvers import get_solver
+
+    own_solver = getattr(args, f"{role}_solver", None)
+    solver = own_solver or args.solver
+    own_steps = getattr(args, f"{role}_steps", None)
+    steps = own_steps if own_steps is not None else args.steps
+    if get_solver(solver).adaptive:
+        if steps is not None:
+            s_opt = f"--{role}-steps" if own_steps is not None else "--steps"
+            v_opt = f"--{role}-solver" if own_solver else "--solver"
+            raise ValueError(f"{s_opt} {steps} does not apply to {v_opt} {solver}: an adaptive solver chooses its own "
+                             f"steps; drop {s_opt}, or use a fixed-grid solver (heun, euler, rk4, dpm2m, ...)")
+        return solver, None
+    return solver, DEFAULT_STEPS if steps is None else steps
 
 
 def _score_report(args: argparse.Namespace, res, kv: dict) -> dict:
@@ -519,6 +571,7 @@ def _run_score(args: argparse.Namespace) -> int:
     resolve_device(args.device, name="--device")
     if args.out:
         check_writable(args.out, "--out")
+        _refuse_out_onto_inputs(args)
     kv = {f"{role}_{what}": parse_assignments(getattr(args, f"{role}_{what}"), f"--{role}-{what}")
           for role in ("reference", "student") for what in ("arg", "schedule")}
     labels = _parse_labels(args.labels)
@@ -540,9 +593,15 @@ def _run_score(args: argparse.Namespace) -> int:
                                               device=args.device, label=f"--{role}",
                                               weights=getattr(args, f"{role}_weights"),
                                               allow_pickle=args.allow_pickle), f"--{role}")
+        if args.out:  # a factory's module file is known once it is imported
+            _refuse_out_onto_inputs(args)
         sa, sb = map_shape(maps["reference"]), map_shape(maps["student"])
         if sa is not None and sb is not None and sa != sb:
             raise ValueError(f"--reference and --student have different sample shapes: {sa} vs {sb}")
+        for role, declared in (("reference", sa), ("student", sb)):
+            if args.shape is not None and declared is not None and tuple(args.shape) != declared:
+                raise ValueError(f"--shape {','.join(map(str, args.shape))} does not match the --{role} model's "
+                                 f"sample shape {declared}; drop --shape (it is declared) or fix it")
         if sa is None and sb is None and args.shape is None:
             raise ValueError("--shape is required: neither model declares the shape of a sample (e.g. --shape 3,32,32)")
         se_mode = _solver_error_mode(args.solver_error) or args.rtol is not None

@@ -20,9 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from pfd._checks import NonFiniteError, check_positive_int, check_shape
-from pfd._labels import Conditions, call_map, resolve_labels
-from pfd._reduce import ExactSum, SquaredDistances, gather_or_raise, resolve_group, shard_range, summarize
+from pfd._checks import call_descriptor, call_map, check_positive_int, check_shape, progress_context
+from pfd._labels import Conditions, resolve_labels
+from pfd._reduce import (
+    ExactSum,
+    SquaredDistances,
+    gather_or_raise,
+    resolve_group,
+    shard_range,
+    summarize,
+    warn_small_n,
+)
 from pfd._version import __version__
 from pfd.maps import describe_map, map_shape
 from pfd.noise import BLOCK, NoiseSource, derive_seed
@@ -108,19 +116,7 @@ def _resolve_shape(a: Any, b: Any, shape: Sequence[int] | None) -> tuple[int, ..
 
 def _run_map(m: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, label: str, start: int,
              lab: torch.Tensor | None = None) -> torch.Tensor:
-    try:
-        out = call_map(m, z, lab)
-    except NonFiniteError as exc:
-        raise exc.shifted(start) from None
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"map {label} must return a torch.Tensor, got {type(out).__name__}")
-    if out.shape[0] != z.shape[0]:
-        raise ValueError(f"map {label} returned {out.shape[0]} samples for {z.shape[0]} noise vectors")
-    out = out.to(torch.float64)
-    if not bool(torch.isfinite(out).all()):
-        bad = ~torch.isfinite(out.reshape(out.shape[0], -1)).all(1)
-        raise NonFiniteError((torch.nonzero(bad).flatten() + start).tolist(), None, f"map {label}")
-    return out
+    return call_map(m, z, f"map {label}", start, labels=lab)
 
 
 def distance(
@@ -221,8 +217,9 @@ def distance(
     if auto_batch and batch_size != "auto":
         raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
     if not auto_batch:
-        check_positive_int(batch_size, "batch_size")
+        batch_size = check_positive_int(batch_size, "batch_size")
     derive_seed(seed)  # validates seed
+    seed = int(seed)  # numpy integers are accepted
     if noise is not None:
         if not isinstance(noise, torch.Tensor):
             raise TypeError(f"noise must be a torch.Tensor of shape (n, *shape), got {type(noise).__name__}")
@@ -248,7 +245,7 @@ def distance(
         if sample_shape is None:
             raise ValueError("shape= is required: neither map declares the shape of a sample")
         source = NoiseSource(seed, sample_shape)
-    check_positive_int(n, "n", minimum=2)
+    n = check_positive_int(n, "n", minimum=2)
     conds = resolve_labels(labels, seed, (a, b))
     if conds is not None and conds.n is not None and conds.n != n:
         raise ValueError(f"labels has {conds.n} rows but n = {n}: give one label per noise row")
@@ -273,7 +270,8 @@ def distance(
     error: BaseException | None = None
     try:
         rows = source.get if source is not None else (lambda start, stop: noise[start:stop])
-        sums, nfe_tot, groups = _accumulate((a, b), rows, lo, hi, batch_size, descriptor, show, kept, conds, by_label)
+        with progress_context(show):
+            sums, nfe_tot, groups = _accumulate((a, b), rows, lo, hi, batch_size, descriptor, show, kept, conds, by_label)
     except Exception as exc:
         if dist_info is None:
             raise
@@ -298,6 +296,7 @@ def distance(
                 groups[c] = (acc, k0 + k)
     seconds = time.perf_counter() - t0
     value, stderr, ci95, mean_sq = sums.summary(n)
+    warn_small_n(n)
     nfe = tuple(None if t is None else t / n for t in nfe_tot)
     provenance = {
         "a": describe_map(a),
@@ -365,8 +364,6 @@ def _accumulate(
             outs = []
             for j, (m, label) in enumerate(zip(maps, ("a", "b"), strict=True)):
                 x = _run_map(m, z, label, start, lab)
-                if x.shape != z.shape:
-                    raise ValueError(f"map {label} returned shape {tuple(x.shape)} for noise of shape {tuple(z.shape)}")
                 nfe = getattr(m, "last_nfe", None)
                 if nfe is None or nfe_tot[j] is None:
                     nfe_tot[j] = None
@@ -375,10 +372,10 @@ def _accumulate(
                 outs.append(x)
             xa, xb = outs
             if descriptor is not None:
-                xa, xb = descriptor(xa), descriptor(xb)
-                if not isinstance(xa, torch.Tensor) or xa.shape != xb.shape or xa.shape[0] != stop - start:
-                    raise ValueError("descriptor must return tensors of equal shape (B, ...) for both maps")
-                xa, xb = xa.to(torch.float64), xb.to(torch.float64)
+                xa, xb = call_descriptor(descriptor, xa, "map a", start), call_descriptor(descriptor, xb, "map b", start)
+                if xa.shape != xb.shape:
+                    raise ValueError(f"descriptor must return tensors of equal shape for both maps, got "
+                                     f"{tuple(xa.shape)} (map a) and {tuple(xb.shape)} (map b)")
             d2 = sums.add(xa, xb)
             if by_label and lab is not None:
                 for c in torch.unique(lab).tolist():

@@ -7,18 +7,66 @@ in the last call) and ``describe()`` (provenance). Any plain callable works as a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import math
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from pfd._checks import check_finite, check_positive_float, check_positive_int, eval_mode
+from pfd._checks import (
+    SolveBudgetError,
+    call_model,
+    check_finite,
+    check_output,
+    check_positive_float,
+    check_positive_int,
+    eval_mode,
+    progress_enabled,
+)
 from pfd._maps import MapBase, infer_shape, is_conditional, model_device
 from pfd.schedules import check_grid_name, check_sigma_range, make_grid
 from pfd.solvers import DEFAULT_ATOL, DEFAULT_RTOL, get_solver
 
 __all__ = ["CachedMap", "DiffusionMap", "NoiseToData", "OneStepMap", "check_in_range", "describe_map", "is_conditional",
            "map_shape"]
+
+DEFAULT_STEPS = 18
+DEFAULT_MAX_NFE = 10_000
+"""Model evaluations one adaptive solve may make (per call, i.e. per noise batch) before it is stopped."""
+SOLVE_BAR_DELAY = 2.0
+"""Seconds an adaptive solve runs before its progress bar appears."""
+MIN_TOL = 1e-13
+"""Smallest rtol/atol of adaptive solves: float64 has a machine epsilon of 2.2e-16 and an embedded
+error estimate carries round-off of ~100 eps on states of magnitude ~1-100, so a smaller tolerance
+can never be met (the step size shrinks without end)."""
+
+
+def _check_tol(value: Any, name: str, default: float) -> float:
+    if value is None:
+        return default
+    tol = check_positive_float(value, name)
+    if tol < MIN_TOL:
+        raise ValueError(f"{name}={tol:g} is below what float64 can deliver (machine epsilon 2.2e-16; the solver's "
+                         f"error estimate carries round-off of ~1e-14): use {name} >= {MIN_TOL:g}")
+    return tol
+
+
+@contextlib.contextmanager
+def _solve_bar(show: bool, method: str) -> Iterator[Any]:
+    """A progress bar of one adaptive solve in permille of log(sigma_max / sigma_min); shown only
+    when the solve takes longer than :data:`SOLVE_BAR_DELAY` seconds."""
+    if not show:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=1000, desc=f"{method} solve (log sigma, 1/1000)", delay=SOLVE_BAR_DELAY, leave=False, file=sys.stderr,
+              unit="") as bar:
+        yield bar
+
 
 @runtime_checkable
 class NoiseToData(Protocol):
@@ -85,15 +133,25 @@ class DiffusionMap(MapBase):
         step) on the fixed grid, or any torchdiffeq method (``"dopri5"``, ``"dopri8"``, ``"bosh3"``, ``"adaptive_heun"``,
         ``"torchdiffeq:rk4"``, ...) integrating in log sigma.
     steps:
-        Grid points from sigma_max to sigma_min for fixed-grid solvers (EDM: 18, i.e.
-        17 Heun steps plus the final denoise = 35 evaluations). Ignored by adaptive methods.
+        Grid points from sigma_max to sigma_min for fixed-grid solvers (default 18, EDM's: 17 Heun
+        steps plus the final denoise = 35 evaluations). Adaptive methods choose their own steps;
+        giving ``steps`` to one warns that it is ignored.
     rho:
         Exponent of the Karras grid.
     grid:
         Fixed grid: ``"karras"`` (default, EDM) or ``"loglinear"`` (uniform in log sigma, the
         natural grid of the exponential integrators); see :func:`pfd.schedules.make_grid`.
     rtol, atol:
-        Tolerances of adaptive torchdiffeq methods (defaults 1e-6 and 1e-8).
+        Tolerances of adaptive torchdiffeq methods (defaults 1e-6 and 1e-8; at least 1e-13,
+        below which float64 round-off makes them unreachable).
+    max_nfe:
+        Budget of an adaptive solve: model evaluations per call (default 10,000). A solve that
+        needs more (a non-smooth denoiser, too tight tolerances) stops with
+        :class:`pfd.SolveBudgetError` naming the noise level it reached, instead of running for hours.
+    progress:
+        Show the progress of a long adaptive solve (in log sigma) on stderr; the bar appears
+        only after 2 s, so short solves print nothing, and never inside a call made with
+        ``progress=False`` (e.g. ``pfd.distance(..., progress=False)``, ``--no-progress``).
     shape:
         Shape of one sample; inferred when the denoiser is a bound method of an object with
         ``event_shape`` (e.g. :class:`pfd.GaussianMixture`).
@@ -118,7 +176,7 @@ class DiffusionMap(MapBase):
         sigma_min: float = 0.002,
         sigma_max: float = 80.0,
         solver: str = "heun",
-        steps: int = 18,
+        steps: int | None = None,
         rho: float = 7.0,
         rtol: float | None = None,
         atol: float | None = None,
@@ -128,6 +186,8 @@ class DiffusionMap(MapBase):
         name: str | None = None,
         grid: str = "karras",
         conditional: bool | None = None,
+        max_nfe: int | None = None,
+        progress: bool = True,
     ) -> None:
         if not callable(denoiser):
             raise TypeError(f"denoiser must be callable D(x, sigma), got {type(denoiser).__name__}")
@@ -138,13 +198,19 @@ class DiffusionMap(MapBase):
         self.stepper = get_solver(solver)
         self.backend, self.method = self.stepper.backend, self.stepper.method
         self.solver = solver
-        self.steps = check_positive_int(steps, "steps", minimum=2)
-        self.rho = check_positive_float(rho, "rho")
         self.adaptive = self.stepper.adaptive
-        if not self.adaptive and (rtol is not None or atol is not None):
-            raise ValueError(f"rtol/atol apply to adaptive solvers only; solver={solver!r} is fixed-grid")
-        self.rtol = check_positive_float(rtol, "rtol") if rtol is not None else DEFAULT_RTOL
-        self.atol = check_positive_float(atol, "atol") if atol is not None else DEFAULT_ATOL
+        if self.adaptive and steps is not None:
+            warnings.warn(f"steps={steps} is ignored: {self.method} is an adaptive solver and chooses its own steps "
+                          "(control its accuracy with rtol/atol, or pick a fixed-grid solver such as 'heun')",
+                          UserWarning, stacklevel=2)
+        self.steps = check_positive_int(DEFAULT_STEPS if steps is None else steps, "steps", minimum=2)
+        self.rho = check_positive_float(rho, "rho")
+        if not self.adaptive and (rtol is not None or atol is not None or max_nfe is not None):
+            raise ValueError(f"rtol/atol apply to adaptive solvers only (and so does max_nfe); solver={solver!r} is fixed-grid")
+        self.rtol = _check_tol(rtol, "rtol", DEFAULT_RTOL)
+        self.atol = _check_tol(atol, "atol", DEFAULT_ATOL)
+        self.max_nfe = check_positive_int(DEFAULT_MAX_NFE if max_nfe is None else max_nfe, "max_nfe")
+        self.progress = bool(progress)
         self._init_map(denoiser, shape, model_dtype, name,
                        conditional=is_conditional(denoiser) if conditional is None else conditional)
         self.shape = self.shape or infer_shape(denoiser)
@@ -177,20 +243,30 @@ class DiffusionMap(MapBase):
             grid = f"steps={self.steps}, grid={self.grid!r}"
         return f"DiffusionMap({self.name}, solver={self.method!r}, {grid}, sigma=[{self.sigma_min:g}, {self.sigma_max:g}])"
 
-    def _make_denoise(self, device: torch.device, counter: list[int], labels: torch.Tensor | None = None):
+    def _make_denoise(self, device: torch.device, counter: list[int], budget: int | None = None, bar: Any = None,
+                      labels: torch.Tensor | None = None):
         fn = self.denoiser
         mdtype = self._model_dtype
         where = f"denoiser of {self.name}"
+        reached = [self.sigma_max]
+        span = math.log(self.sigma_max / self.sigma_min)
         extra = () if labels is None else (labels,)
 
         def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            if budget is not None and counter[0] >= budget:
+                raise SolveBudgetError(
+                    f"{self.method} solve of {self.name} stopped after max_nfe={budget} model evaluations at "
+                    f"sigma={reached[0]:.6g} (integrating {self.sigma_max:g} -> {self.sigma_min:g}): the denoiser is "
+                    f"probably not smooth in x or sigma (noisy, non-differentiable), or rtol={self.rtol:g}/"
+                    f"atol={self.atol:g} are too tight. Loosen rtol/atol, raise max_nfe, or use a fixed-grid "
+                    "solver (solver='heun', steps=...), whose cost is fixed", budget, reached[0])
             counter[0] += 1
+            if sigma < reached[0]:
+                reached[0] = sigma
+                if bar is not None:
+                    bar.update(max(0, min(1000, round(1000 * math.log(self.sigma_max / sigma) / span))) - bar.n)
             sig = torch.full((x.shape[0],), sigma, dtype=mdtype, device=device)
-            out = fn(x.to(mdtype), sig, *extra)
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"{where} must return a torch.Tensor, got {type(out).__name__}")
-            if out.shape != x.shape:
-                raise ValueError(f"{where} returned shape {tuple(out.shape)} for input of shape {tuple(x.shape)}")
+            out = check_output(call_model(fn, x.to(mdtype), sig, *extra), x.shape, where, "input")
             out = out.to(torch.float64)
             check_finite(out, sigma, where)
             return out
@@ -206,8 +282,10 @@ class DiffusionMap(MapBase):
         labels = self._check_labels(labels, z.shape[0], device)
         x = self.sigma_max * z.to(device=device, dtype=torch.float64)
         counter = [0]
-        denoise = self._make_denoise(device, counter, labels)
-        with torch.no_grad(), eval_mode(self.denoiser):
+        show = self.adaptive and self.progress and progress_enabled()
+        with torch.no_grad(), eval_mode(self.denoiser), _solve_bar(show, self.method) as bar:
+            denoise = self._make_denoise(device, counter, self.max_nfe if self.adaptive else None, bar,
+                                          labels=labels)
             x = self.stepper.integrate(denoise, x, self.sigmas, rtol=self.rtol, atol=self.atol)
             check_finite(x, self.sigma_min, f"ODE state of {self.name}")
             x = denoise(x, self.sigma_min)
@@ -252,12 +330,8 @@ class OneStepMap(MapBase):
         labels = self._check_labels(labels, z.shape[0], device)
         extra = () if labels is None else (labels,)
         with torch.no_grad(), eval_mode(self.fn):
-            out = self.fn(z.to(device=device, dtype=self._model_dtype), *extra)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"OneStepMap {self.name} must return a torch.Tensor, got {type(out).__name__}")
-        if out.shape != z.shape:
-            raise ValueError(f"OneStepMap {self.name} returned shape {tuple(out.shape)} for noise of shape {tuple(z.shape)}")
-        out = out.to(torch.float64)
+            out = call_model(self.fn, z.to(device=device, dtype=self._model_dtype), *extra)
+        out = check_output(out, z.shape, f"OneStepMap {self.name}").to(torch.float64)
         check_finite(out, None, f"OneStepMap {self.name}")
         self.last_nfe = 1
         return out

@@ -10,26 +10,28 @@ corrupt, and saves/restores its state with the training checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
+import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pfd._checks import check_positive_int, eval_mode, find_modules
-from pfd._labels import call_map, resolve_labels
+from pfd._checks import call_map, call_model, check_positive_int, eval_mode, find_modules, is_int, progress_context
+from pfd._labels import resolve_labels
 from pfd._maps import as_student_map, models_behind
 from pfd._reduce import gather_or_raise, is_rank_zero, resolve_group, shard_range
 from pfd._train import atomic_torch_save
 from pfd.estimator import distance
 from pfd.maps import CachedMap, describe_map, map_shape
 from pfd.noise import BLOCK, NoiseSource, derive_seed
-from pfd.report import append_jsonl, check_writable, to_jsonable
+from pfd.report import append_jsonl, atomic_write, check_writable, to_jsonable
 
 __all__ = ["NoiseBank", "PFDMonitor", "read_log", "reference_identity"]
 
@@ -91,6 +93,20 @@ def reference_identity(reference: Callable[..., Any], reference_key: str | None 
             "parameters); pass reference_key='<a string that changes whenever the reference changes>'"
         )
     return {"map": describe_map(base), "content": content}
+
+
+def _check_folder_writable(folder: Path, name: str) -> None:
+    """Fail at construction, naming ``name``, unless files can be created in ``folder``."""
+    import tempfile
+
+    if not folder.is_dir():
+        raise ValueError(f"{name}: folder {str(folder)!r} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".pfd-", suffix=".check", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ValueError(f"{name}: folder {str(folder)!r} is not writable ({exc.strerror or exc})") from None
 
 
 class NoiseBank:
@@ -159,8 +175,8 @@ class NoiseBank:
         self._index: dict[bytes, int] | None = None
         self.reference_key = reference_key
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
-        if self.cache_dir is not None and not self.cache_dir.is_dir():
-            raise ValueError(f"cache_dir: folder {str(self.cache_dir)!r} does not exist")
+        if self.cache_dir is not None:
+            _check_folder_writable(self.cache_dir, "cache_dir")
         self._key_text: str | None = None
         if self.cache_dir is not None:  # fail early when no identity can be derived
             self._key_text = self._make_key_text()
@@ -239,10 +255,7 @@ class NoiseBank:
             for start in range(lo, hi, self.batch_size):
                 stop = min(hi, start + self.batch_size)
                 lab = None if self.labels is None else self.labels[start:stop]
-                x = call_map(self.reference, self.noise[start:stop], lab)
-                if not isinstance(x, torch.Tensor) or x.shape != (stop - start, *self.shape):
-                    got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-                    raise ValueError(f"reference map returned {got} for noise of shape {(stop - start, *self.shape)}")
+                x = call_map(self.reference, self.noise[start:stop], "reference map", start, labels=lab)
                 self._out[start:stop] = x.detach().to("cpu", torch.float64)
                 self._have[start:stop] = True
                 nfe = getattr(self.reference, "last_nfe", None)
@@ -333,7 +346,7 @@ class BankMap:
                 start = None  # other conditions than the bank's: not bank rows
         if start is None:  # not bank noise: evaluate the reference itself
             self.misses += 1
-            out = call_map(self.bank.reference, z, labels)
+            out = call_model(self.bank.reference, z) if labels is None else call_model(self.bank.reference, z, labels)
             self.last_nfe = getattr(self.bank.reference, "last_nfe", None)
             return out
         stop = start + z.shape[0]
@@ -363,11 +376,49 @@ def _repair_tail(path: Path) -> None:
         os.truncate(path, data.rfind(b"\n") + 1)
 
 
-def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) while checking and
+    appending, so that two processes cannot interleave a check and a write (POSIX only)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: the tail check alone
+        yield
+        return
+    fd = os.open(os.fspath(path), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _last_record(path: Path) -> dict[str, Any] | None:
+    """The last complete JSON record of a log (reads only its tail)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 65536))
+            lines = [ln for ln in fh.read().split(b"\n") if ln.strip()]
+    except FileNotFoundError:
+        return None
+    for ln in reversed(lines):
+        try:
+            return json.loads(ln)
+        except json.JSONDecodeError:
+            continue
+    return None
+
+
+def read_log(path: str | os.PathLike[str], run: str | None = None) -> list[dict[str, Any]]:
     """Records of a monitor's JSONL log; an incomplete last line (a crash mid-write) is skipped.
 
-    A corrupt line anywhere else is skipped with a warning.
+    A corrupt line anywhere else is skipped with a warning. ``run`` keeps only the records of one
+    run (a monitor's ``run_id``; a log may hold several runs one after another).
     """
+    if run is not None:
+        return [r for r in read_log(path) if r.get("run") == run]
     records = []
     with open(path, "rb") as fh:
         lines = fh.read().split(b"\n")
@@ -454,6 +505,8 @@ class PFDMonitor:
         self.progress = bool(progress)
         self.history: list[dict[str, Any]] = []
         self._ref_map = self.bank.as_map()
+        self.run_id = uuid.uuid4().hex[:12]
+        self._log_tail: int | None = None  # the step of this run's last record in the log
 
     @property
     def reference(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -473,8 +526,9 @@ class PFDMonitor:
 
     def should_evaluate(self, step: int) -> bool:
         """True at multiples of ``every`` not evaluated yet (e.g. before a resume)."""
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        if not is_int(step) or step < 0:
             raise TypeError(f"step must be an int >= 0, got {step!r}")
+        step = int(step)
         return step % self.every == 0 and all(h["step"] != step for h in self.history)
 
     def maybe_evaluate(self, student: Any, step: int) -> dict[str, Any] | None:
@@ -484,12 +538,14 @@ class PFDMonitor:
     def evaluate(self, student: Any, step: int) -> dict[str, Any]:
         """Evaluate now: a record with step, pfd, stderr, ci95, n, nfe (student, per sample),
         seconds (this call), reference_seconds (reference work done in this call)."""
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        if not is_int(step) or step < 0:
             raise TypeError(f"step must be an int >= 0, got {step!r}")
+        step = int(step)
         smap = as_student_map(student, self.shape)
         t0 = time.perf_counter()
         ref_before = self.bank.reference_seconds
-        self.bank.prepare(self.group)
+        with progress_context(self.progress):
+            self.bank.prepare(self.group)
         with eval_mode(*models_behind(student)), torch.inference_mode():
             res = distance(self._ref_map, smap, n=self.n, seed=self.seed, batch_size=self.bank.batch_size,
                            descriptor=self.descriptor, progress=self.progress, group=self.group,
@@ -506,12 +562,30 @@ class PFDMonitor:
             "reference_seconds": self.bank.reference_seconds - ref_before,
             "world_size": res.provenance.get("world_size", 1),
             "time": time.time(),
+            "run": self.run_id,
         }
-        self.history.append(rec)
         if self.log_path is not None and is_rank_zero():
-            _repair_tail(self.log_path)
-            append_jsonl(self.log_path, rec)
+            with _locked(self.log_path):
+                self._check_log_tail()
+                _repair_tail(self.log_path)
+                append_jsonl(self.log_path, rec)
+            self._log_tail = step
+        self.history.append(rec)
         return rec
+
+    def _check_log_tail(self) -> None:
+        """This run's last record must still be the log's last record: anything else means another
+        monitor (another process, or a second monitor on the same ``log_path``) writes to it too."""
+        if self._log_tail is None:
+            return
+        last = _last_record(self.log_path)
+        if last is None or last.get("run") != self.run_id or last.get("step") != self._log_tail:
+            who = "nothing (the log was emptied)" if last is None else f"run {last.get('run')!r}, step {last.get('step')!r}"
+            raise ValueError(
+                f"log_path {str(self.log_path)!r} is shared: after this monitor's record of step {self._log_tail} "
+                f"(run {self.run_id!r}) the log ends with {who}. Two monitors writing one log would interleave their "
+                "curves: give each run its own log_path"
+            )
 
     @property
     def last(self) -> dict[str, Any] | None:
@@ -522,8 +596,8 @@ class PFDMonitor:
                             "reference": describe_map(self.reference)})
 
     def state_dict(self) -> dict[str, Any]:
-        """The monitor's state (history and configuration fingerprint), for checkpoints."""
-        return {"version": _STATE_VERSION, "fingerprint": self._fingerprint(),
+        """The monitor's state (history, run id and configuration fingerprint), for checkpoints."""
+        return {"version": _STATE_VERSION, "fingerprint": self._fingerprint(), "run": self.run_id,
                 "history": [dict(h) for h in self.history]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -538,6 +612,25 @@ class PFDMonitor:
                 f"{state['fingerprint']} != {self._fingerprint()}"
             )
         self.history = [dict(h) for h in state["history"]]
+        if isinstance(state.get("run"), str):
+            self.run_id = state["run"]  # the same run, continued
+        if self.log_path is not None and is_rank_zero():
+            self._rewind_log()
+
+    def _rewind_log(self) -> None:
+        """Make the log continue from the checkpoint: this run's records after the checkpoint's last
+        evaluation are removed (training repeats those steps and evaluates them again), records of
+        the checkpoint missing from the log are restored, and other runs' records are kept."""
+        with _locked(self.log_path):
+            old = read_log(self.log_path) if self.log_path.exists() else []
+            ours = {self.run_id, None}  # records without a run id predate run ids: treated as this run's
+            kept = [r for r in old if r.get("run") not in ours] + [dict(h) for h in self.history]
+            if kept != old:
+                text = "".join(json.dumps(to_jsonable(r)) + "\n" for r in kept).encode("utf-8")
+                atomic_write(self.log_path, lambda fh: fh.write(text))
+        self._log_tail = self.history[-1]["step"] if self.history else None
+        if self._log_tail is not None and self.history[-1].get("run") != self.run_id:
+            self._log_tail = None  # a checkpoint from before run ids: nothing to compare the tail with
 
     def __repr__(self) -> str:
         return f"PFDMonitor(n={self.n}, seed={self.seed}, every={self.every}, evaluations={len(self.history)})"

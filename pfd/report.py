@@ -49,14 +49,33 @@ def _file_target(path: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
     return path, parent
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(path: Path) -> int:
+    """The permission bits a written file gets: those of the file it replaces, else 0666 minus the
+    process umask (what ``open(path, "w")`` would give)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) -> Path:
     """Call ``write(fh)`` on a temporary binary file in the folder of ``path``, fsync, then rename
     it onto ``path``. A crash or an exception in ``write`` leaves the previous file (or none) and
-    no temporary file behind.
+    no temporary file behind. The file keeps the permission bits of the file it replaces; a new
+    file gets 0666 minus the umask, like any file the user creates.
     """
     path, parent = _file_target(path, "path")
+    mode = _new_file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)  # mkstemp makes 0600; a result file gets the mode any new file would get
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -108,7 +127,7 @@ def append_jsonl(path: str | os.PathLike[str], record: Any) -> None:
     which readers skip.
     """
     line = (json.dumps(to_jsonable(record)) + "\n").encode("utf-8")
-    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)  # the umask applies
     try:
         os.write(fd, line)
         os.fsync(fd)

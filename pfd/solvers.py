@@ -406,7 +406,7 @@ class SolverSettings:
     >>> SolverSettings().to_dict()
     {'solver': 'heun', 'steps': 18}
     >>> SolverSettings("dopri5", rtol=1e-8).kwargs()
-    {'solver': 'dopri5', 'steps': 18, 'rtol': 1e-08}
+    {'solver': 'dopri5', 'rtol': 1e-08}
     """
 
     solver: str = "heun"
@@ -434,7 +434,9 @@ class SolverSettings:
         raise TypeError(f"solver must be a SolverSettings, a dict or None, got {type(value).__name__}")
 
     def kwargs(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"solver": self.solver, "steps": self.steps}
+        d: dict[str, Any] = {"solver": self.solver}
+        if not get_solver(self.solver).adaptive:  # an adaptive solver picks its own steps
+            d["steps"] = self.steps
         if self.rtol is not None:
             d["rtol"] = self.rtol
         if self.atol is not None:

@@ -38,6 +38,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -103,9 +104,42 @@ def parse_assignments(items: Sequence[str] | None, option: str) -> dict[str, Any
             raise ValueError(f"{option}: {key!r} given twice")
         try:
             out[key] = json.loads(text)
-        except ValueError:
+        except ValueError as exc:
+            if text.strip()[:1] in ("[", "{", '"'):  # meant as JSON (a list, a dict, a quoted string), but broken
+                raise ValueError(f"{option} {item}: the value is not valid JSON ({exc}); write lists as [80, 1, 0]") from None
             out[key] = text
     return out
+
+
+def input_files(spec: str) -> list[Path]:
+    """The files a (loaded) SPEC reads: the mixture JSON, the TorchScript file, or the factory's
+    ``.py`` file (a dotted module's ``__file__`` once imported). Used to refuse an output path that
+    would overwrite an input.
+
+    >>> [p.name for p in input_files("gmm:teacher.json")]
+    ['teacher.json']
+    """
+    spec = spec.strip()
+    if spec.startswith("gmm:"):
+        return [Path(spec[4:])]
+    if spec.endswith(TORCHSCRIPT_SUFFIXES):
+        return [Path(spec)]
+    if ":" not in spec:
+        return []
+    module = spec.rsplit(":", 1)[0]
+    if module.endswith(".py"):
+        return [Path(module)]
+    mod = sys.modules.get(module)
+    origin = getattr(mod, "__file__", None)
+    return [Path(origin)] if origin else []
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """True if two paths name the same existing file (hard and symbolic links included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def resolve_device(device: Any, name: str = "device") -> torch.device:
@@ -345,7 +379,10 @@ def load_object(spec: str, *, args: Mapping[str, Any] | None = None, device: Any
     try:
         model = obj(**args)
     except Exception as exc:
-        raise ValueError(f"{label}: the factory {spec}({', '.join(sorted(args))}) raised {_one_line(exc)}") from None
+        floats = [f"{k}={v!r} (a float; write {k}={int(v)} if an int is meant)" for k, v in sorted(args.items())
+                  if isinstance(v, float) and v.is_integer()]
+        hint = f"; note the argument types: {', '.join(floats)}" if floats and isinstance(exc, TypeError) else ""
+        raise ValueError(f"{label}: the factory {spec}({', '.join(sorted(args))}) raised {_one_line(exc)}{hint}") from None
     if model is None or not callable(model):
         raise TypeError(f"{label}: the factory {spec} must return a callable model, got {type(model).__name__}")
     if isinstance(model, torch.nn.Module):
@@ -377,7 +414,7 @@ def load_map(
     schedule: Mapping[str, Any] | None = None,
     kind: str = "trajectory",
     solver: str = "heun",
-    steps: int = 18,
+    steps: int | None = None,
     shape: Sequence[int] | None = None,
     device: Any = "cpu",
     label: str = "spec",
@@ -505,7 +542,8 @@ def _load_folder(folder: Path, adapter: str | None, args: Mapping[str, Any] | No
 
             warnings.warn(COUPLING_MESSAGE.format(name=str(folder)), CouplingWarning, stacklevel=3)
         shp = check_shape(shape, "shape") if shape is not None else None
-        return diffusers_map(dm, solver=solver, steps=steps, grid=sched.get("grid"), start=sched.get("start"),
+        return diffusers_map(dm, solver=solver, steps=18 if steps is None else steps, grid=sched.get("grid"),
+                             start=sched.get("start"),
                              sigma_min=sched.get("sigma_min"), sigma_max=sched.get("sigma_max"),
                              timesteps=opts.get("timesteps", "continuous"), kind=kind, shape=shp, name=str(folder))
     except (ValueError, TypeError, ImportError) as exc:
@@ -524,12 +562,16 @@ def _wrap(obj: Any, spec: str, adapter: str, sched: dict[str, Any], kind: str, s
         if adapter != "denoiser":
             raise ValueError(f"a Gaussian mixture is an analytic denoiser; use adapter type 'denoiser', not {adapter!r}")
         if shape is not None and shape != obj.event_shape:
-            raise ValueError(f"shape {shape} does not match the mixture's sample shape {obj.event_shape}")
+            raise ValueError(f"the requested sample shape {shape} (shape= / --shape) does not match the mixture's "
+                             f"sample shape {obj.event_shape}")
         return obj.ode_map(solver=solver, steps=steps, name=spec, **sched)
-    if shape is None:
-        declared = getattr(obj, "event_shape", None)
-        if declared is not None:
-            shape = check_shape(tuple(declared), "the model's event_shape")
+    declared = getattr(obj, "event_shape", None)
+    if declared is not None:
+        declared = check_shape(tuple(declared), "the model's event_shape")
+        if shape is not None and shape != declared:
+            raise ValueError(f"the requested sample shape {shape} (shape= / --shape) does not match the model's "
+                             f"declared event_shape {declared}")
+        shape = declared
     rng = {k: sched.pop(k) for k in _RANGE if k in sched}
     cond = {k: sched.pop(k) for k in _COND if k in sched}
     if "conditional" in sched and not isinstance(sched["conditional"], bool):

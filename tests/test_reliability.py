@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 
 import pfd
 from pfd.cli import main
+from pfd.monitor import read_log
 from pfd.spec import load_map
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +40,12 @@ def _sys_is_read_only() -> bool:
 
 
 RO = pytest.mark.skipif(not _sys_is_read_only(), reason="/sys is writable here: no read-only folder to test with")
+
+
+def _noisy_denoiser():
+    """A denoiser with noise in its output (dropout left on, a stochastic layer): not smooth in x or sigma."""
+    g = torch.Generator().manual_seed(0)
+    return lambda x, s: G2.denoiser(x, s) + 1e-3 * torch.randn(x.shape, dtype=x.dtype, generator=g)
 
 
 def m2(steps=4):
@@ -178,6 +186,46 @@ API_CASES = [
      lambda d: load_map("torch.nn:Identity", adapter="score"), ValueError, "forward process"),
     ("spec-gmm-non-psd-file", "a mixture JSON with a non-PSD covariance",
      lambda d: load_map(f"gmm:{d / 'nonpsd.json'}"), ValueError, "is not a valid mixture: covs must be positive semi-definite"),
+    # second audit (issue 14)
+    ("distance-map-returns-int64", "a map that returns integers (int64)",
+     lambda d: pfd.distance(lambda z: (10 * z).long(), lambda z: z, n=4, shape=(2,), progress=False), TypeError,
+     "map a must return a real floating-point tensor, got torch.int64"),
+    ("distance-map-returns-complex", "a map that returns a complex tensor",
+     lambda d: pfd.distance(lambda z: z.to(torch.complex128), lambda z: z, n=4, shape=(2,), progress=False), TypeError,
+     "map a must return a real floating-point tensor, got torch.complex128"),
+    ("distance-map-returns-meta", "a map that returns a meta tensor (no values)",
+     lambda d: pfd.distance(lambda z: z, lambda z: torch.empty(z.shape, device="meta"), n=4, shape=(2,), progress=False),
+     ValueError, "map b returned a meta tensor"),
+    ("map-denoiser-returns-int64", "a denoiser that returns integers",
+     lambda d: pfd.DiffusionMap(lambda x, s: x.long(), shape=(2,), steps=2)(torch.zeros(3, 2)), TypeError,
+     "must return a real floating-point tensor, got torch.int64"),
+    ("distance-descriptor-nonfinite", "a descriptor returning NaN for some samples",
+     lambda d: pfd.distance(lambda z: z, lambda z: 2 * z, n=8, shape=(2,), progress=False,
+                            descriptor=lambda x: torch.where(x[:, :1] > 0, x.log(), x)),
+     pfd.NonFiniteError, "descriptor (on the outputs of map a) returned non-finite values"),
+    ("distance-descriptor-numpy", "a descriptor returning a numpy array",
+     lambda d: pfd.distance(lambda z: z, lambda z: z, n=4, shape=(2,), descriptor=lambda x: x.numpy(), progress=False),
+     TypeError, "descriptor must return a torch.Tensor, got a numpy array"),
+    ("map-rtol-below-float64", "rtol = 1e-30 for dopri5", lambda d: pfd.DiffusionMap(G2.denoiser, solver="dopri5", rtol=1e-30),
+     ValueError, "rtol=1e-30 is below what float64 can deliver"),
+    ("map-atol-below-float64", "atol = 1e-30 for dopri5", lambda d: pfd.DiffusionMap(G2.denoiser, solver="dopri5", atol=1e-30),
+     ValueError, "atol=1e-30 is below what float64 can deliver"),
+    ("map-max-nfe-fixed-grid", "max_nfe for a fixed-grid solver", lambda d: pfd.DiffusionMap(G2.denoiser, max_nfe=100),
+     ValueError, "rtol/atol apply to adaptive solvers only (and so does max_nfe)"),
+    ("map-adaptive-runaway", "dopri5 on a noisy (non-smooth) denoiser",
+     lambda d: pfd.DiffusionMap(_noisy_denoiser(), shape=(2,), solver="dopri5", max_nfe=300, progress=False)(torch.zeros(2, 2)),
+     pfd.SolveBudgetError, "stopped after max_nfe=300 model evaluations"),
+    ("monitor-cache-dir-missing", "a PFDMonitor cache_dir that does not exist",
+     lambda d: pfd.PFDMonitor(m2(), n=4, cache_dir=d / "missing"), ValueError, "cache_dir: folder"),
+    pytest.param(("monitor-cache-dir-not-writable", "a PFDMonitor cache_dir in a read-only place (/sys)",
+                  lambda d: pfd.PFDMonitor(m2(), n=4, cache_dir="/sys"), ValueError,
+                  "cache_dir: folder '/sys' is not writable"), marks=RO, id="monitor-cache-dir-not-writable"),
+    pytest.param(("mtog-out-not-writable", "an mtog sweep file in a read-only place (/sys)",
+                  lambda d: pfd.analysis.mtog_scaling(G2, [4], [4], out="/sys/runs.jsonl"), ValueError,
+                  "out: '/sys/runs.jsonl' is not writable"), marks=RO, id="mtog-out-not-writable"),
+    ("spec-schedule-broken-json", "a schedule value meant as a list but broken: grid=[80,1",
+     lambda d: pfd.spec.parse_assignments(["grid=[80,1"], "--student-schedule"), ValueError,
+     "--student-schedule grid=[80,1: the value is not valid JSON"),
 ]
 
 
@@ -262,6 +310,247 @@ def test_failed_write_leaves_previous_file_and_no_temporary(tmp_path):
     assert json.loads(path.read_text()) == {"v": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
 
 
+# ------------------------------------------------------------------------------------------------ second audit
+class _InPlaceReLU(torch.nn.Module):
+    """A first layer that overwrites its input (nn.ReLU(inplace=True)), then a linear map."""
+
+    def __init__(self):
+        super().__init__()
+        self.relu = torch.nn.ReLU(inplace=True)
+
+    def forward(self, z):
+        return 1.0 * self.relu(z)
+
+
+def test_a_map_that_modifies_its_noise_in_place_does_not_change_what_the_other_map_sees():
+    z = pfd.canonical_noise(256, (2,), seed=0).double()
+    rms = float(z.pow(2).sum(1).mean().sqrt())
+    ident = pfd.OneStepMap(lambda x: x, shape=(2,))
+    triple = pfd.OneStepMap(lambda x: x.mul_(3), shape=(2,))
+    for a, b in ((triple, ident), (ident, triple)):  # z -> 3z against z: 2 RMS||z|| whichever map runs first
+        assert pfd.distance(a, b, n=256, progress=False).value == pytest.approx(2 * rms, rel=1e-12)
+    relu = pfd.OneStepMap(_InPlaceReLU(), shape=(2,))
+    assert pfd.distance(relu, ident, n=256, progress=False).value == pfd.distance(ident, relu, n=256, progress=False).value
+    exact = float((z - z.clamp_min(0)).pow(2).sum(1).mean().sqrt())
+    assert pfd.distance(relu, ident, n=256, progress=False).value == pytest.approx(exact, rel=1e-12)
+    # the solver state is private too: a denoiser that zeroes its input gives the clean denoiser's map
+    def vandal(x, s):
+        out = G2.denoiser(x, s)
+        x.zero_()
+        return out
+    dirty = pfd.DiffusionMap(vandal, shape=(2,), steps=6)
+    assert pfd.distance(dirty, m2(6), n=64, progress=False).value == 0.0
+    # ... also through an adapter, a CachedMap reference bank and the torchmetrics metric
+    edm = pfd.DiffusionMap(pfd.adapters.EDMDenoiser(lambda x, sigma: vandal(x, sigma)), shape=(2,), steps=6)
+    assert pfd.distance(edm, m2(6), n=64, progress=False).value == 0.0
+    mon = pfd.PFDMonitor(pfd.OneStepMap(lambda x: x.mul_(3), shape=(2,)), n=64, every=1)
+    assert mon.evaluate(triple, 0)["pfd"] == 0.0 and torch.equal(mon.bank.noise, pfd.canonical_noise(64, (2,), seed=0))
+    from pfd.integrations.metric import PFDMetric
+
+    metric = PFDMetric(m2(6), n=64)
+    metric.update(pfd.OneStepMap(lambda x: x.mul_(0), shape=(2,)))
+    assert torch.equal(metric.bank.noise, pfd.canonical_noise(64, (2,), seed=0))
+    bv = pfd.bias_variance([triple, ident], ident, n=256)  # mean map 2z: plug-in E_bias^2 = E_var = E||z||^2
+    assert bv.bias2_plugin == pytest.approx(rms**2, rel=1e-12) and bv.var_plugin == pytest.approx(rms**2, rel=1e-12)
+
+
+def test_adaptive_steps_and_small_n_warn_and_numpy_integers_are_accepted():
+    with pytest.warns(UserWarning, match="steps=8 is ignored: dopri5 is an adaptive solver"):
+        pfd.DiffusionMap(G2.denoiser, solver="dopri5", steps=8)
+    with pytest.warns(UserWarning, match="n=2 samples: the 95% CI .* is not meaningful below n=30"):
+        pfd.distance(m2(), m2(), n=2, progress=False)
+    res = pfd.distance(m2(np.int64(4)), m2(), n=np.int64(64), batch_size=np.int32(7), seed=np.uint8(3), progress=False)
+    assert res.n == 64 and type(res.n) is int
+    assert res.value == pfd.distance(m2(4), m2(), n=64, batch_size=64, seed=3, progress=False).value
+    mon = pfd.PFDMonitor(m2(), n=np.int64(32), every=np.int16(5), batch_size=np.int64(8))
+    assert mon.maybe_evaluate(m2(3), np.int64(10))["step"] == 10
+    assert pfd.canonical_noise(np.int64(3), (np.int64(2),)).shape == (3, 2)
+
+
+def test_a_long_adaptive_solve_shows_its_progress_unless_progress_is_off(monkeypatch, capsys):
+    monkeypatch.setattr(pfd.maps, "SOLVE_BAR_DELAY", 0.0)  # as if the solve took longer than 2 s
+    ref = G2.ode_map(solver="dopri5")
+    pfd.distance(ref, m2(), n=8, progress=True)
+    assert "dopri5 solve (log sigma" in capsys.readouterr().err
+    pfd.distance(ref, m2(), n=8, progress=False)
+    assert "dopri5 solve" not in capsys.readouterr().err
+
+
+def test_gmm_weights_are_normalised_as_documented():
+    """Weights need not sum to 1: they are divided by their sum (documented), exactly like a normalised mixture."""
+    a = pfd.GaussianMixture([2.0, 2.0], [[-1.0, 0.0], [1.0, 0.0]], [0.1, 0.1])
+    assert a.weights.tolist() == [0.5, 0.5] and a.to_dict()["weights"] == [0.5, 0.5]
+    assert pfd.distance(a.ode_map(steps=4), m2(4), n=64, progress=False).value == 0.0
+    assert "normalised to sum to one" in pfd.GaussianMixture.__doc__
+
+
+def test_bit_identity_covers_double_precision_maps_on_fixed_grids_only():
+    """README's guarantee, exactly: float64 maps with a fixed-grid solver give the same bits for every batch
+    size; a float32 network does not (BLAS picks kernels by batch shape) but agrees to ~1e-9 relative."""
+    torch.manual_seed(0)
+    net64 = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.SiLU(), torch.nn.Linear(32, 2)).double()
+    den64 = pfd.adapters.EDMDenoiser(lambda x, sigma: x + 0.1 * net64(x))
+    for student in (pfd.OneStepMap(net64, shape=(2,)), pfd.DiffusionMap(den64, shape=(2,), steps=5, solver="heun"),
+                    pfd.DiffusionMap(den64, shape=(2,), steps=5, solver="dpm3m")):
+        vals = {pfd.distance(m2(5), student, n=100, batch_size=bs, progress=False).value for bs in (1, 7, 64, 100)}
+        assert len(vals) == 1, vals
+    net32 = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.SiLU(), torch.nn.Linear(32, 2))
+    vals32 = [pfd.distance(m2(5), pfd.OneStepMap(net32, shape=(2,)), n=100, batch_size=bs, progress=False).value
+              for bs in (1, 7, 64, 100)]
+    assert max(vals32) - min(vals32) <= 1e-6 * max(vals32)
+
+
+def _tiny_config(**kw):
+    return pfd.analysis.TrainConfig(**{"width": 8, "depth": 1, "train_steps": 3, "n_eval": 32, "lr": 2e-3,
+                                       "solver": pfd.solvers.SolverSettings(steps=3), "progress": False, **kw})
+
+
+def _tiny_dynamics(folder, epochs=1, **kw):
+    from pfd.analysis.dynamics import training_dynamics
+
+    return training_dynamics(G2, 8, epochs=epochs, eval_every=1, n_heldout=16, checkpoint=folder / "dynamics.pt",
+                             config=_tiny_config(**kw))
+
+
+def test_dynamics_checkpoint_is_keyed_by_its_settings(tmp_path):
+    first = _tiny_dynamics(tmp_path)
+    again = _tiny_dynamics(tmp_path)  # same settings: resumed, nothing recomputed
+    assert again["rows"] == first["rows"]
+    more = _tiny_dynamics(tmp_path, epochs=2)  # more epochs continue the same run
+    assert more["rows"][:2] == first["rows"] and [r["epoch"] for r in more["rows"]] == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"was made with other settings \(lr: 0.002 stored, 0.001 now\)"):
+        _tiny_dynamics(tmp_path, epochs=2, lr=1e-3)
+    with pytest.raises(ValueError, match="n_eval: 32 stored, 64 now"):
+        _tiny_dynamics(tmp_path, epochs=2, n_eval=64)
+    with pytest.raises(ValueError, match="is at epoch 2, beyond epochs=1"):
+        _tiny_dynamics(tmp_path, epochs=1)
+    data = (tmp_path / "dynamics.pt").read_bytes()
+    (tmp_path / "dynamics.pt").write_bytes(data[: len(data) // 2])  # a copy interrupted half-way
+    with pytest.raises(ValueError, match="dynamics.pt' cannot be read .* truncated or not a pfd checkpoint"):
+        _tiny_dynamics(tmp_path, epochs=2)
+
+
+def test_mtog_reruns_never_mix_settings_and_a_failed_run_does_not_stop_the_sweep(tmp_path, monkeypatch):
+    import pfd.analysis.mtog as mtog
+
+    out = tmp_path / "runs.jsonl"
+    first = mtog.mtog_scaling(G2, [4, 8], [4], out=out, config=_tiny_config())
+    assert [r["steps"] for r in first["runs"]] == [3, 3] and first["failed_runs"] == []
+    assert mtog.mtog_scaling(G2, [4, 8], [4], out=out, config=_tiny_config())["runs"] == first["runs"]  # reused
+    assert len(out.read_text().splitlines()) == 2
+    with pytest.warns(UserWarning, match=r"set aside 2 run\(s\) made with other settings \(train_steps: 3 stored, 5 now\)"):
+        other = mtog.mtog_scaling(G2, [4, 8], [4], out=out, config=_tiny_config(train_steps=5))
+    assert [r["steps"] for r in other["runs"]] == [5, 5] and other["config"]["settings_key"] != first["config"]["settings_key"]
+    assert len(out.read_text().splitlines()) == 4  # both settings kept apart in the file
+
+    real = mtog.train_student
+
+    def diverging(teacher, n, cfg, **k):
+        if n == 8:
+            raise pfd.NonFiniteError([0, 1], 80.0, "denoiser of a diverged student")
+        return real(teacher, n, cfg, **k)
+
+    monkeypatch.setattr(mtog, "train_student", diverging)
+    with pytest.warns(UserWarning, match="mtog run N=8, width=4, seed=0 failed .* recorded as failed"):
+        res = mtog.mtog_scaling(G2, [4, 8, 16], [4], out=out, config=_tiny_config(train_steps=4))
+    assert [r["n_train"] for r in res["runs"]] == [4, 16]
+    assert res["failed_runs"] == [{"n_train": 8, "width": 4, "seed": 0,
+                                   "error": "NonFiniteError: denoiser of a diverged student returned non-finite values "
+                                            "(NaN or inf) at sigma=80 for 2 sample(s): indices [0, 1]"}]
+
+
+def test_score_out_never_overwrites_an_input(user_dir, monkeypatch, capsys):
+    monkeypatch.chdir(user_dir)
+    monkeypatch.syspath_prepend(str(user_dir))
+    scripted = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(2, 2)).double())
+    torch.jit.save(scripted, str(user_dir / "student_ts.pt"))
+    try:
+        for argv, victim in [(["--student", "student_ts.pt", *ONE, "--out", "student_ts.pt"], "student_ts.pt"),
+                             (["--student", "user_models.py:student", *ONE, "--out", "./user_models.py"], "user_models.py"),
+                             (["--student", "gmm:teacher.json", "--out", str(user_dir / "teacher.json")], "teacher.json")]:
+            before = (user_dir / victim).read_bytes()
+            rc, _out, err = run_cli([*BASE, *argv], capsys)
+            assert rc == 2 and "is one of the" in err and "model's files" in err, err
+            assert (user_dir / victim).read_bytes() == before
+    finally:
+        (user_dir / "student_ts.pt").unlink()
+
+
+def _monitor(log, **kw):
+    return pfd.PFDMonitor(m2(4), n=32, every=10, log_path=log, **kw)
+
+
+def test_monitor_resume_continues_the_log_from_the_checkpoint(tmp_path):
+    log = tmp_path / "pfd.jsonl"
+    a = _monitor(log)
+    for step in range(0, 80, 10):
+        a.maybe_evaluate(m2(3), step)
+        if step == 50:
+            ckpt = a.state_dict()  # the checkpoint; the run goes on to step 70, then crashes
+    assert [r["step"] for r in read_log(log)] == list(range(0, 80, 10))
+    b = _monitor(log)
+    b.load_state_dict(ckpt)
+    assert [r["step"] for r in read_log(log)] == [0, 10, 20, 30, 40, 50]  # steps after the checkpoint are redone
+    for step in range(50, 100, 10):
+        b.maybe_evaluate(m2(3), step)
+    recs = read_log(log)
+    assert [r["step"] for r in recs] == list(range(0, 100, 10)) and recs == b.history  # nothing lost or twice
+    assert {r["run"] for r in recs} == {a.run_id} == {b.run_id}
+
+
+def test_two_monitors_sharing_one_log_are_detected(tmp_path):
+    log = tmp_path / "pfd.jsonl"
+    a, b = _monitor(log), _monitor(log)
+    a.evaluate(m2(3), 0)
+    b.evaluate(m2(3), 0)
+    with pytest.raises(ValueError, match="pfd.jsonl' is shared: after this monitor's record of step 0"):
+        a.evaluate(m2(3), 10)
+    script = textwrap.dedent(f"""
+        import pfd
+        gmm = pfd.GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], [0.1, 0.1])
+        mon = pfd.PFDMonitor(gmm.ode_map(steps=4), n=32, every=10, log_path={str(tmp_path / 'two.jsonl')!r})
+        mon.evaluate(gmm.ode_map(steps=3), 0)
+    """)
+    c = _monitor(tmp_path / "two.jsonl")
+    c.evaluate(m2(3), 0)
+    subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, timeout=300,
+                   env=dict(os.environ, PYTHONPATH=str(ROOT)))  # another process writes to the same log
+    with pytest.raises(ValueError, match="is shared"):
+        c.evaluate(m2(3), 10)
+
+
+@RO
+@pytest.mark.parametrize("argv, path", [
+    (["mtog", "--out-dir", "/sys", "--n-trains", "4", "--widths", "4", "--train-steps", "1"], "/sys/mtog_runs.jsonl"),
+    (["dynamics", "--out-dir", "/sys", "--n-train", "4", "--width", "4", "--epochs", "1"], "/sys/dynamics.pt"),
+    (["bias-variance", "--out-dir", "/sys", "--n-train", "4", "--k", "2", "--train-steps", "1"], "/sys/bias_variance.json"),
+    (["demo", "--out", "/sys/demo.json", "--n", "8"], "/sys/demo.json"),
+], ids=["mtog", "dynamics", "bias-variance", "demo"])
+def test_long_commands_check_their_output_before_any_work(argv, path, capsys):
+    import time as _time
+
+    t0 = _time.perf_counter()
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{path!r} is not writable" in err and ".tmp" not in err, err
+    assert _time.perf_counter() - t0 < 5  # refused before training
+
+
+def test_written_files_respect_the_umask_and_keep_the_mode_they_replace(tmp_path):
+    old = os.umask(0o027)
+    try:
+        pfd.report.write_json(tmp_path / "new.json", {"a": 1})
+        pfd.report.append_jsonl(tmp_path / "new.jsonl", {"a": 1})
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o640
+        assert (tmp_path / "new.jsonl").stat().st_mode & 0o777 == 0o640
+        os.chmod(tmp_path / "new.json", 0o604)
+        pfd.report.write_json(tmp_path / "new.json", {"a": 2})  # replaced: keeps its mode
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o604
+        assert json.loads((tmp_path / "new.json").read_text()) == {"a": 2}
+    finally:
+        os.umask(old)
+
+
 # ------------------------------------------------------------------------------------------------ pfd score
 BASE = ["--reference", "gmm:teacher.json", "--n", "8", "--steps", "3", "--no-progress"]
 ONE = ["--student-type", "one-step", "--shape", "2"]
@@ -338,6 +627,27 @@ CLI_CASES = [
     ("cli-gmm-wrong-adapter", "--reference-type velocity for a gmm: SPEC",
      [*BASE, "--student", "gmm:teacher.json", "--reference-type", "velocity"],
      "--reference: a Gaussian mixture is an analytic denoiser; use adapter type 'denoiser'"),
+    # second audit (issue 14)
+    ("cli-out-is-reference-json", "--out naming the reference's mixture file",
+     [*BASE, "--student", "gmm:teacher.json", "--out", "teacher.json"],
+     "--out 'teacher.json' is one of the reference model's files"),
+    ("cli-out-is-student-factory", "--out naming the student's factory .py file",
+     [*BASE, "--student", "user_models.py:student", *ONE, "--out", "user_models.py"],
+     "--out 'user_models.py' is one of the student model's files"),
+    ("cli-out-is-student-module", "--out naming the file of the student's dotted module",
+     [*BASE, "--student", "user_models:student", *ONE, "--out", "user_models.py"],
+     "--out 'user_models.py' is one of the student model's files"),
+    ("cli-shape-mismatch", "--shape 3 for models declaring (2,)", [*BASE, "--student", "gmm:teacher.json", "--shape", "3"],
+     "does not match the mixture's sample shape (2,)"),
+    ("cli-adaptive-steps", "--solver dopri5 with --steps 3 (steps only apply to fixed grids)",
+     [*BASE, "--student", "gmm:teacher.json", "--solver", "dopri5"],
+     "--steps 3 does not apply to --solver dopri5"),
+    ("cli-student-arg-float-for-int", "--student-arg width=1e1 (a float where the factory needs an int)",
+     [*BASE, "--student", "user_models:student", "--student-arg", "width=1e1", *ONE],
+     "width=10.0 (a float; write width=10 if an int is meant)"),
+    ("cli-schedule-broken-json", "--student-schedule grid=[80,1 (unclosed list)",
+     [*BASE, "--student", "user_models:student", "--student-type", "flow-map", "--student-schedule", "grid=[80,1",
+      "--shape", "2"], "--student-schedule grid=[80,1: the value is not valid JSON"),
 ]
 
 

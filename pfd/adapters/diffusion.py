@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from pfd._checks import as_sigma, check_positive_float, eval_mode
+from pfd._checks import as_sigma, call_model, check_positive_float, eval_mode
 from pfd._maps import model_device
 from pfd.maps import DiffusionMap, check_in_range
 from pfd.solvers import SOLVERS, get_solver
@@ -181,7 +181,7 @@ class EDMDenoiser(_Adapter):
         dt = _param_dtype(self.fn)
         rs = getattr(self.fn, "round_sigma", None)
         s_in = rs(s) if callable(rs) else s
-        out = _unwrap(self.fn(x64.to(dt), s_in.to(dt), **self.cond, **cond), self.name)
+        out = _unwrap(call_model(self.fn, x64.to(dt), s_in.to(dt), **self.cond, **cond), self.name)
         return out.to(_F64).to(x.dtype)
 
 
@@ -275,7 +275,8 @@ class VPDenoiser(_Adapter):
         sb = self._bcast(s, x64)
         c = 1.0 / torch.sqrt(1.0 + sb * sb)  # sqrt(abar)
         dt = _param_dtype(self.fn)
-        out = _unwrap(self.fn((c * x64).to(dt), t_in if self.timesteps == "nearest" else t_in.to(dt), **cond), self.name)
+        t_arg = t_in if self.timesteps == "nearest" else t_in.to(dt)
+        out = _unwrap(call_model(self.fn, (c * x64).to(dt), t_arg, **cond), self.name)
         if out.shape != x.shape:
             raise ValueError(f"{self.name}: model returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
         out = out.to(_F64)
@@ -326,7 +327,7 @@ class VPDenoiser(_Adapter):
 
         lo = kw.pop("sigma_min", None)
         hi = kw.pop("sigma_max", None)
-        steps = kw.pop("steps", 18)
+        steps = kw.pop("steps", None) or 18
         rho = kw.pop("rho", 7.0)
         solver = kw.pop("solver", "heun")
         if grid is None:
@@ -400,7 +401,7 @@ class FlowMatchingDenoiser(_Adapter):
         xt = x64 / (1.0 + self._bcast(s, x64))
         dt = _param_dtype(self.fn)
         t_model = t if self.time == "noise_at_1" else 1.0 - t
-        v = _unwrap(self.fn(xt.to(dt), (t_model * self.t_scale).to(dt), **cond), self.name).to(_F64)
+        v = _unwrap(call_model(self.fn, xt.to(dt), (t_model * self.t_scale).to(dt), **cond), self.name).to(_F64)
         if v.shape != x.shape:
             raise ValueError(f"{self.name}: model returned shape {tuple(v.shape)} for input {tuple(x.shape)}")
         if self.time == "data_at_1":
@@ -455,12 +456,12 @@ class ScoreDenoiser(_Adapter):
         sb = self._bcast(s, x64)
         dt = _param_dtype(self.fn)
         if self.process == "ve":
-            sc = _unwrap(self.fn(x64.to(dt), t.to(dt), **cond), self.name).to(_F64)
+            sc = _unwrap(call_model(self.fn, x64.to(dt), t.to(dt), **cond), self.name).to(_F64)
             d = x64 + sb * sb * sc
         else:
             alpha = 1.0 / torch.sqrt(1.0 + sb * sb)
             xp = alpha * x64
-            sc = _unwrap(self.fn(xp.to(dt), t.to(dt), **cond), self.name).to(_F64)
+            sc = _unwrap(call_model(self.fn, xp.to(dt), t.to(dt), **cond), self.name).to(_F64)
             d = (xp + (1.0 - alpha * alpha) * sc) / alpha
         if d.shape != x.shape:
             raise ValueError(f"{self.name}: model returned shape {tuple(d.shape)} for input {tuple(x.shape)}")
@@ -550,7 +551,7 @@ class GridMap(DiffusionMap):
         device = model_device(self.denoiser) or z.device
         labels = self._check_labels(labels, z.shape[0], device)
         counter = [0]
-        denoise = self._make_denoise(device, counter, labels)
+        denoise = self._make_denoise(device, counter, labels=labels)
         with torch.no_grad(), eval_mode(self.denoiser):
             x = denoise(s0 * z.to(device=device, dtype=_F64), s0)
         self.last_nfe = counter[0]

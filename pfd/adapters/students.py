@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pfd._checks import check_finite, check_positive_float, eval_mode
+from pfd._checks import call_model, check_finite, check_output, check_positive_float, eval_mode
 from pfd._maps import MapBase, model_device
 from pfd.maps import OneStepMap
 
@@ -129,10 +129,8 @@ class ConsistencyStudent(MapBase):
         x = (self.sigma_max * z.to(device=device, dtype=_F64)).to(self._model_dtype)
         sig = torch.full((z.shape[0],), self.sigma_max, dtype=self._model_dtype, device=device)
         with torch.no_grad(), eval_mode(self.f):
-            out = self.f(x, sig, *extra)
-        if not isinstance(out, torch.Tensor) or out.shape != z.shape:
-            raise ValueError(f"ConsistencyStudent {self.name} must return a tensor of shape {tuple(z.shape)}")
-        out = out.to(_F64)
+            out = call_model(self.f, x, sig, *extra)
+        out = check_output(out, z.shape, f"ConsistencyStudent {self.name}").to(_F64)
         check_finite(out, self.sigma_max, f"ConsistencyStudent {self.name}")
         self.last_nfe = 1
         return out
@@ -211,14 +209,14 @@ class FlowMapStudent(MapBase):
     def _jump(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, extra: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
         sig = self.signature
         if sig == "x,t,s":
-            return self.G(x, t, s, *extra)
+            return call_model(self.G, x, t, s, *extra)
         if sig == "x,s,t":
-            return self.G(x, s, t, *extra)
+            return call_model(self.G, x, s, t, *extra)
         if sig == "t,s,x":
-            return self.G(t, s, x, *extra)
+            return call_model(self.G, t, s, x, *extra)
         if sig == "s,t,x":
-            return self.G(s, t, x, *extra)
-        u = self.G(x, s, t, *extra)  # meanflow: u(z, r, t), r the target time
+            return call_model(self.G, s, t, x, *extra)
+        u = call_model(self.G, x, s, t, *extra)  # meanflow: u(z, r, t), r the target time
         return x - (t - s).reshape(-1, *([1] * (x.ndim - 1))) * u
 
     def __call__(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,9 +232,7 @@ class FlowMapStudent(MapBase):
                 t = torch.full((b,), float(self.grid[i]), dtype=dt, device=device)
                 s = torch.full((b,), float(self.grid[i + 1]), dtype=dt, device=device)
                 out = self._jump(x.to(dt), t, s, extra)
-                if not isinstance(out, torch.Tensor) or out.shape != z.shape:
-                    raise ValueError(f"FlowMapStudent {self.name}: G must return a tensor of shape {tuple(z.shape)}")
-                x = out.to(_F64)
+                x = check_output(out, z.shape, f"FlowMapStudent {self.name}: G").to(_F64)
                 check_finite(x, float(self.grid[i + 1]), f"FlowMapStudent {self.name}")
         self.last_nfe = self.nfe_per_sample
         return x

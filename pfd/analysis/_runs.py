@@ -12,13 +12,15 @@ from typing import Any
 
 import torch
 
+from pfd.analysis._runkey import run_settings, settings_diff, settings_key
 from pfd.analysis.generalization import generalization_errors, reference_maps
 from pfd.analysis.students import DSMTrainer, TrainConfig
 from pfd.analytic.gmm import GaussianMixture
 from pfd.maps import CachedMap
 from pfd.noise import derive_seed
 
-__all__ = ["OnDevice", "epochs_for_steps", "read_records", "train_dsm", "train_ensemble", "train_set", "train_student"]
+__all__ = ["OnDevice", "epochs_for_steps", "read_records", "run_settings", "settings_key", "train_dsm", "train_ensemble",
+           "train_set", "train_student"]
 
 
 def train_set(teacher: GaussianMixture, n_train: int, data_seed: int):
@@ -66,22 +68,43 @@ def train_student(
     return rec, tr
 
 
-def read_records(path: str | os.PathLike[str], key_fields: Iterable[str]) -> dict[tuple, dict[str, Any]]:
+def read_records(
+    path: str | os.PathLike[str], key_fields: Iterable[str], settings: dict[str, Any] | None = None
+) -> dict[tuple, dict[str, Any]]:
     """Finished records of a JSONL sweep file keyed by ``key_fields`` (first occurrence wins;
-    an incomplete or corrupt line, e.g. from a crash mid-write, is skipped)."""
+    an incomplete or corrupt line, e.g. from a crash mid-write, is skipped).
+
+    With ``settings`` (see :func:`pfd.analysis._runkey.run_settings`) only records made with
+    exactly these settings (their ``settings_key``) are returned; the others stay in the file but
+    are not reused, and a warning says how many were set aside and which settings differ.
+    """
     out: dict[tuple, dict[str, Any]] = {}
     p = Path(path)
     if not p.exists():
         return out
     fields = tuple(key_fields)
+    key = None if settings is None else settings_key(settings)
+    other: dict[str, dict[str, Any] | None] = {}
+    set_aside = 0
     with p.open(encoding="utf-8") as fh:
         for line in fh:
             try:
                 rec = json.loads(line)
-                key = tuple(rec[f] for f in fields)
+                k = tuple(rec[f] for f in fields)
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue
-            out.setdefault(key, rec)
+            if key is not None and rec.get("settings_key") != key:
+                other.setdefault(str(rec.get("settings_key")), rec.get("settings"))
+                set_aside += 1
+                continue
+            out.setdefault(k, rec)
+    if other:
+        import warnings
+
+        diffs = sorted({d for st in other.values() for d in settings_diff(st, settings or {})})
+        warnings.warn(f"{p}: set aside {set_aside} run(s) made with other settings ("
+                      f"{'; '.join(diffs) or 'records without settings, from an older pfd'}); they are not reused",
+                      UserWarning, stacklevel=2)
     return out
 
 

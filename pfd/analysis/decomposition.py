@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from pfd._checks import check_positive_int
+from pfd._checks import call_descriptor, call_map, check_positive_int
 from pfd._reduce import Z95, ExactSum, SquaredDistances
 from pfd.analysis.students import TrainConfig
 from pfd.maps import map_shape
@@ -137,7 +137,8 @@ def bias_variance(
     shp = shp or next((map_shape(s) for s in students if map_shape(s)), None)
     if shp is None:
         raise ValueError("shape= is required: no map declares the shape of a sample")
-    psi = descriptor or (lambda x: x)
+    def psi(x: torch.Tensor, label: str, offset: int) -> torch.Tensor:
+        return x if descriptor is None else call_descriptor(descriptor, x, label, offset)
     src = NoiseSource(seed, shp)
     k = len(students)
     gen = [SquaredDistances() for _ in range(k)]
@@ -146,8 +147,9 @@ def bias_variance(
     for start in range(0, n, batch_size):
         z = src.get(start, min(n, start + batch_size))
         b = z.shape[0]
-        t = psi(teacher(z).to(torch.float64)).reshape(b, -1)
-        outs = torch.stack([psi(s(z).to(torch.float64)).reshape(b, -1) for s in students])  # (K, B, D)
+        t = psi(call_map(teacher, z, "teacher", start), "teacher", start).reshape(b, -1)
+        outs = torch.stack([psi(call_map(s, z, f"students[{j}]", start), f"students[{j}]", start).reshape(b, -1)
+                            for j, s in enumerate(students)])  # (K, B, D); every map gets its own copy of z
         mean = outs.mean(0)
         b_z.append((t - mean).pow(2).sum(1))
         v_z.append((outs - mean).pow(2).sum(2).mean(0))

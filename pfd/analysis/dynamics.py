@@ -18,15 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from pfd._checks import check_positive_int
 from pfd._train import atomic_torch_save
+from pfd.analysis._runkey import check_settings, load_checkpoint, run_settings, settings_key
 from pfd.analysis._runs import train_set
 from pfd.analysis.generalization import generalization_errors, reference_maps
 from pfd.analysis.students import DSMTrainer, TrainConfig
 from pfd.analytic.gmm import GaussianMixture
 from pfd.noise import derive_seed
+from pfd.report import check_writable
 
 __all__ = ["detect_features", "jitter", "training_dynamics"]
 
@@ -113,8 +114,12 @@ def training_dynamics(
 
     Each evaluation row holds epoch, step, E_gen and E_mem (with CIs, same noise every time), the
     DSM loss on the training set and on ``n_heldout`` fresh teacher samples (fixed noise draws).
-    With ``checkpoint`` the trainer state and rows are saved atomically after every evaluation
-    and a rerun resumes from it. The result adds :func:`detect_features` of E_gen with tolerance
+    With ``checkpoint`` the trainer state and rows are saved atomically after every evaluation,
+    with the settings that determine them (everything but ``epochs``, plus the pfd and torch
+    versions); a rerun resumes from it only with the same settings (and ``epochs`` at least the
+    checkpoint's epoch), and otherwise refuses with a message naming the differing settings, so
+    a resumed curve never mixes two settings. A truncated checkpoint is reported by its path.
+    The result adds :func:`detect_features` of E_gen with tolerance
     max(2 x the largest E_gen standard error, 2 x :func:`jitter` of the curve), so neither the
     PFD estimate's noise nor SGD's epoch-to-epoch noise counts as a feature.
     """
@@ -125,14 +130,23 @@ def training_dynamics(
     check_positive_int(eval_every, "eval_every")
     cfg = config or TrainConfig()
     solver = cfg.solver.kwargs()
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None:
+        check_writable(ckpt, "checkpoint")
+    settings = run_settings(teacher=teacher.to_dict(), n_train=n_train, eval_every=eval_every, seed=seed,
+                            n_heldout=n_heldout, **{k: v for k, v in cfg.to_dict().items() if k != "train_steps"})
     data = train_set(teacher, n_train, seed)
     heldout = teacher.sample(n_heldout, seed=derive_seed(seed, 41) % (2**62))
     tr = DSMTrainer(data, width=cfg.width, depth=cfg.depth, seed=seed, lr=cfg.lr, batch_size=cfg.batch_size)
     refs = reference_maps(teacher, data, **solver)
     rows: list[dict[str, Any]] = []
-    ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = load_checkpoint(ckpt, "checkpoint")
+        hint = "use another checkpoint (--out-dir) or delete it to start over"
+        check_settings(state.get("settings"), settings, f"checkpoint {str(ckpt)!r}", hint)
+        if int(state["trainer"]["epoch"]) > epochs:
+            raise ValueError(f"checkpoint {str(ckpt)!r} is at epoch {state['trainer']['epoch']}, beyond epochs={epochs}; "
+                             f"ask for epochs >= {state['trainer']['epoch']} or {hint}")
         tr.load_state_dict(state["trainer"])
         rows = state["rows"]
     t0 = time.perf_counter()
@@ -145,7 +159,7 @@ def training_dynamics(
         rows.append({"epoch": trainer.epoch, "step": trainer.step, **err.to_dict(), "epoch_loss": epoch_loss,
                      "train_loss": trainer.fixed_loss(data, seed=seed), "heldout_loss": trainer.fixed_loss(heldout, seed=seed)})
         if ckpt is not None:
-            atomic_torch_save({"trainer": trainer.state_dict(), "rows": rows}, ckpt)
+            atomic_torch_save({"trainer": trainer.state_dict(), "rows": rows, "settings": settings}, ckpt)
 
     if not rows:
         evaluate(tr, None)  # epoch 0: the untrained network
@@ -161,7 +175,8 @@ def training_dynamics(
     return {
         "config": {"n_train": n_train, **{k: v for k, v in cfg.to_dict().items() if k != "train_steps"},
                    "n_params": tr.n_params, "epochs": epochs,
-                   "eval_every": eval_every, "seed": seed, "n_heldout": n_heldout, "teacher": teacher.to_dict()},
+                   "eval_every": eval_every, "seed": seed, "n_heldout": n_heldout, "teacher": teacher.to_dict(),
+                   "settings_key": settings_key(settings), "versions": settings["versions"]},
         "rows": rows,
         "e_gen_empirical": emp,
         "features": detect_features([r["epoch"] for r in rows], eg, tol),

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from pfd._checks import call_map
 from pfd.analytic.gmm import GaussianMixture
 from pfd.estimator import PFDResult, distance
 from pfd.maps import CachedMap
@@ -150,7 +151,7 @@ def compare_metrics(
         err = generalization_errors(cached, None, None, n=n, seed=seed, batch_size=batch_size, references=refs)
         shape = tmap.shape or (torch.as_tensor(train).shape[1],)
         z = canonical_noise(n, shape, seed=seed)
-        samples = torch.cat([cached(z[i:i + batch_size]) for i in range(0, n, batch_size)])
+        samples = torch.cat([call_map(cached, z[i:i + batch_size], f"student {name!r}", i) for i in range(0, n, batch_size)])
         rows.append({"student": name, "n_train": int(torch.as_tensor(train).shape[0]), **err.to_dict(),
                      **all_baselines(samples, train, test, seed=baseline_seed)})
     return rows

@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from pfd._checks import check_positive_int
-from pfd.analysis._runs import read_records, train_student
+from pfd.analysis._runs import read_records, run_settings, settings_key, train_student
 from pfd.analysis.students import TrainConfig
 from pfd.analytic.gmm import GaussianMixture
 from pfd.maps import CachedMap
-from pfd.report import append_jsonl
+from pfd.report import append_jsonl, check_writable
 
 __all__ = ["collapse_scan", "fit_logistic", "fit_transitions", "half_octaves", "mtog_report", "mtog_scaling", "mtog_sweep",
            "parse_size", "run_key", "transition_fits"]
@@ -193,36 +194,58 @@ def mtog_scaling(
 ) -> dict[str, Any]:
     """Run (or resume) the MtoG sweep; return all runs plus the transition and collapse fits.
 
-    ``out`` is the JSONL file of finished runs (created if missing; runs already in it are
-    skipped). ``on_run(record)`` is called after each new run is written. ``config``
-    (:class:`pfd.analysis.TrainConfig`) sets training and evaluation; its ``width`` is replaced
-    by each of ``widths``.
+    ``out`` is the JSONL file of finished runs (created if missing; checked for writability
+    before any training). ``config`` (:class:`pfd.analysis.TrainConfig`) sets training and
+    evaluation; its ``width`` is replaced by each of ``widths``. Every line carries the settings
+    that determine it (the teacher, the config without ``width``, the pfd and torch versions)
+    and their key: a rerun reuses only runs with the same settings, so a changed setting
+    recomputes the runs instead of mixing old numbers into the new result. A run that fails (a
+    diverging training gives non-finite values: ``ArithmeticError``/``RuntimeError``/
+    ``ValueError``) is recorded as failed (``failed_runs`` in the result, with its error; not
+    retried on resume) and the sweep goes on; the fits use the runs that finished.
+    ``on_run(record)`` is called after each new run is written.
     """
     if not isinstance(teacher, GaussianMixture):
         raise TypeError(f"teacher must be a pfd.GaussianMixture, got {type(teacher).__name__}")
-    grid_n = [check_positive_int(int(n), "n_trains entry", minimum=2) for n in n_trains]
-    grid_w = [check_positive_int(int(w), "widths entry") for w in widths]
-    grid_s = [int(s) for s in seeds]
+    grid_n = [check_positive_int(n, "n_trains entry", minimum=2) for n in n_trains]
+    grid_w = [check_positive_int(w, "widths entry") for w in widths]
+    grid_s = [check_positive_int(s, "seeds entry", minimum=0) for s in seeds]
     if not grid_n or not grid_w or not grid_s:
         raise ValueError("n_trains, widths and seeds must be non-empty")
-    done = read_records(out, KEY)
-    todo = [(n, w, s) for w in grid_w for n in grid_n for s in grid_s if (n, w, s) not in done]
+    check_writable(out, "out")
     cfg = config or TrainConfig()
+    settings = run_settings(teacher=teacher.to_dict(), **{k: v for k, v in cfg.to_dict().items() if k != "width"})
+    key = settings_key(settings)
+    done = read_records(out, KEY, settings)
+    todo = [(n, w, s) for w in grid_w for n in grid_n for s in grid_s if (n, w, s) not in done]
     teacher_map = CachedMap(teacher.ode_map(**cfg.solver.kwargs()))  # computed once, reused by every run
 
     from tqdm.auto import tqdm
 
     for n, w, s in tqdm(todo, desc="mtog", unit="run", disable=not cfg.progress, leave=False):
-        rec, _ = train_student(teacher, n, cfg.replace(width=w), seed=s, teacher_map=teacher_map)
+        try:
+            rec, _ = train_student(teacher, n, cfg.replace(width=w), seed=s, teacher_map=teacher_map)
+        except (ArithmeticError, RuntimeError, ValueError) as exc:  # a diverging run: record it, go on
+            rec = {"n_train": n, "width": w, "seed": s, "failed": True,
+                   "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"}
+            warnings.warn(f"mtog run N={n}, width={w}, seed={s} failed ({rec['error'][:200]}); recorded as failed, "
+                          "the sweep goes on", UserWarning, stacklevel=2)
+        rec = {**rec, "settings_key": key, "settings": settings}
         append_jsonl(out, rec)
         done[(n, w, s)] = rec
         if on_run is not None:
             on_run(rec)
-    runs = [_with_relative(done[(n, w, s)]) for w in grid_w for n in grid_n for s in grid_s]
+    every = [done[(n, w, s)] for w in grid_w for n in grid_n for s in grid_s]
+    failed = [{k: r[k] for k in ("n_train", "width", "seed", "error")} for r in every if r.get("failed")]
+    runs = [_with_relative({k: v for k, v in r.items() if k != "settings"}) for r in every if not r.get("failed")]
+    if not runs:
+        raise RuntimeError(f"all {len(every)} mtog runs failed; the first: {failed[0]['error']}")
     result = {
         "config": {"n_trains": grid_n, "widths": grid_w, "seeds": grid_s,
-                   **{k: v for k, v in cfg.to_dict().items() if k != "width"}, "teacher": teacher.to_dict()},
+                   **{k: v for k, v in cfg.to_dict().items() if k != "width"}, "teacher": teacher.to_dict(),
+                   "settings_key": key, "versions": settings["versions"]},
         "runs": runs,
+        "failed_runs": failed,
         "transitions": {f: fit_transitions(runs, f) for f in FIELDS},
         "collapse": {f: collapse_scan(runs, f) for f in FIELDS},
     }

@@ -272,8 +272,18 @@ class DSMTrainer:
         net.train(was)
         return val
 
+    def _settings(self) -> dict[str, Any]:
+        """What determines the training trajectory besides the architecture: data, seed, lr, batch
+        size and the noise-level distribution."""
+        import hashlib
+
+        data = hashlib.sha256(self.data.contiguous().numpy().tobytes()).hexdigest()[:16]
+        return {"data_sha256": data, "n_train": int(self.data.shape[0]), "seed": self.seed, "lr": self.lr,
+                "batch_size": self.batch_size, "p_mean": self.p_mean, "p_std": self.p_std}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "config": self.model.config(), "opt": self.opt.state_dict(),
+        return {"settings": self._settings(),
+                "model": self.model.state_dict(), "config": self.model.config(), "opt": self.opt.state_dict(),
                 "ema": None if self.ema_model is None else self.ema_model.state_dict(), "ema_decay": self.ema_decay,
                 "gen": self.gen.get_state(), "epoch": self.epoch, "step": self.step, "seed": self.seed}
 
@@ -282,6 +292,11 @@ class DSMTrainer:
             raise ValueError(f"checkpoint config {state.get('config')} does not match the model {self.model.config()}")
         if state.get("ema_decay") != self.ema_decay:
             raise ValueError(f"checkpoint ema={state.get('ema_decay')} does not match the trainer's ema={self.ema_decay}")
+        if "settings" in state:
+            from pfd.analysis._runkey import check_settings
+
+            check_settings(state["settings"], self._settings(), "checkpoint",
+                           "resume with the trainer settings it was saved with, or start a new run")
         self.model.load_state_dict(state["model"])
         if self.ema_model is not None:
             self.ema_model.load_state_dict(state["ema"])
@@ -299,7 +314,9 @@ class DSMTrainer:
 
     def load(self, path: str | os.PathLike[str]) -> None:
         """Resume from a checkpoint written by :meth:`save`."""
-        self.load_state_dict(torch.load(path, weights_only=False))
+        from pfd.analysis._runkey import load_checkpoint
+
+        self.load_state_dict(load_checkpoint(path, "checkpoint"))
 
     def ode_map(self, **solver_options: Any):
         """The student's PF-ODE noise-to-data map (a :class:`pfd.DiffusionMap`, EDM Heun 18 by default)."""

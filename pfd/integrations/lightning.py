@@ -23,6 +23,7 @@ try:
 except ImportError:  # pragma: no cover - the standalone package
     from pytorch_lightning.callbacks import Callback
 
+from pfd._checks import is_int
 from pfd.monitor import PFDMonitor
 
 __all__ = ["PFDCallback"]
@@ -73,8 +74,7 @@ class PFDCallback(Callback):
             raise TypeError(f"monitor must be a pfd.PFDMonitor, got {type(monitor).__name__}")
         if student is not None and not callable(student):
             raise TypeError(f"student must be callable student(pl_module) -> map, got {type(student).__name__}")
-        if every_n_steps is not None and (isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int)
-                                          or every_n_steps < 1):
+        if every_n_steps is not None and (not is_int(every_n_steps) or every_n_steps < 1):
             raise ValueError(f"every_n_steps must be None or an int >= 1, got {every_n_steps!r}")
         if not isinstance(prefix, str) or not prefix:
             raise ValueError(f"prefix must be a non-empty str, got {prefix!r}")

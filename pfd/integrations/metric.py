@@ -17,10 +17,9 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
-from pfd._checks import eval_mode
-from pfd._labels import call_map
+from pfd._checks import call_map, eval_mode, is_int
 from pfd._maps import as_student_map, is_conditional, models_behind
-from pfd._reduce import SquaredDistances, shard_range, summarize, world_info
+from pfd._reduce import SquaredDistances, shard_range, summarize, warn_small_n, world_info
 from pfd.monitor import NoiseBank
 
 __all__ = ["PFDMetric"]
@@ -124,8 +123,9 @@ class PFDMetric(Metric):
             if student.ndim < 2 or tuple(student.shape[1:]) != self.bank.shape:
                 raise ValueError(f"student outputs must have shape (B, *{self.bank.shape}), got {tuple(student.shape)}")
             lo = start if start is not None else (self._cursor if self._cursor is not None else self.shard()[0])
-            if isinstance(lo, bool) or not isinstance(lo, int) or lo < 0 or lo + student.shape[0] > self.bank.n:
+            if not is_int(lo) or lo < 0 or lo + student.shape[0] > self.bank.n:
                 raise ValueError(f"start={lo!r} with {student.shape[0]} rows does not fit the bank of n={self.bank.n}")
+            lo = int(lo)
             self._add(student, lo)
             self._cursor = lo + student.shape[0]
             self._nfe_known = False
@@ -140,10 +140,7 @@ class PFDMetric(Metric):
                 lab = None if self.bank.labels is None else self.bank.labels[b:e]
                 if is_conditional(smap) and lab is None:
                     raise ValueError("the student is conditional but the bank has no labels: build the metric with labels=")
-                x = call_map(smap, self.bank.noise[b:e], lab)
-                if not isinstance(x, torch.Tensor) or x.shape != (e - b, *self.bank.shape):
-                    got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-                    raise ValueError(f"student map returned {got} for noise of shape {(e - b, *self.bank.shape)}")
+                x = call_map(smap, self.bank.noise[b:e], "student map", b, labels=lab)
                 self._add(x, b)
                 nfe = getattr(smap, "last_nfe", None)
                 if nfe is None:
@@ -157,6 +154,7 @@ class PFDMetric(Metric):
         if n < 2:
             raise ValueError(f"PFDMetric needs at least 2 accumulated samples, got {n}; call update() first")
         value, stderr, ci95, mean_sq = summarize(float(self.sum_sq), float(self.sum_sq2), n)
+        warn_small_n(n)
         self.details = {"value": value, "stderr": stderr, "ci95": ci95, "n": n, "mean_sq": mean_sq,
                         "nfe": float(self.nfe_sum) / n if self._nfe_known else None}
         return torch.tensor(value, dtype=torch.float64)
