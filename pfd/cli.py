@@ -82,6 +82,8 @@ def _cmd_grid(args: argparse.Namespace) -> int:
         label = args.gmm
     else:
         gmm = get_teacher(args.mixture)
+        if not hasattr(gmm, "n_components"):
+            raise ValueError(f"--mixture {args.mixture} is a conditional teacher; pfd grid takes an unconditional mixture")
         label = args.mixture
     kinds = list(pfd.stability.GRID_MAKERS) if args.kind == "all" else [args.kind]
     for k in kinds:
@@ -191,7 +193,11 @@ def _check_common(args: argparse.Namespace):
     out = Path(args.out_dir)
     if not out.is_dir():
         raise ValueError(f"--out-dir {str(out)!r} is not an existing folder")
-    return get_teacher(args.teacher), out, config
+    teacher = get_teacher(args.teacher)
+    if not hasattr(teacher, "n_components"):  # a ConditionalGaussianMixture
+        raise ValueError(f"--teacher {args.teacher} is a conditional teacher; the generalization analyses take an "
+                         "unconditional mixture (e.g. digits)")
+    return teacher, out, config
 
 
 def _check_outputs(out, names: Sequence[str], args: argparse.Namespace) -> None:

@@ -415,3 +415,13 @@ def test_score_cli_with_labels_guidance_and_per_class_table(tmp_path, capsys):
     assert "--labels" in capsys.readouterr().err
     assert main(["score", *common, "--guidance", "1", "--reference-schedule", "guidance=1", "--labels", "3"]) == 2
     assert "--guidance" in capsys.readouterr().err
+
+
+def test_conditional_digits_teacher_is_in_the_registry_and_refused_by_the_analyses(capsys, tmp_path):
+    from pfd.analytic.teachers import get_teacher
+    from pfd.cli import main
+
+    cg = get_teacher("digits-conditional")
+    assert isinstance(cg, ConditionalGaussianMixture) and cg.event_shape == (1, 8, 8)
+    assert main(["mtog", "--teacher", "digits-conditional", "--out-dir", str(tmp_path)]) == 2
+    assert "conditional teacher" in capsys.readouterr().err

@@ -78,6 +78,15 @@ def _digits_teacher() -> GaussianMixture:
     return digits_teacher()
 
 
+@register_teacher("digits-conditional")
+def _digits_conditional_teacher():
+    """The class-conditional digits teacher (:func:`pfd.analytic.digits_conditional_teacher`): a
+    :class:`pfd.ConditionalGaussianMixture`, for conditional maps (``ode_map(guidance=w)``)."""
+    from pfd.analytic.digits import digits_conditional_teacher
+
+    return digits_conditional_teacher()
+
+
 @register_teacher("cross4d")
 def cross_teacher() -> GaussianMixture:
     """Four isotropic modes (variance 0.1) at +-2 e1, +-2 e2 in R^4 with weights 0.3/0.2/0.3/0.2:
