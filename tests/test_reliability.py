@@ -66,6 +66,9 @@ def user_dir(tmp_path_factory):
     return d
 
 
+CG2 = pfd.ConditionalGaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], [0.1, 0.1], labels=[0, 1])
+
+
 # ------------------------------------------------------------------------------------------------ public API
 # (id, bad input, call, exception type, text the message must contain -- the argument's name)
 API_CASES = [
@@ -226,6 +229,23 @@ API_CASES = [
     ("spec-schedule-broken-json", "a schedule value meant as a list but broken: grid=[80,1",
      lambda d: pfd.spec.parse_assignments(["grid=[80,1"], "--student-schedule"), ValueError,
      "--student-schedule grid=[80,1: the value is not valid JSON"),
+    ("distance-conditional-without-labels", "a conditional map scored without labels",
+     lambda d: pfd.distance(CG2.ode_map(steps=4), CG2.ode_map(steps=4), n=4, progress=False), ValueError,
+     "map a is conditional"),
+    ("distance-labels-unconditional-maps", "labels= for two unconditional maps",
+     lambda d: pfd.distance(m2(), m2(), n=4, labels=2, progress=False), ValueError, "neither map is conditional"),
+    ("distance-labels-wrong-rows", "explicit labels with another number of rows than n",
+     lambda d: pfd.distance(CG2.ode_map(steps=4), m2(), n=4, labels=torch.zeros(3, dtype=torch.long), progress=False),
+     ValueError, "one label per noise row"),
+    ("distance-label-probs-not-normalised", "class probabilities that do not sum to 1",
+     lambda d: pfd.distance(CG2.ode_map(steps=4), m2(), n=4, labels=[0.5, 0.6], progress=False), ValueError, "sum to 1"),
+    ("distance-by-label-embeddings", "by_label=True with embedding labels",
+     lambda d: pfd.distance(CG2.ode_map(steps=4), m2(), n=4, labels=torch.zeros(4, 3), by_label=True, progress=False),
+     ValueError, "by_label=True needs class-id labels"),
+    ("conditional-guidance-without-labels", "a guided denoiser asked without labels",
+     lambda d: CG2.denoiser(torch.zeros(2, 2), 1.0, guidance=2.0), ValueError, "guidance needs labels"),
+    ("adapter-guidance-without-null", "guidance for an adapter without a null condition",
+     lambda d: pfd.adapters.EDMDenoiser(lambda x, s, c: x, condition="c", guidance=1.0), ValueError, "null_condition"),
 ]
 
 
