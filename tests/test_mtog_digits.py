@@ -108,7 +108,7 @@ def test_digits_sweep_smoke_keyed_resume(tmp_path, one_thread):
     assert len(units) == 3 and {r["key"] for r in res2["runs"]}.isdisjoint({r["key"] for r in res["runs"]})
     # a wall budget stops training: such runs are marked and the result is incomplete
     res3 = mtog_sweep("digits", [8], ["mlp:8:1"], [0], out=tmp_path / "w.jsonl", wall_budget=0.0,
-                      **{**kw, "train": {**kw["train"], "max_steps": 10**6}})
+                      **{**kw, "train": {**kw["train"], "max_steps": 10**6, "min_steps": 10**6}})
     assert res3["runs"][0]["stopped_by"] == "wall" and not res3["complete"]
 
 

@@ -669,7 +669,7 @@ class EnsembleDSMTrainer:
         bar = tqdm(total=self.max_steps, desc=f"train {self.model.arch} w={self.model.width}", disable=not progress,
                    leave=False)
         while bool(self.active.any()):
-            if self.step >= self.max_steps or (wall_budget is not None and time.monotonic() - t0 > wall_budget):
+            if self.step >= self.max_steps or (wall_budget is not None and time.monotonic() - t0 >= wall_budget):
                 why = "cap" if self.step >= self.max_steps else "wall"
                 for i in range(self.r):
                     if self.active[i]:
