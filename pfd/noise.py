@@ -8,7 +8,7 @@ how the work was split.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,22 @@ def derive_seed(seed: int, *keys: int) -> int:
 
 
 
+def _block_rows(block: Callable[[int], torch.Tensor], start: int, stop: int, empty: torch.Tensor) -> torch.Tensor:
+    """Rows ``start .. stop-1`` of a stream drawn in blocks of :data:`BLOCK` rows (``block(b)``)."""
+    if start < 0 or stop < start:
+        raise ValueError(f"need 0 <= start <= stop, got start={start}, stop={stop}")
+    parts = []
+    i = start
+    while i < stop:
+        b, off = divmod(i, BLOCK)
+        take = min(BLOCK - off, stop - i)
+        parts.append(block(b)[off : off + take])
+        i += take
+    if not parts:
+        return empty
+    return torch.cat(parts) if len(parts) > 1 else parts[0].clone()
+
+
 class NoiseSource:
     """Canonical noise for one ``(seed, shape)``, with a one-block cache.
 
@@ -61,18 +77,7 @@ class NoiseSource:
 
     def get(self, start: int, stop: int) -> torch.Tensor:
         """Noise rows ``start .. stop-1`` as a float64 CPU tensor of shape (stop-start, *shape)."""
-        if start < 0 or stop < start:
-            raise ValueError(f"need 0 <= start <= stop, got start={start}, stop={stop}")
-        parts = []
-        i = start
-        while i < stop:
-            b, off = divmod(i, BLOCK)
-            take = min(BLOCK - off, stop - i)
-            parts.append(self._block(b)[off : off + take])
-            i += take
-        if not parts:
-            return torch.empty((0, *self.shape), dtype=torch.float64)
-        return torch.cat(parts) if len(parts) > 1 else parts[0].clone()
+        return _block_rows(self._block, start, stop, torch.empty((0, *self.shape), dtype=torch.float64))
 
 
 def canonical_noise(n: int, shape: Sequence[int], seed: int = 0, start: int = 0) -> torch.Tensor:
@@ -142,18 +147,7 @@ class LabelSource:
 
     def get(self, start: int, stop: int) -> torch.Tensor:
         """Labels of rows ``start .. stop-1`` as an int64 CPU tensor of shape (stop-start,)."""
-        if start < 0 or stop < start:
-            raise ValueError(f"need 0 <= start <= stop, got start={start}, stop={stop}")
-        parts = []
-        i = start
-        while i < stop:
-            b, off = divmod(i, BLOCK)
-            take = min(BLOCK - off, stop - i)
-            parts.append(self._block(b)[off : off + take])
-            i += take
-        if not parts:
-            return torch.empty((0,), dtype=torch.long)
-        return torch.cat(parts) if len(parts) > 1 else parts[0].clone()
+        return _block_rows(self._block, start, stop, torch.empty((0,), dtype=torch.long))
 
 
 def canonical_labels(n: int, probs: Any, seed: int = 0, start: int = 0) -> torch.Tensor:
