@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.add_argument("--solver-error", default="off", choices=SOLVER_ERROR_CHOICES,
                       help="estimate each PFD's PF-ODE solver error: cheap, thorough or off (default: it re-solves "
-                      "the dopri5 teacher at tighter tolerances and more than doubles the demo's time)")
+                      "the dopri5 teacher at tighter tolerances and doubles the demo's time)")
 
     grid = sub.add_parser(
         "grid",
