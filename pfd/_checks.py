@@ -195,6 +195,11 @@ def call_model(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return fn(*args, **kwargs)
 
 
+def is_conditional(m: Callable[..., Any]) -> bool:
+    """Whether a map takes a condition: ``m(z, labels)`` (its ``conditional`` attribute)."""
+    return bool(getattr(m, "conditional", False)) and not isinstance(m, torch.Tensor)
+
+
 def call_map(m: Callable[[torch.Tensor], Any], z: torch.Tensor, who: str, offset: int = 0,
              labels: torch.Tensor | None = None) -> torch.Tensor:
     """The one path by which pfd evaluates a noise-to-data map on a noise batch.
@@ -206,7 +211,7 @@ def call_map(m: Callable[[torch.Tensor], Any], z: torch.Tensor, who: str, offset
     and must be finite (:class:`NonFiniteError` with indices shifted by ``offset``, the global
     index of row 0). Returns the output as float64.
     """
-    cond = labels is not None and bool(getattr(m, "conditional", False)) and not isinstance(m, torch.Tensor)
+    cond = labels is not None and is_conditional(m)
     try:
         out = call_model(m, z, labels) if cond else call_model(m, z)
     except NonFiniteError as exc:

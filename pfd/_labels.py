@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pfd.maps import is_conditional
+from pfd._checks import is_conditional
 from pfd.noise import LabelSource
 
 
@@ -35,8 +35,16 @@ class Conditions:
     n: int | None = None  # rows of explicit conditions (None: canonical, any n)
 
 
-def resolve_labels(labels: Any, seed: int, maps: Sequence[Any], names: Sequence[str] = ("a", "b")) -> Conditions | None:
-    """Validate ``labels`` against the maps; None when neither map is conditional and no labels."""
+def resolve_labels(labels: Any, seed: int, maps: Sequence[Any], n: int, names: Sequence[str] = ("a", "b")) -> Conditions | None:
+    """Validate ``labels`` against the maps and the ``n`` noise rows; None when neither map is
+    conditional and no labels are given."""
+    conds = _resolve(labels, seed, maps, names)
+    if conds is not None and conds.n is not None and conds.n != n:
+        raise ValueError(f"labels has {conds.n} rows but n = {n}: give one label per noise row")
+    return conds
+
+
+def _resolve(labels: Any, seed: int, maps: Sequence[Any], names: Sequence[str]) -> Conditions | None:
     cond = [is_conditional(m) for m in maps]
     if labels is None:
         for c, name in zip(cond, names, strict=True):

@@ -62,11 +62,6 @@ def check_z(z: Any, shape: tuple[int, ...] | None, who: str) -> torch.Tensor:
     return z
 
 
-def is_conditional(m: Callable[..., Any]) -> bool:
-    """Whether a map takes a condition: ``m(z, labels)`` (its ``conditional`` attribute)."""
-    return bool(getattr(m, "conditional", False)) and not isinstance(m, torch.Tensor)
-
-
 def check_conditional(flag: Any) -> bool:
     if not isinstance(flag, bool):
         raise TypeError(f"conditional must be a bool, got {type(flag).__name__}")

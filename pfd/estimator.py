@@ -246,9 +246,7 @@ def distance(
             raise ValueError("shape= is required: neither map declares the shape of a sample")
         source = NoiseSource(seed, sample_shape)
     n = check_positive_int(n, "n", minimum=2)
-    conds = resolve_labels(labels, seed, (a, b))
-    if conds is not None and conds.n is not None and conds.n != n:
-        raise ValueError(f"labels has {conds.n} rows but n = {n}: give one label per noise row")
+    conds = resolve_labels(labels, seed, (a, b), n)
     if not isinstance(by_label, bool):
         raise TypeError(f"by_label must be a bool, got {type(by_label).__name__}")
     if by_label and (conds is None or not conds.class_ids):

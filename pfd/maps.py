@@ -24,9 +24,10 @@ from pfd._checks import (
     check_positive_float,
     check_positive_int,
     eval_mode,
+    is_conditional,
     progress_enabled,
 )
-from pfd._maps import MapBase, infer_shape, is_conditional, model_device
+from pfd._maps import MapBase, infer_shape, model_device
 from pfd.schedules import check_grid_name, check_sigma_range, make_grid
 from pfd.solvers import DEFAULT_ATOL, DEFAULT_RTOL, get_solver
 

@@ -162,13 +162,8 @@ class NoiseBank:
             raise ValueError("shape= is required: the reference map does not declare the shape of a sample")
         self.shape: tuple[int, ...] = NoiseSource(seed, shape).shape
         self.noise = NoiseSource(seed, self.shape).get(0, self.n)
-        conds = resolve_labels(labels, seed, (reference,), ("reference",))
-        if conds is not None and not conds.class_ids and conds.n is None:  # pragma: no cover - canonical are ids
-            raise ValueError("labels: canonical labels must be class ids")
-        if conds is not None and conds.n is not None and conds.n != self.n:
-            raise ValueError(f"labels has {conds.n} rows but the bank has n = {self.n}: give one label per row")
+        conds = resolve_labels(labels, seed, (reference,), self.n, ("reference",))
         self.labels: torch.Tensor | None = None if conds is None else conds.rows(0, self.n)
-        self._labels_provenance = None if conds is None else conds.provenance
         self._out = torch.empty((self.n, *self.shape), dtype=torch.float64)
         self._have = torch.zeros(self.n, dtype=torch.bool)
         self._nfe: float | None = 0.0
@@ -342,7 +337,7 @@ class BankMap:
         start = self.bank.locate(z)
         if start is not None and self.conditional:
             stored = self.bank.labels[start : start + z.shape[0]]
-            if labels is None or not torch.equal(labels.detach().to("cpu", torch.long), stored):
+            if labels is None or not torch.equal(labels.detach().to("cpu"), stored):
                 start = None  # other conditions than the bank's: not bank rows
         if start is None:  # not bank noise: evaluate the reference itself
             self.misses += 1

@@ -425,3 +425,14 @@ def test_conditional_digits_teacher_is_in_the_registry_and_refused_by_the_analys
     assert isinstance(cg, ConditionalGaussianMixture) and cg.event_shape == (1, 8, 8)
     assert main(["mtog", "--teacher", "digits-conditional", "--out-dir", str(tmp_path)]) == 2
     assert "conditional teacher" in capsys.readouterr().err
+
+
+def test_monitor_bank_serves_embedding_labels_from_the_bank():
+    emb = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = pfd.OneStepMap(lambda z, e: z + e[:, :2], shape=(2,), conditional=True)
+    student = pfd.OneStepMap(lambda z, e: 0.9 * z + e[:, 1:], shape=(2,), conditional=True)
+    mon = pfd.PFDMonitor(ref, n=64, every=1, batch_size=32, labels=emb)
+    direct = pfd.distance(ref, student, n=64, labels=emb, batch_size=32, progress=False).value
+    assert mon.evaluate(student, step=1)["pfd"] == direct
+    assert mon.evaluate(student, step=2)["pfd"] == direct
+    assert mon._ref_map.hits == 4 and mon._ref_map.misses == 0  # every batch of both calls from the bank

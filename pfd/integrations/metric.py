@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
-from pfd._checks import call_map, eval_mode, is_int
-from pfd._maps import as_student_map, is_conditional, models_behind
+from pfd._checks import call_map, eval_mode, is_conditional, is_int
+from pfd._maps import as_student_map, models_behind
 from pfd._reduce import SquaredDistances, shard_range, summarize, warn_small_n, world_info
 from pfd.monitor import NoiseBank
 
