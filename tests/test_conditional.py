@@ -436,3 +436,21 @@ def test_monitor_bank_serves_embedding_labels_from_the_bank():
     assert mon.evaluate(student, step=1)["pfd"] == direct
     assert mon.evaluate(student, step=2)["pfd"] == direct
     assert mon._ref_map.hits == 4 and mon._ref_map.misses == 0  # every batch of both calls from the bank
+
+
+def test_conditional_one_step_student_learns_the_class_maps():
+    from pfd.distill.onestep import train_one_step_student
+
+    cg = ConditionalGaussianMixture([0.3, 0.3, 0.4], [[-3.0, 0.0], [3.0, 0.0], [0.0, 3.0]], [0.2, 0.2, 0.2],
+                                    labels=[0, 1, 2])
+    teacher = cg.ode_map(steps=12)
+    student, hist = train_one_step_student(teacher, (2,), label_probs=cg.class_probs, n_train=2048, steps=600,
+                                           hidden=64, lr=3e-3, progress=False)
+    assert student.conditional and hist["loss"][-1] < hist["loss"][0]
+    res = pfd.distance(student, teacher, n=600, labels=cg.class_probs, by_label=True, progress=False)
+    # the class maps are affine (one Gaussian per class): the student gets each within 0.3, while
+    # the classes' means lie 4.2 to 6 apart, so a student ignoring the label would be off by > 2
+    assert res.value < 0.3 and all(v["value"] < 0.4 for v in res.by_label.values())
+    z = pfd.canonical_noise(200, (2,), seed=9)
+    lab = pfd.canonical_labels(200, cg.class_probs, seed=9)
+    assert float((student(z, lab) - student(z, (lab + 1) % 3)).norm(dim=1).mean()) > 3.0

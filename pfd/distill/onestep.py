@@ -95,14 +95,15 @@ def train_one_step_student(
         raise ValueError("label_probs must be given exactly when the teacher map is conditional")
     t0 = time.perf_counter()
     z = NoiseSource(data_seed, shape).get(0, n_train)
-    lab = LabelSource(data_seed, label_probs).get(0, n_train) if cond else None
+    labels = LabelSource(data_seed, label_probs) if cond else None
+    lab = labels.get(0, n_train) if labels is not None else None
     with torch.no_grad():
         chunks = []
         for s in range(0, n_train, 1024):
             zz = z[s : s + 1024]
             chunks.append(teacher(zz, lab[s : s + 1024]) if cond else teacher(zz))
         y = torch.cat(chunks).to(torch.float32)
-    n_classes = int(LabelSource(data_seed, label_probs).probs.numel()) if cond else 0
+    n_classes = int(labels.probs.numel()) if labels is not None else 0
     net = OneStepNet(shape, n_classes=n_classes, hidden=hidden, depth=depth, seed=seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
