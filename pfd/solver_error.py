@@ -59,7 +59,13 @@ __all__ = ["MODES", "SolverError", "classify_map", "refined_map"]
 MODES = ("cheap", "thorough")
 """``"cheap"``: reference work about a quarter of the run's; ``"thorough"``: about the run's."""
 
-_BUDGET = {"cheap": 0.25, "thorough": 1.0}
+_BUDGET = {"cheap": 0.25, "thorough": 1.0}  # total reference NFE / the run's NFE (cheap: refinements included)
+_FIRST_SHARE = {"cheap": 0.6, "thorough": 1.0}  # share of the budget planned for the first reference level
+_THIN = {"cheap": True, "thorough": False}  # refinements on a thinned subset (cheap) or the whole subsample
+_MAX_REFINE = {"cheap": 1, "thorough": 4}  # refinements of the reference grid after the first level
+_MIN_THIN = 32  # fewer rows than this for a refinement: stop refining (budget spent)
+_MIN_REFINE = 64  # the cheap budget always affords one refinement on this many rows
+_CALL_ROWS = 512  # cost model: a model call costs as much as this many rows more (fixed per-call cost)
 _MIN_M = {"cheap": 128, "thorough": 512}
 _ALPHA = 0.3  # uniform share of the defensive sampling mixture
 _MAX_LEVEL = 4  # finest reference: every interval of the run's grid split into 2^4
@@ -232,6 +238,28 @@ def _ref_nfe(m: Any, level: int) -> float:
     return 4.0 * (_resample(inner.sigmas, level).numel() - 1) + 1.0
 
 
+def _work(nfe_per_row: float, rows: int, batch_size: int) -> float:
+    """Cost model of solving ``rows`` rows at ``nfe_per_row`` model calls each, in batches:
+    every call costs its rows plus a fixed :data:`_CALL_ROWS` (per-call overhead dominates small
+    batches: on the 2-D suite mixtures a call costs about as much as 900 more rows)."""
+    return nfe_per_row * (rows + _CALL_ROWS * math.ceil(rows / max(batch_size, 1)))
+
+
+def _affordable(work: float, nfe_per_row: float, batch_size: int) -> int:
+    """Most rows whose :func:`_work` at ``nfe_per_row`` fits ``work`` (0 if none).
+
+    >>> _affordable(_work(10.0, 700, 1024), 10.0, 1024)
+    700
+    """
+    if work <= 0 or nfe_per_row <= 0:
+        return 0
+    lo, hi = 0, int(work / nfe_per_row) + 1  # _work is increasing in rows: bisect
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if _work(nfe_per_row, mid, batch_size) <= work * (1 + 1e-12) else (lo, mid)
+    return lo
+
+
 def _run_nfe(m: Any, kind: str, measured: float | None) -> float:
     if measured is not None:
         return float(measured)
@@ -321,6 +349,49 @@ def check_mode(solver_error: Any) -> str | None:
     return _mode(solver_error)
 
 
+def multiphase_ht(c: list[np.ndarray], q: list[np.ndarray], inside: list[np.ndarray]) -> tuple[float, float]:
+    """Horvitz-Thompson total of nested Poisson samples and its standard deviation.
+
+    Phase 0 is a Poisson sample S_0 of the population with inclusion probabilities ``q[0]``;
+    phase k keeps each row of S_{k-1} independently with probability ``q[k]``. ``c[k]`` is the
+    phase-k increment (known on S_k, rows flagged by ``inside[k]``; all arrays are indexed by the
+    rows of S_0). The estimate sum_k sum_{S_k} c_k / (q_0 ... q_k) is unbiased for
+    sum over the population of sum_k c_k; the variance estimate, unbiased too, is
+    sum_k sum_{S_k} (1 - q_k) W_k / (q_0 ... q_k)^2 with W_k an unbiased estimate of
+    (c_k + c_{k+1} + ...)^2 built backwards from the later phases (clipped at 0 before the root).
+
+    >>> one = np.ones(3)
+    >>> multiphase_ht([np.array([1.0, 2.0, 3.0])], [np.full(3, 0.5)], [one > 0])
+    (12.0, 5.291502622129181)
+    """
+    big = len(c)
+    cum = np.cumprod(np.stack([np.where(inside[k], q[k], 1.0) for k in range(big)]), axis=0)
+    z = np.where(inside[-1], c[-1], 0.0)
+    w = z**2
+    var = float(np.sum(np.where(inside[-1], (1 - q[-1]) * w / cum[-1] ** 2, 0.0)))
+    for k in range(big - 2, -1, -1):
+        nxt, qn = inside[k + 1], np.where(inside[k + 1], q[k + 1], 1.0)
+        ck = np.where(inside[k], c[k], 0.0)
+        z, w = ck + np.where(nxt, z / qn, 0.0), ck**2 + np.where(nxt, (2 * ck * z + w) / qn, 0.0)
+        var += float(np.sum(np.where(inside[k], (1 - q[k]) * w / cum[k] ** 2, 0.0)))
+    total = float(sum(np.sum(np.where(inside[k], c[k] / cum[k], 0.0)) for k in range(big)))
+    return total, math.sqrt(max(var, 0.0))
+
+
+def thinning(proxy: np.ndarray, m: float) -> np.ndarray:
+    """Keep-probabilities for thinning a subsample to about ``m`` rows: min(1, c w_i) with
+    w a defensive mixture of ``proxy`` (the expected size of a row's contribution, >= 0) and
+    the uniform law, so the rows that carry the correction are kept preferentially.
+
+    >>> thinning(np.array([0.0, 0.0, 0.0, 9.0]), 2).round(3).tolist()
+    [0.333, 0.333, 0.333, 1.0]
+    """
+    proxy = np.abs(np.asarray(proxy, dtype=np.float64))
+    scale = float(proxy.mean()) if proxy.size else 0.0
+    weight = (1 - _ALPHA) * proxy / scale + _ALPHA if scale > 0 else np.ones_like(proxy)
+    return inclusion_probabilities(weight, round(m))
+
+
 def estimate(
     a: Any,
     b: Any,
@@ -357,58 +428,116 @@ def estimate(
     max_level = 1 if any(_unwrap(the[k]).adaptive for k in ode) else _MAX_LEVEL
     # the reference starts on the run's own grid (check: every other point) unless that is one step
     level = 0 if all(_unwrap(the[k]).adaptive or _unwrap(the[k]).sigmas.numel() > 2 for k in ode) else 1
-    # subsample size from the budget: reference work ~ budget x the run's work
+    max_level = min(max_level, level + _MAX_REFINE[mode])
+    # the budget: total reference work (both maps, every level) ~ _BUDGET x the run's work, in
+    # model calls x (rows + _CALL_ROWS): small batches are not free
     run_cost = sum(_run_nfe(the[k], kinds[k][0], run_nfe[i]) for i, k in enumerate("ab"))
-    ref_cost = sum(_ref_nfe(the[k], level) + _ref_nfe(the[k], level - 1) for k in ode)
-    ref_cost += sum(_run_nfe(the[k], "exact", run_nfe[i]) for i, k in enumerate("ab") if k not in ode)
-    m = int(_BUDGET[mode] * n * run_cost / max(ref_cost, 1.0))
+    budget = _BUDGET[mode] * _work(run_cost, n, batch_size)
+    exact_cost = sum(_run_nfe(the[k], "exact", run_nfe[i]) for i, k in enumerate("ab") if k not in ode)
+    ref_cost = sum(_ref_nfe(the[k], level) + _ref_nfe(the[k], level - 1) for k in ode) + exact_cost
+    reserve = (1 - _FIRST_SHARE[mode]) * budget  # kept for refining the reference
+    smallest = _work(ref_cost, _MIN_M[mode], batch_size)
+    if _THIN[mode] and level < max_level and budget < smallest:
+        # a small run (the budget cannot pay _MIN_M reference rows) gets its minimum:
+        # _MIN_M reference rows and one refinement on _MIN_REFINE rows
+        reserve = _work(sum(_ref_nfe(the[k], level + 1) for k in ode), _MIN_REFINE, batch_size)
+        budget = smallest + reserve
+    m = _affordable(budget - reserve, ref_cost, batch_size)
     m = min(n, max(m, _MIN_M[mode]))
-    weight = (1 - _ALPHA) * np.sqrt(np.maximum(d2np, 0.0)) / max(float(np.sqrt(np.maximum(d2np, 0.0)).mean()), 1e-300)
-    weight = weight + _ALPHA
+    sq = np.sqrt(np.maximum(d2np, 0.0))
+    weight = (1 - _ALPHA) * sq / max(float(sq.mean()), 1e-300) + _ALPHA
     pi = inclusion_probabilities(weight, m)
     rng = np.random.default_rng(derive_seed(seed, _STREAM))
     take = np.nonzero(rng.random(n) < pi)[0]
     if take.size == 0:
         take = np.array([int(np.argmax(pi))])
+    m0 = int(take.size)
     z = get_noise(take)
-    p = torch.from_numpy(pi[take])
-    d2s = torch.from_numpy(d2np[take])
+    d2s = d2np[take]
     nfe = 0.0
-    outs: dict[str, dict[int, torch.Tensor]] = {"a": {}, "b": {}}
+    spent = 0.0  # work in the budget's units
+    exact_out: dict[str, torch.Tensor] = {}
     for k in ("a", "b"):
         if k not in ode:
-            x, used = _eval(the[k], z, batch_size)
+            exact_out[k], used = _eval(the[k], z, batch_size)
             nfe += used
-            outs[k] = {lv: x for lv in range(-1, _MAX_LEVEL + 1)}
+            spent += _work(used / m0, m0, batch_size)
+    # e2[level]: squared distances of the reference maps at a level on the rows solved (NaN elsewhere)
+    e2: dict[int, np.ndarray] = {}
 
-    def solve(level: int) -> None:
-        nonlocal nfe
-        for k in ode:
-            if level not in outs[k]:
-                x, used = _eval_memo(the[k], refined_map(the[k], level), level, z, batch_size)
-                outs[k][level] = x
+    def solve(lv: int, rows: np.ndarray) -> None:
+        nonlocal nfe, spent
+        if lv in e2:
+            return
+        zr = z[torch.from_numpy(rows)]
+        xs = {}
+        for k in ("a", "b"):
+            if k in ode:
+                xs[k], used = _eval_memo(the[k], refined_map(the[k], lv), lv, zr, batch_size)
                 nfe += used
+                spent += _work(used / rows.size, rows.size, batch_size)
+            else:
+                xs[k] = exact_out[k][torch.from_numpy(rows)]
+        out = np.full(m0, np.nan)
+        out[rows] = _sq_dist(xs["a"], xs["b"], descriptor).numpy()
+        e2[lv] = out
 
-    def ht(level: int) -> tuple[float, float, torch.Tensor]:
-        e2 = _sq_dist(outs["a"][level], outs["b"][level], descriptor)
-        dd = d2s - e2
-        tot = float((dd / p).sum())
-        var = float(((1 - p) * dd.pow(2) / p.pow(2)).sum())
-        return tot / n, math.sqrt(max(var, 0.0)) / n, e2
-
+    # phase 0: reference (level) and check (level - 1) on the whole subsample
+    everyone = np.arange(m0)
+    solve(level, everyone)
+    solve(level - 1, everyone)
+    inc = [d2s - e2[level]]  # phase increments: D at the first level, then level-to-level corrections
+    qs = [pi[take]]
+    inside = [np.ones(m0, dtype=bool)]
+    first = level
+    phases = [{"level": level, "rows": m0}]
+    stopped = "max level"
     while True:
-        solve(level)
-        solve(level - 1)
-        delta_ms, sd_ms, e2_ref = ht(level)
-        _, _, e2_chk = ht(level - 1)
-        # the check's PFD error vs the reference, in mean-square units (HT on the same subsample)
-        gap = abs(float(((e2_ref - e2_chk) / p).sum())) / n
-        # RK4 halves its error 16x per halving of the step in its asymptotic regime; assume only 8x
-        ref_err = gap / 7.0
-        negligible = abs(delta_ms) + sd_ms + gap < 0.1 * sampling_ms  # far below the sampling error
-        if gap <= 0.25 * (abs(delta_ms) + sd_ms) or negligible or level >= max_level:
+        tot, sd_tot = multiphase_ht(inc, qs, inside)
+        delta_ms, sd_ms = tot / n, sd_tot / n
+        # the last refinement's change of the PFD's mean square (HT on the rows it was solved on)
+        last_change = e2[level - 1] - e2[level]
+        if level == first:
+            gap = abs(float(np.sum(last_change / qs[0]))) / n
+        else:
+            gap = abs(multiphase_ht([np.zeros(m0)] * (len(inc) - 1) + [last_change], qs, inside)[0]) / n
+        phases[-1]["gap_ms"] = gap
+        if gap <= 0.25 * (abs(delta_ms) + sd_ms):
+            stopped = "order check passed"
             break
+        if abs(delta_ms) + sd_ms + gap < 0.1 * sampling_ms:  # far below the sampling error
+            stopped = "negligible"
+            break
+        if level >= max_level:
+            stopped = "max level"
+            break
+        # refine: the next level on a thinned subset of the current rows, within what is left of the budget
+        cur = inside[-1]
+        cost = sum(_ref_nfe(the[k], level + 1) for k in ode)
+        afford = _affordable(budget - spent, cost, batch_size) if _THIN[mode] else int(cur.sum())
+        if afford < _MIN_THIN:
+            stopped = "budget"
+            break
+        rows_cur = np.nonzero(cur)[0]
+        cum = np.prod(np.stack([np.where(inside[j], qs[j], 1.0) for j in range(len(qs))]), axis=0)
+        proxy = np.nan_to_num(np.abs(last_change) / cum)[rows_cur]
+        keep = thinning(proxy, afford) if afford < rows_cur.size else np.ones(rows_cur.size)
+        kept = rows_cur[rng.random(rows_cur.size) < keep]
+        if kept.size == 0:
+            kept = rows_cur[[int(np.argmax(keep))]]
+        qk = np.ones(m0)
+        qk[rows_cur] = keep
+        ink = np.zeros(m0, dtype=bool)
+        ink[kept] = True
         level += 1
+        solve(level, kept)
+        inc.append(np.where(ink, e2[level - 1] - e2[level], 0.0))
+        qs.append(qk)
+        inside.append(ink)
+        phases.append({"level": level, "rows": int(kept.size)})
+    # RK4 cuts its error 16x per halving of the step in its asymptotic regime; assume only 8x --
+    # when the order check passed; otherwise the reference is taken to be as wrong as its last change
+    ref_err = gap / 7.0 if stopped in ("order check passed", "negligible") else gap
     exact_ms = max(mean_sq - delta_ms, 0.0)
     denom = value + math.sqrt(exact_ms)
     to_pfd = 1.0 / denom if denom > 0 else 0.0
@@ -416,14 +545,18 @@ def estimate(
     sd = sd_ms * to_pfd
     ref_e = ref_err * to_pfd
     est = abs(delta) + sd + ref_e
-    reference = {
+    reference: dict[str, Any] = {
         k: {"solver": "rk4" if not _unwrap(the[k]).adaptive else _unwrap(the[k]).method,
             "level": level, "nfe": refined_map(the[k], level).nfe_per_sample} for k in ode
     }
     reference["check_gap"] = gap * to_pfd
+    reference["stopped"] = stopped
+    reference["phases"] = [{"level": p["level"], "rows": p["rows"], "gap": p["gap_ms"] * to_pfd} for p in phases]
+    reference["budget"] = {"work": budget, "spent": spent, "unit": f"model calls x (rows + {_CALL_ROWS})",
+                           "run_work": _work(run_cost, n, batch_size)}
     reference["sampling"] = f"Poisson, pi ~ {1 - _ALPHA:g} d_i + {_ALPHA:g} uniform (capped at 1)"
     return SolverError(
-        est, "estimated", delta=delta, sd=sd, reference_error=ref_e, m=int(take.size), mode=mode,
+        est, "estimated", delta=delta, sd=sd, reference_error=ref_e, m=m0, mode=mode,
         seconds=time.perf_counter() - t0, nfe=nfe / n, maps=maps, reference=reference,
     )
 
@@ -434,8 +567,23 @@ def indexer(noise: torch.Tensor | None, source: Any) -> Callable[[np.ndarray], t
     def get(idx: np.ndarray) -> torch.Tensor:
         if noise is not None:
             return noise[torch.from_numpy(idx)].to(_F64)
-        rows = [source.get(int(i), int(i) + 1) for i in idx]
-        return torch.cat(rows)
+        # one contiguous read per run of the canonical stream covering the rows (a block at most),
+        # not one read per row
+        from pfd.noise import BLOCK
+
+        idx = np.asarray(idx, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")
+        srt = idx[order]
+        out = torch.empty((idx.size, *source.shape), dtype=_F64)
+        lo = 0
+        while lo < srt.size:
+            start = int(srt[lo])
+            stop = min((start // BLOCK + 1) * BLOCK, int(srt[-1]) + 1)
+            hi = int(np.searchsorted(srt, stop, side="left"))
+            chunk = source.get(start, stop)
+            out[torch.from_numpy(order[lo:hi])] = chunk[torch.from_numpy(srt[lo:hi] - start)]
+            lo = hi
+        return out
 
     return get
 
@@ -448,6 +596,7 @@ AUTO_ORDER = 2.0  # assumed when extrapolating the error to more steps (below un
 AUTO_START_STEPS = 16
 AUTO_MAX_STEPS = 1024
 AUTO_PILOT_N = 2048
+AUTO_MAX_PILOTS = 3  # pilot grids tried before the full run
 
 
 def retuned_map(m: Any, solver: str, steps: int) -> Any:
@@ -526,7 +675,8 @@ def auto_distance(a: Any, b: Any, *, rtol: float, solver_error: bool | str = Tru
         if pilot and kw.get("noise") is not None:
             kw["noise"] = kw["noise"][:n_run]
             n_run = None
-        res = distance(maps["a"], maps["b"], n=n_run, solver_error=mode, **kw)
+        # pilots are small: their estimate is the thorough one (more reference rows, refined to the end)
+        res = distance(maps["a"], maps["b"], n=n_run, solver_error="thorough" if pilot else mode, **kw)
         se = res.solver_error
         history.append({"solver": AUTO_SOLVER, "steps": steps, "n": res.n, "pilot": pilot, "value": res.value,
                         "solver_error": se.value, "target": rtol * res.value,
@@ -542,6 +692,7 @@ def auto_distance(a: Any, b: Any, *, rtol: float, solver_error: bool | str = Tru
         steps = AUTO_START_STEPS
         n_pilot = min(n_full, AUTO_PILOT_N)
         res = attempt(steps, n_pilot, pilot=n_pilot < n_full)
+        pilots = 1
         while True:
             est, target = res.solver_error.value, rtol * res.value
             full = res.n == n_full
@@ -551,11 +702,16 @@ def auto_distance(a: Any, b: Any, *, rtol: float, solver_error: bool | str = Tru
             if full and steps >= AUTO_MAX_STEPS:
                 met = False
                 break
-            if est > target:
+            grow = est > target and steps < AUTO_MAX_STEPS
+            if grow:
                 ratio = est / max(target, 1e-300)
                 steps = min(AUTO_MAX_STEPS, max(math.ceil(steps * 1.25 * ratio ** (1.0 / AUTO_ORDER)),
                                                  math.ceil(steps * 1.5)))
-            res = attempt(steps, n, pilot=False)
+            # a pilot that missed the target is checked by another pilot at the new grid before the
+            # full run is spent on it (an extrapolation from 16 steps can fall short)
+            again = not full and grow and pilots < AUTO_MAX_PILOTS
+            pilots += again
+            res = attempt(steps, n_pilot if again else n, pilot=again)
         chosen = {"solver": AUTO_SOLVER, "grid": "karras", "steps": steps, "nfe": steps, "maps": tune}
     auto = {"rtol": rtol, "met": bool(met), "chosen": chosen, "kept_as_given": kept,
             "attempts": history, "seconds_total": time.perf_counter() - t0}
