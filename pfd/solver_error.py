@@ -18,15 +18,27 @@ estimator here:
    at 1 so the largest d_i are taken with certainty;
 3. solves both maps on the subsample with a *reference* more accurate than the run (RK4, order
    4, on the run's own sigma grid, or 100x tighter tolerances for adaptive solvers) and with a
-   *check* at half the reference resolution (every other grid point); the reference is refined
-   (its grid subdivided 2x, 4x, ...) until check and reference agree to a quarter of the
-   estimate (or everything is below a tenth of the sampling error): an order check, whose
-   gap / 7 is the reference's own error (RK4 cuts its error 16x per halving of the step in its
-   asymptotic regime; 8x is assumed);
+   *check* at half the reference resolution (every other grid point). When check and reference
+   differ by more than a quarter of the estimate (and by more than a tenth of the sampling
+   error), the reference is refined (its grid subdivided 2x, 4x, ...): an order check, whose
+   gap / 7 is the reference's own error once it passes (RK4 cuts its error 16x per halving of
+   the step in its asymptotic regime; 8x is assumed), gap / 2 when it still fails at the end
+   (3x assumed: the first refinement is often not asymptotic yet);
 4. estimates Delta by Horvitz-Thompson, sum_S D_i / (n pi_i), with the unbiased Poisson-sampling
-   variance sum_S (1 - pi_i) D_i^2 / (n pi_i)^2;
+   variance sum_S (1 - pi_i) D_i^2 / (n pi_i)^2. A refinement is solved on a *thinned* subset
+   of the rows (each kept with probability q_i, preferentially the rows whose last refinement
+   changed most): the estimate is then the multi-phase Horvitz-Thompson sum (the first
+   level's D_i over pi_i, plus each refinement's change of D_i over pi_i q_i ...; see
+   :func:`multiphase_ht`), still unbiased, with an unbiased variance that includes the thinning;
 5. reports ``value`` = (|Delta_hat| + sd + reference error) converted to PFD units: an estimate
    that is conservative by one standard deviation of its own sampling noise.
+
+The cost: ``"cheap"`` keeps the *total* reference work, refinement included, within a quarter
+of the run's, counted in model calls x (rows + 512) so that small batches are not taken to be
+free (:func:`_work`): 60% for the first level, the rest for one refinement on a thinned subset
+(skipped, with the gap / 2 reference error, when the rest cannot pay 32 rows). A run too small
+to pay 128 reference rows gets 128 rows and one refinement on 64. ``"thorough"`` spends about
+the run's work on the first level and refines on the whole subsample up to 16x.
 
 Maps whose output involves no ODE solve (one-step students, exact analytic maps) contribute no
 solver error; maps pfd cannot refine (opaque callables) make the estimate unknown (``value`` is
@@ -57,7 +69,7 @@ from pfd.noise import derive_seed
 __all__ = ["MODES", "SolverError", "classify_map", "refined_map"]
 
 MODES = ("cheap", "thorough")
-"""``"cheap"``: reference work about a quarter of the run's; ``"thorough"``: about the run's."""
+"""``"cheap"``: all reference work at most a quarter of the run's (large n); ``"thorough"``: about the run's and more."""
 
 _BUDGET = {"cheap": 0.25, "thorough": 1.0}  # total reference NFE / the run's NFE (cheap: refinements included)
 _FIRST_SHARE = {"cheap": 0.6, "thorough": 1.0}  # share of the budget planned for the first reference level
@@ -600,7 +612,9 @@ AUTO_ORDER = 2.0  # assumed when extrapolating the error to more steps (below un
 AUTO_START_STEPS = 16
 AUTO_MAX_STEPS = 1024
 AUTO_PILOT_N = 2048
-AUTO_MAX_PILOTS = 3  # pilot grids tried before the full run
+AUTO_MAX_PILOTS = 4  # pilot grids tried before the full run
+AUTO_PILOT_MARGIN = 0.8  # a pilot passes below this share of the target
+AUTO_MAX_LEAP = 4  # a pilot's grid grows at most 4x per pilot
 
 
 def retuned_map(m: Any, solver: str, steps: int) -> Any:
@@ -637,11 +651,13 @@ def auto_distance(a: Any, b: Any, *, rtol: float, solver_error: bool | str = Tru
 
     Every :class:`pfd.DiffusionMap` among ``a``, ``b`` is re-solved with ``unipc3`` on a Karras
     grid (other maps are kept: exact maps add no solver error). A pilot on the first
-    min(n, 2048) noise samples at 16 steps measures the solver error; the steps are then
-    extrapolated to the target (error ~ steps^-2, with a 25% margin) and the full run is made
-    with its own solver-error estimate; while that estimate exceeds ``rtol * value`` the steps
-    grow again (up to 1024). ``result.provenance["auto_solver"]`` records the target, the
-    setting chosen, whether the target was met and every attempt.
+    min(n, 2048) noise samples at 16 steps measures the solver error (thorough estimate); the
+    steps are then extrapolated to the target (error ~ steps^-2, with a 25% margin), and while a
+    pilot misses 80% of the target the next grid (at most 4x finer) is piloted too (up to 4
+    pilots), so that a short or long extrapolation costs a pilot, not a full run. The full run
+    is made with its own solver-error estimate; while that estimate exceeds ``rtol * value``
+    the steps grow again (up to 1024). ``result.provenance["auto_solver"]`` records the target,
+    the setting chosen, whether the target was met and every attempt.
 
     >>> import pfd
     >>> p = pfd.GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], [0.1, 0.1])
@@ -706,13 +722,17 @@ def auto_distance(a: Any, b: Any, *, rtol: float, solver_error: bool | str = Tru
             if full and steps >= AUTO_MAX_STEPS:
                 met = False
                 break
-            grow = est > target and steps < AUTO_MAX_STEPS
+            # a pilot must meet the target with a margin (its small sample is noisy), then the full run
+            aim = target * (1.0 if full else AUTO_PILOT_MARGIN)
+            grow = est > aim and steps < AUTO_MAX_STEPS
             if grow:
-                ratio = est / max(target, 1e-300)
-                steps = min(AUTO_MAX_STEPS, max(math.ceil(steps * 1.25 * ratio ** (1.0 / AUTO_ORDER)),
-                                                 math.ceil(steps * 1.5)))
-            # a pilot that missed the target is checked by another pilot at the new grid before the
-            # full run is spent on it (an extrapolation from 16 steps can fall short)
+                ratio = est / max(aim, 1e-300)
+                new = max(math.ceil(steps * 1.25 * ratio ** (1.0 / AUTO_ORDER)), math.ceil(steps * 1.25))
+                if not full:  # a pilot's extrapolation is checked by the next pilot: no large leaps
+                    new = min(new, AUTO_MAX_LEAP * steps)
+                steps = min(AUTO_MAX_STEPS, new)
+            # a pilot that missed is followed by another pilot at the new grid before the full run
+            # is spent on it (an extrapolation from 16 steps can fall short, or far overshoot)
             again = not full and grow and pilots < AUTO_MAX_PILOTS
             pilots += again
             res = attempt(steps, n_pilot if again else n, pilot=again)
