@@ -106,6 +106,11 @@ def test_digits_sweep_smoke_keyed_resume(tmp_path, one_thread):
     # same settings: nothing retrained; other settings: nothing reused
     mtog_sweep("digits", [8, 16], ["mlp:8:1", "mlp:16:1"], [0, 1], out=out, **kw)
     assert len(units) == 2
+    # target="sample" is the default: the same runs; "posterior" is another setting
+    mtog_sweep("digits", [8, 16], ["mlp:8:1"], [0, 1], out=out, **{**kw, "train": {**kw["train"], "target": "sample"}})
+    assert len(units) == 2
+    with pytest.raises(ValueError, match="unknown setting"):
+        mtog_sweep("digits", [8, 16], ["mlp:8:1"], [0, 1], out=out, **{**kw, "train": {"targt": "posterior"}})
     kw["train"] = {**kw["train"], "lr": 1e-3}
     res2 = mtog_sweep("digits", [8, 16], ["mlp:8:1"], [0, 1], out=out, **kw)
     assert len(units) == 3 and {r["key"] for r in res2["runs"]}.isdisjoint({r["key"] for r in res["runs"]})
