@@ -71,12 +71,12 @@ __all__ = ["MODES", "SolverError", "classify_map", "refined_map"]
 MODES = ("cheap", "thorough")
 """``"cheap"``: all reference work at most a quarter of the run's (large n); ``"thorough"``: about the run's and more."""
 
-_BUDGET = {"cheap": 0.25, "thorough": 1.0}  # total reference NFE / the run's NFE (cheap: refinements included)
+_BUDGET = {"cheap": 0.25, "thorough": 1.0}  # reference work / the run's, in _work units (cheap: refinement included)
 _FIRST_SHARE = {"cheap": 0.6, "thorough": 1.0}  # share of the budget planned for the first reference level
 _THIN = {"cheap": True, "thorough": False}  # refinements on a thinned subset (cheap) or the whole subsample
 _MAX_REFINE = {"cheap": 1, "thorough": 4}  # refinements of the reference grid after the first level
 _MIN_THIN = 32  # fewer rows than this for a refinement: stop refining (budget spent)
-_MIN_REFINE = 64  # the cheap budget always affords one refinement on this many rows
+_MIN_REFINE = 64  # a small run's cheap budget affords one refinement on this many rows
 _CALL_ROWS = 512  # cost model: a model call costs as much as this many rows more (fixed per-call cost)
 _MIN_M = {"cheap": 128, "thorough": 512}
 _ALPHA = 0.3  # uniform share of the defensive sampling mixture
