@@ -78,6 +78,8 @@ _MAX_REFINE = {"cheap": 1, "thorough": 4}  # refinements of the reference grid a
 _MIN_THIN = 32  # fewer rows than this for a refinement: stop refining (budget spent)
 _MIN_REFINE = 64  # a small run's cheap budget affords one refinement on this many rows
 _CALL_ROWS = 512  # cost model: a model call costs as much as this many rows more (fixed per-call cost)
+_CALL_BATCH = 1024  # cost model: rows per call (fixed, not the run's batch_size: the estimate must not
+# depend on the batching)
 _MIN_M = {"cheap": 128, "thorough": 512}
 _ALPHA = 0.3  # uniform share of the defensive sampling mixture
 _MAX_LEVEL = 4  # finest reference: every interval of the run's grid split into 2^4
@@ -250,17 +252,17 @@ def _ref_nfe(m: Any, level: int) -> float:
     return 4.0 * (_resample(inner.sigmas, level).numel() - 1) + 1.0
 
 
-def _work(nfe_per_row: float, rows: int, batch_size: int) -> float:
+def _work(nfe_per_row: float, rows: int) -> float:
     """Cost model of solving ``rows`` rows at ``nfe_per_row`` model calls each, in batches:
     every call costs its rows plus a fixed :data:`_CALL_ROWS` (per-call overhead dominates small
     batches: on the 2-D suite mixtures a call costs about as much as 900 more rows)."""
-    return nfe_per_row * (rows + _CALL_ROWS * math.ceil(rows / max(batch_size, 1)))
+    return nfe_per_row * (rows + _CALL_ROWS * math.ceil(rows / _CALL_BATCH))
 
 
-def _affordable(work: float, nfe_per_row: float, batch_size: int) -> int:
+def _affordable(work: float, nfe_per_row: float) -> int:
     """Most rows whose :func:`_work` at ``nfe_per_row`` fits ``work`` (0 if none).
 
-    >>> _affordable(_work(10.0, 700, 1024), 10.0, 1024)
+    >>> _affordable(_work(10.0, 700), 10.0)
     700
     """
     if work <= 0 or nfe_per_row <= 0:
@@ -268,7 +270,7 @@ def _affordable(work: float, nfe_per_row: float, batch_size: int) -> int:
     lo, hi = 0, int(work / nfe_per_row) + 1  # _work is increasing in rows: bisect
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if _work(nfe_per_row, mid, batch_size) <= work * (1 + 1e-12) else (lo, mid)
+        lo, hi = (mid, hi) if _work(nfe_per_row, mid) <= work * (1 + 1e-12) else (lo, mid)
     return lo
 
 
@@ -444,17 +446,17 @@ def estimate(
     # the budget: total reference work (both maps, every level) ~ _BUDGET x the run's work, in
     # model calls x (rows + _CALL_ROWS): small batches are not free
     run_cost = sum(_run_nfe(the[k], kinds[k][0], run_nfe[i]) for i, k in enumerate("ab"))
-    budget = _BUDGET[mode] * _work(run_cost, n, batch_size)
+    budget = _BUDGET[mode] * _work(run_cost, n)
     exact_cost = sum(_run_nfe(the[k], "exact", run_nfe[i]) for i, k in enumerate("ab") if k not in ode)
     ref_cost = sum(_ref_nfe(the[k], level) + _ref_nfe(the[k], level - 1) for k in ode) + exact_cost
     reserve = (1 - _FIRST_SHARE[mode]) * budget  # kept for refining the reference
-    smallest = _work(ref_cost, _MIN_M[mode], batch_size)
+    smallest = _work(ref_cost, _MIN_M[mode])
     if _THIN[mode] and level < max_level and budget < smallest:
         # a small run (the budget cannot pay _MIN_M reference rows) gets its minimum:
         # _MIN_M reference rows and one refinement on _MIN_REFINE rows
-        reserve = _work(sum(_ref_nfe(the[k], level + 1) for k in ode), _MIN_REFINE, batch_size)
+        reserve = _work(sum(_ref_nfe(the[k], level + 1) for k in ode), _MIN_REFINE)
         budget = smallest + reserve
-    m = _affordable(budget - reserve, ref_cost, batch_size)
+    m = _affordable(budget - reserve, ref_cost)
     m = min(n, max(m, _MIN_M[mode]))
     sq = np.sqrt(np.maximum(d2np, 0.0))
     weight = (1 - _ALPHA) * sq / max(float(sq.mean()), 1e-300) + _ALPHA
@@ -473,7 +475,7 @@ def estimate(
         if k not in ode:
             exact_out[k], used = _eval(the[k], z, batch_size)
             nfe += used
-            spent += _work(used / m0, m0, batch_size)
+            spent += _work(used / m0, m0)
     # e2[level]: squared distances of the reference maps at a level on the rows solved (NaN elsewhere)
     e2: dict[int, np.ndarray] = {}
 
@@ -487,7 +489,7 @@ def estimate(
             if k in ode:
                 xs[k], used = _eval_memo(the[k], refined_map(the[k], lv), lv, zr, batch_size)
                 nfe += used
-                spent += _work(used / rows.size, rows.size, batch_size)
+                spent += _work(used / rows.size, rows.size)
             else:
                 xs[k] = exact_out[k][torch.from_numpy(rows)]
         out = np.full(m0, np.nan)
@@ -526,7 +528,7 @@ def estimate(
         # refine: the next level on a thinned subset of the current rows, within what is left of the budget
         cur = inside[-1]
         cost = sum(_ref_nfe(the[k], level + 1) for k in ode)
-        afford = _affordable(budget - spent, cost, batch_size) if _THIN[mode] else int(cur.sum())
+        afford = _affordable(budget - spent, cost) if _THIN[mode] else int(cur.sum())
         if afford < _MIN_THIN:
             stopped = "budget"
             break
@@ -569,7 +571,7 @@ def estimate(
     reference["stopped"] = stopped
     reference["phases"] = [{"level": p["level"], "rows": p["rows"], "gap": p["gap_ms"] * to_pfd} for p in phases]
     reference["budget"] = {"work": budget, "spent": spent, "unit": f"model calls x (rows + {_CALL_ROWS})",
-                           "run_work": _work(run_cost, n, batch_size)}
+                           "run_work": _work(run_cost, n)}
     reference["sampling"] = f"Poisson, pi ~ {1 - _ALPHA:g} d_i + {_ALPHA:g} uniform (capped at 1)"
     return SolverError(
         est, "estimated", delta=delta, sd=sd, reference_error=ref_e, m=m0, mode=mode,
