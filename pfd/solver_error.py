@@ -34,10 +34,11 @@ estimator here:
    that is conservative by one standard deviation of its own sampling noise.
 
 The cost: ``"cheap"`` keeps the *total* reference work, refinement included, within a quarter
-of the run's, counted in model calls x (rows + 512) so that small batches are not taken to be
-free (:func:`_work`): 60% for the first level, the rest for one refinement on a thinned subset
-(skipped, with the gap / 2 reference error, when the rest cannot pay 32 rows). A run too small
-to pay 128 reference rows gets 128 rows and one refinement on 64. ``"thorough"`` spends about
+of the run's, counted in model calls x (rows + 512) (1024 rows a call, whatever ``batch_size``)
+so that small batches are not taken to be free (:func:`_work`): 60% for the first level, the
+rest for one refinement on a thinned subset (skipped, with the gap / 2 reference error, when
+the rest cannot pay 32 rows). A run too small to pay 128 reference rows gets 128 rows and one
+refinement on 64. ``"thorough"`` spends about
 the run's work on the first level and refines on the whole subsample up to 16x.
 
 Maps whose output involves no ODE solve (one-step students, exact analytic maps) contribute no
