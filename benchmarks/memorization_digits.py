@@ -52,7 +52,7 @@ def _t_ci(vals: list[float]) -> tuple[float, list[float]]:
 
 def run_study(sizes: list[str], n_trains: list[int], seeds: list[int], stages: list[int], *, out_dir: Path,
               targets: tuple[str, ...] = ("sample",), n_eval: int = 2048, eval_seed: int = 0,
-              train: dict[str, Any] | None = None, device: str = "cpu",
+              train: dict[str, Any] | None = None, device: str = "cpu", routing_ns: tuple[int, ...] = (),
               progress: bool = True, log=print) -> dict[str, Any]:
     """Train one ensemble per (size, training target) over seeds x N, score every member at every
     stage, and summarise per (arm, N, stage) with 95% t-intervals over seeds. An arm is a size with
@@ -75,6 +75,7 @@ def run_study(sizes: list[str], n_trains: list[int], seeds: list[int], stages: l
     runs_dir.mkdir(parents=True, exist_ok=True)
     members = [(int(s), int(n)) for s in seeds for n in n_trains]
     rows: list[dict[str, Any]] = []
+    routing: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     arms = [(size, target) for size in sizes for target in targets]
     for size, target in arms:
@@ -94,8 +95,6 @@ def run_study(sizes: list[str], n_trains: list[int], seeds: list[int], stages: l
         done = read_records(runs_path, ("stage", "seed", "n_train"), settings)
         todo = [st for st in stages if any((st, s, n) not in done for s, n in members)]
         rows += [r for (st, _s, _n), r in done.items() if st in stages]
-        if not todo:
-            continue
         data = [train_set(teacher, n, s) for s, n in members]
         tr = EnsembleDSMTrainer(data, [int(derive_seed(s, 7, n) % (2**31)) for s, n in members], arch=spec["arch"],
                                 width=spec["width"], depth=spec["depth"], device=device, noise_seed=int(seeds[0]),
@@ -104,11 +103,12 @@ def run_study(sizes: list[str], n_trains: list[int], seeds: list[int], stages: l
         if ckpt.exists():
             state = load_checkpoint(ckpt)
             check_settings(state.get("settings"), settings, f"checkpoint {ckpt}", "delete it to start over")
-            if state["trainer"]["step"] <= todo[0]:
+            if state["trainer"]["step"] <= (todo[0] if todo else stages[-1]):
                 tr.load_state_dict(state["trainer"])
-                log(f"[{arm}] resumed at step {tr.step}")
+                if todo:
+                    log(f"[{arm}] resumed at step {tr.step}")
         for st in stages:
-            if st < todo[0] or (st <= tr.step and st not in todo):
+            if not todo or st < todo[0] or (st <= tr.step and st not in todo):
                 continue
             if tr.step < st:
                 tr.resume(st)
@@ -133,6 +133,22 @@ def run_study(sizes: list[str], n_trains: list[int], seeds: list[int], stages: l
                     f"{rec['e_mem_same_rel']:.3f}, switched {rec['e_mem_switched_rel']:.3f}) E_gen/E_gen(mem) "
                     f"{rec['e_gen_rel']:.3f}  [{time.perf_counter() - t0:.0f} s]")
             atomic_torch_save({"settings": settings, "trainer": tr.state_dict()}, ckpt)
+        if routing_ns and tr.step == stages[-1]:
+            rpath = runs_dir / f"routing_{spec['label'].replace(':', '-')}_{target}.jsonl"
+            rdone = read_records(rpath, ("stage", "seed", "n_train"), settings)
+            for i, (s, n) in enumerate(members):
+                if n not in routing_ns:
+                    continue
+                if (tr.step, s, n) not in rdone:
+                    rec = {"stage": tr.step, "seed": s, "n_train": n, "arm": arm, "size": spec["label"], "target": target,
+                           "splits": routing_split(tr.ema_model.member(i, clamp=clamp), data[i], n=n_eval,
+                                                   seed=eval_seed, solver=solver),
+                           "settings_key": key, "settings": settings}
+                    append_jsonl(rpath, rec)
+                    rdone[(tr.step, s, n)] = rec
+                    log(f"[{arm}] routing N={n} seed {s}: " + ", ".join(
+                        f"{m['mode']}@{m['sigma_c']:g}: {m['basin_agreement']:.3f}" for m in rec["splits"]))
+                routing.append(rdone[(tr.step, s, n)])
     summary = []
     for size, target in arms:
         arm = f"{parse_size(size)['label']} {target}"
@@ -147,8 +163,57 @@ def run_study(sizes: list[str], n_trains: list[int], seeds: list[int], stages: l
                     row[f], row[f + "_ci95"] = _t_ci([r[f] for r in sel])
                 summary.append(row)
     expected = len(arms) * len(members) * len(stages)
-    return {"rows": rows, "summary": summary, "complete": len(rows) == expected, "n_rows": len(rows),
-            "n_rows_expected": expected, "seconds": time.perf_counter() - t0}
+    return {"rows": rows, "summary": summary, "routing": routing, "routing_summary": _routing_summary(routing),
+            "complete": len(rows) == expected, "n_rows": len(rows), "n_rows_expected": expected,
+            "seconds": time.perf_counter() - t0}
+
+
+# just below the points of the EDM Heun 18 grid (80, ..., 12.91, 8.40, 5.32, 3.26, 1.92, 1.09, 0.585, 0.296, ...):
+# each split hands one more grid point to the other denoiser
+SIGMA_SPLITS = (12.9, 8.4, 5.3, 3.25, 1.9, 1.08, 0.58, 0.29)
+
+
+def routing_split(net: Any, data: Any, *, n: int, seed: int, solver: dict[str, Any],
+                  sigma_cs: tuple[float, ...] = SIGMA_SPLITS) -> list[dict[str, Any]]:
+    """Where the student routes noise differently from the memorizer: PF-ODE maps on the same grid
+    that use the exact empirical denoiser above sigma_c and the student's at or below it
+    ("memorizer_above"), or the reverse ("student_above"); basin agreement of each with the
+    memorizer's map and its E_mem, on the canonical noise (seed, n)."""
+    import torch
+
+    import pfd
+
+    emp = pfd.GaussianMixture.empirical(data)
+    y = data.detach().to(torch.float64).reshape(data.shape[0], -1)
+    z = pfd.canonical_noise(n, tuple(data.shape[1:]), seed=seed)
+    ref = emp.ode_map(**solver)(z).reshape(n, -1)
+    basin = torch.cdist(ref, y).argmin(1)
+    out = []
+    for mode in ("memorizer_above", "student_above"):
+        for sc in sigma_cs:
+            def den(x, sigma, sc=sc, mode=mode):
+                sv = float(torch.as_tensor(sigma).reshape(-1)[0])
+                if (sv > sc) == (mode == "memorizer_above"):
+                    return emp.denoiser(x.to(torch.float64), sv)
+                with torch.no_grad():
+                    return net(x.to(torch.float32), torch.full((x.shape[0],), sv)).to(torch.float64)
+
+            x = pfd.DiffusionMap(den, shape=tuple(data.shape[1:]), **solver)(z).reshape(n, -1)
+            out.append({"mode": mode, "sigma_c": sc,
+                        "basin_agreement": float((torch.cdist(x, y).argmin(1) == basin).double().mean()),
+                        "e_mem": float((x - ref).pow(2).sum(1).mean().sqrt())})
+    return out
+
+
+def _routing_summary(routing: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for arm, n in sorted({(r["arm"], r["n_train"]) for r in routing}):
+        sel = [r for r in routing if r["arm"] == arm and r["n_train"] == n]
+        for k, split in enumerate(sel[0]["splits"]):
+            m, ci = _t_ci([r["splits"][k]["basin_agreement"] for r in sel])
+            out.append({"arm": arm, "n_train": n, "mode": split["mode"], "sigma_c": split["sigma_c"], "seeds": len(sel),
+                        "basin_agreement": m, "basin_agreement_ci95": ci})
+    return out
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -207,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", default="sample", help="comma-separated: sample (DSM), posterior (exact target)")
     ap.add_argument("--n-eval", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--routing-ns", default="8,16,32", help="N values whose routing is split by sigma at the end")
     ap.add_argument("--name", default=None, help="write memorization_digits_NAME.json (a part run in its own process)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
@@ -221,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         n_trains = [int(v) for v in args.n_trains.split(",")]
         stages, n_eval, train = [int(v) for v in args.stages.split(",")], args.n_eval, None
     targets = tuple(args.targets.split(","))
+    routing_ns = tuple(int(v) for v in args.routing_ns.split(",") if v) if not args.quick else (8,)
     res = run_study(sizes, n_trains, seeds, stages, out_dir=out, targets=targets, n_eval=n_eval, train=train,
-                    device=args.device, progress=not args.quick)
+                    device=args.device, routing_ns=routing_ns, progress=not args.quick)
     from pfd.analysis.mtog import DEFAULT_TRAIN
 
     res["config"] = {"teacher": "digits", "sizes": sizes, "targets": list(targets), "n_trains": n_trains,

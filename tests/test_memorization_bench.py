@@ -37,7 +37,21 @@ def test_memorization_study_tiny_resumes_and_summarises(tmp_path):
     logs.clear()
     again = mod.run_study(["mlp:8:1"], [8], [0, 1], [10, 20], log=logs.append, **kw)
     assert logs == [] and again["n_rows"] == res["n_rows"]
-    more = mod.run_study(["mlp:8:1"], [8], [0, 1], [10, 20, 30], log=logs.append, **{**kw, "targets": ("sample",)})
+    more = mod.run_study(["mlp:8:1"], [8], [0, 1], [10, 20, 30], log=logs.append, routing_ns=(8,),
+                         **{**kw, "targets": ("sample",)})
     assert any("resumed at step 20" in m for m in logs) and more["complete"]
+    # routing split: all-memorizer (split below every grid point used) agrees exactly; all-student is the student
+    assert [r["n_train"] for r in more["routing"]] == [8, 8]
+    splits = more["routing"][0]["splits"]
+    assert all(0.0 <= m["basin_agreement"] <= 1.0 for m in splits)
+    # a "student" that is the exact empirical denoiser routes like the memorizer at every split
+    import pfd
+    from pfd.analysis._runs import train_set
+
+    data = train_set(pfd.analytic.digits_teacher(), 8, 0)
+    emp = pfd.GaussianMixture.empirical(data)
+    exact = mod.routing_split(lambda x, s: emp.denoiser(x.double(), s[0].item()), data, n=32, seed=0,
+                              solver={"solver": "heun", "steps": 18}, sigma_cs=(5.3, 1.08))
+    assert [m["basin_agreement"] for m in exact] == [1.0] * 4 and max(m["e_mem"] for m in exact) < 1e-4
     mod.plot(res, tmp_path / "m.png")
     assert (tmp_path / "m.png").stat().st_size > 10_000
