@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pfd._checks import call_map
+from pfd._checks import call_map, check_callable
 from pfd.analytic.gmm import GaussianMixture
 from pfd.estimator import PFDResult, distance
 from pfd.maps import CachedMap
@@ -111,8 +111,7 @@ def generalization_errors(
     >>> err.e_mem.value, err.e_gen.value > 0.1
     (0.0, True)
     """
-    if not callable(student):
-        raise TypeError(f"student must be a callable noise-to-data map, got {type(student).__name__}")
+    check_callable(student, "student", "a callable noise-to-data map")
     refs = references if references is not None else reference_maps(teacher, train_set, **solver)
     if not isinstance(refs, ReferenceMaps):
         raise TypeError(f"references must come from reference_maps(), got {type(refs).__name__}")
