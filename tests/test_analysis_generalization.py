@@ -196,3 +196,56 @@ def test_compare_metrics_separates_memorizer_from_teacher(teacher):
     assert mem["e_mem"] == 0.0 and tea["e_gen"] == 0.0
     assert mem["memorization_ratio"] == 1.0 and tea["memorization_ratio"] < 0.3
     assert mem["ct"] < tea["ct"]
+
+
+def _nearest(x, y):
+    return torch.cdist(x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)).argmin(1)
+
+
+def test_memorization_breakdown_of_a_basin_permuting_copier(teacher):
+    """A student that outputs training points but the wrong ones for some basins: E_same = 0 and
+    E_switched, the agreement and the copy fraction match a direct computation."""
+    from pfd.analysis import memorization_breakdown
+
+    train = teacher.sample(6, seed=11)
+    emp = pfd.GaussianMixture.empirical(train).ode_map()
+    perm = torch.tensor([1, 0, 2, 3, 5, 4])  # swaps basins 0<->1 and 4<->5
+
+    def copier(z):
+        return train[perm[_nearest(emp(z), train)]]
+
+    b = memorization_breakdown(pfd.OneStepMap(copier, shape=(2,)), train, n=512, seed=3, batch_size=100)
+    z = pfd.canonical_noise(512, (2,), seed=3)
+    basin = _nearest(emp(z), train)
+    moved = perm[basin] != basin
+    sq = (train[perm[basin]] - emp(z)).pow(2).sum(1)
+    assert b.basin_agreement == pytest.approx(float((~moved).double().mean()), abs=0)
+    assert 0.2 < b.basin_agreement < 0.9
+    assert b.e_mem_switched == pytest.approx(float((sq * moved).mean().sqrt()), rel=1e-12)
+    assert b.e_mem_same_basin == pytest.approx(float((sq * ~moved).mean().sqrt()), abs=1e-6)  # emp output ~ a point
+    assert b.e_mem ** 2 == pytest.approx(b.e_mem_same_basin ** 2 + b.e_mem_switched ** 2, rel=1e-12)
+    assert b.copy_fraction == 1.0
+    lo, hi = b.basin_agreement_ci95
+    assert lo < b.basin_agreement < hi and hi - lo < 0.1
+
+
+def test_memorization_breakdown_of_an_offset_memorizer_matches_e_mem(teacher):
+    """Empirical map plus a small constant offset: nothing switches, E_same = |offset| = E_mem,
+    and E_mem equals generalization_errors' E_mem on the same noise."""
+    from pfd.analysis import memorization_breakdown
+
+    train = teacher.sample(8, seed=2)
+    emp = pfd.GaussianMixture.empirical(train).ode_map()
+    off = torch.tensor([0.03, -0.04], dtype=torch.float64)
+    student = pfd.OneStepMap(lambda z: emp(z) + off, shape=(2,))
+    b = memorization_breakdown(student, train, n=300, seed=1)
+    assert b.basin_agreement == 1.0 and b.e_mem_switched == 0.0
+    assert b.e_mem == pytest.approx(0.05, rel=1e-6)
+    err = generalization_errors(student, teacher, train, n=300, seed=1)
+    assert b.e_mem == pytest.approx(err.e_mem.value, rel=1e-9)
+    far = pfd.OneStepMap(lambda z: emp(z) * 0.0 + 10.0, shape=(2,))  # never near a training point
+    assert memorization_breakdown(far, train, n=64).copy_fraction < 0.5
+    with pytest.raises(ValueError, match="train_set"):
+        memorization_breakdown(student, train[:1], n=64)
+    with pytest.raises(TypeError, match="student"):
+        memorization_breakdown("not a map", train, n=64)

@@ -93,6 +93,9 @@ def test_digits_sweep_smoke_keyed_resume(tmp_path, one_thread):
     for r in res["runs"]:
         assert math.isfinite(r["e_gen"]) and math.isfinite(r["e_mem"]) and r["steps"] == 60
         assert r["e_gen_rel"] == pytest.approx(r["e_gen"] / r["e_gen_empirical"])
+        # E_mem split into same-basin and switched-basin parts, exactly
+        assert r["e_mem"] ** 2 == pytest.approx(r["e_mem_same_basin"] ** 2 + r["e_mem_switched"] ** 2, rel=1e-9)
+        assert 0.0 <= r["basin_agreement"] <= 1.0 and 0.0 <= r["copy_fraction"] <= 1.0
     # the memorizer's E_gen equals an independent computation on the same noise
     from pfd.analysis._runs import train_set
 

@@ -15,9 +15,11 @@ from pfd.analysis.decomposition import BiasVariance, bias_variance, bias_varianc
 from pfd.analysis.dynamics import detect_features, training_dynamics
 from pfd.analysis.generalization import (
     GeneralizationErrors,
+    MemorizationBreakdown,
     ReferenceMaps,
     compare_metrics,
     generalization_errors,
+    memorization_breakdown,
     reference_maps,
 )
 from pfd.analysis.mtog import (
@@ -46,6 +48,7 @@ __all__ = [
     "EnsembleDSMTrainer",
     "EnsembleDenoiser",
     "GeneralizationErrors",
+    "MemorizationBreakdown",
     "ReferenceMaps",
     "TrainConfig",
     "all_baselines",
@@ -63,6 +66,7 @@ __all__ = [
     "half_octaves",
     "kid",
     "knn_distances",
+    "memorization_breakdown",
     "memorization_ratio",
     "mmd_rbf",
     "mtog_report",

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from pfd.analysis._runkey import run_settings, settings_diff, settings_key
-from pfd.analysis.generalization import generalization_errors, reference_maps
+from pfd.analysis.generalization import generalization_errors, memorization_breakdown, reference_maps
 from pfd.analysis.students import DSMTrainer, TrainConfig
 from pfd.analytic.gmm import GaussianMixture
 from pfd.maps import CachedMap
@@ -21,6 +21,10 @@ from pfd.noise import derive_seed
 
 __all__ = ["OnDevice", "epochs_for_steps", "read_records", "run_settings", "settings_key", "train_dsm", "train_ensemble",
            "train_set", "train_student"]
+
+
+BREAKDOWN_FIELDS = ("copy_fraction", "basin_agreement", "e_mem_same_basin", "e_mem_switched")
+"""Per-run fields of :func:`pfd.analysis.memorization_breakdown` kept in sweep records."""
 
 
 def train_set(teacher: GaussianMixture, n_train: int, data_seed: int):
@@ -144,7 +148,8 @@ def train_ensemble(
     """Train one student per (seed, N) in ``seeds`` x ``n_trains`` (training set and init from
     the seed) together as an :class:`pfd.analysis.students.EnsembleDSMTrainer`, each until it
     converges, then score each: E_gen, E_mem, the memorizer's E_gen, the steps used and why
-    training stopped.
+    training stopped, and the split of E_mem into same-basin and switched-basin parts with the
+    copy fraction (:func:`pfd.analysis.memorization_breakdown`, ``BREAKDOWN_FIELDS``).
 
     ``train`` holds the trainer's keyword arguments (lr, batch_size, sigma sampling, stopping
     rule, ...), optionally ``clamp`` (the students' denoiser outputs are projected onto
@@ -175,13 +180,15 @@ def train_ensemble(
         t1 = time.perf_counter()
         emp = CachedMap(OnDevice(GaussianMixture.empirical(data[i]).ode_map(**solver), device))
         refs = reference_maps(tmap, emp)
-        err = generalization_errors(OnDevice(tr.ode_map(i, clamp=clamp, **solver), device), None, None,
-                                    references=refs, **kw)
+        smap = CachedMap(OnDevice(tr.ode_map(i, clamp=clamp, **solver), device))  # solved once for both
+        err = generalization_errors(smap, None, None, references=refs, **kw)
+        brk = memorization_breakdown(smap, data[i], references=refs, n=n_eval, seed=eval_seed, batch_size=eval_batch)
         emp_gen = generalization_errors(refs.empirical, None, None, references=refs, **kw).e_gen
         rec = {**stats[i], **err.to_dict(), "n_train": n, "seed": s, "arch": arch, "width": width, "depth": depth,
                "n_params": tr.n_params, "e_gen_empirical": emp_gen.value,
                "e_gen_rel": err.e_gen.value / emp_gen.value if emp_gen.value > 0 else None,
                "e_mem_rel": err.e_mem.value / emp_gen.value if emp_gen.value > 0 else None,
+               **{k: brk.to_dict()[k] for k in BREAKDOWN_FIELDS},
                "lr": tr.lr0, "train_seconds_unit": t_train, "eval_seconds": time.perf_counter() - t1,
                "device": str(tr.device.type)}
         out.append(rec)
