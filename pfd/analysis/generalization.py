@@ -206,8 +206,7 @@ def memorization_breakdown(
     from pfd.analysis.baselines import memorization_ratio
     from pfd.noise import NoiseSource
 
-    if not callable(student):
-        raise TypeError(f"student must be a callable noise-to-data map, got {type(student).__name__}")
+    check_callable(student, "student", "a callable noise-to-data map")
     points = torch.as_tensor(train_set, dtype=torch.float64) if not isinstance(train_set, torch.Tensor) else train_set
     if points.ndim < 2 or points.shape[0] < 2:
         raise ValueError(f"train_set must be (N >= 2, ...) training points, got shape {tuple(points.shape)}")
