@@ -128,7 +128,7 @@ def _add_common(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), **defaul
     the dataclass defaults, ``skip`` leaves fields out) and those every analysis shares."""
     from dataclasses import MISSING, fields
 
-    from pfd.analysis.students import TrainConfig
+    from pfd._train import TrainConfig
 
     p.add_argument("--teacher", default="cross4d",
                    help=f"named analytic teacher: one of {', '.join(sorted(TEACHERS))} (default cross4d)")
@@ -184,7 +184,7 @@ def _check_common(args: argparse.Namespace):
     from dataclasses import fields
     from pathlib import Path
 
-    from pfd.analysis.students import TrainConfig
+    from pfd._train import TrainConfig
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     try:
