@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-steps", type=int, default=DEFAULT_TRAIN["max_steps"])
     ap.add_argument("--min-steps", type=int, default=DEFAULT_TRAIN["min_steps"])
     ap.add_argument("--lr", type=float, default=DEFAULT_TRAIN["lr"])
+    ap.add_argument("--target", choices=("sample", "posterior"), default="sample",
+                    help="DSM target: training point (default) or exact empirical denoiser")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--processes", type=int, default=1)
     ap.add_argument("--wall-budget", type=float, default=None, help="seconds of training before all units stop")
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sizes, n_trains, seeds, n_eval = args.sizes.split(","), half_octaves(args.n_min, args.n_max), list(
             range(args.seeds)), args.n_eval
-        train = {"max_steps": args.max_steps, "min_steps": args.min_steps, "lr": args.lr}
+        train = {"max_steps": args.max_steps, "min_steps": args.min_steps, "lr": args.lr, "target": args.target}
     if not args.no_teacher_figure and not args.report_only:
         plot_digits_teacher(out / "digits_teacher.png")
     t0 = time.time()

@@ -157,6 +157,9 @@ def _add_analysis_parsers(sub) -> None:
     f.add_argument("--sizes", default=None, help="comma-separated mlp:WIDTH:DEPTH / conv:CHANNELS:BLOCKS "
                    "(default mlp:24:3,mlp:64:3,mlp:192:3,mlp:512:3)")
     f.add_argument("--max-steps", type=int, default=40000, help="step cap per student (default 40000)")
+    f.add_argument("--target", choices=("sample", "posterior"), default="sample",
+                   help="DSM regression target: the training point (sample, default) or the exact empirical "
+                        "denoiser of the training set (posterior: same minimiser, far less gradient noise)")
     f.add_argument("--device", default="cpu", help="torch device for training and maps (default cpu)")
     f.add_argument("--processes", type=int, default=1, help="worker processes, one model size each (default 1)")
     f.add_argument("--wall-budget", type=float, default=None, help="seconds after which training stops")
@@ -260,7 +263,7 @@ def _cmd_mtog_fair(args: argparse.Namespace, out) -> int:
     if args.max_steps < 1 or args.processes < 1 or args.n_boot < 1:
         raise ValueError("--max-steps, --processes and --n-boot must be >= 1")
     train = {"max_steps": args.max_steps, "lr": args.lr, "batch_size": args.batch_size,
-             "min_steps": min(2000, args.max_steps)}
+             "min_steps": min(2000, args.max_steps), "target": args.target}
     res = mtog_sweep(args.teacher, n_trains, sizes, seeds, out=out / "mtog_runs_fair.jsonl", train=train,
                      n_eval=args.n_eval, eval_seed=args.eval_seed, device=args.device, processes=args.processes,
                      wall_budget=args.wall_budget, n_boot=args.n_boot, progress=not args.no_progress)

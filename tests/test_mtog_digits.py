@@ -106,6 +106,11 @@ def test_digits_sweep_smoke_keyed_resume(tmp_path, one_thread):
     # same settings: nothing retrained; other settings: nothing reused
     mtog_sweep("digits", [8, 16], ["mlp:8:1", "mlp:16:1"], [0, 1], out=out, **kw)
     assert len(units) == 2
+    # target="sample" is the default: the same runs; "posterior" is another setting
+    mtog_sweep("digits", [8, 16], ["mlp:8:1"], [0, 1], out=out, **{**kw, "train": {**kw["train"], "target": "sample"}})
+    assert len(units) == 2
+    with pytest.raises(ValueError, match="unknown setting"):
+        mtog_sweep("digits", [8, 16], ["mlp:8:1"], [0, 1], out=out, **{**kw, "train": {"targt": "posterior"}})
     kw["train"] = {**kw["train"], "lr": 1e-3}
     res2 = mtog_sweep("digits", [8, 16], ["mlp:8:1"], [0, 1], out=out, **kw)
     assert len(units) == 3 and {r["key"] for r in res2["runs"]}.isdisjoint({r["key"] for r in res["runs"]})
@@ -130,3 +135,54 @@ def test_cli_mtog_digits_runs_the_fair_sweep(tmp_path, one_thread, capsys):
     assert res["config"]["params"] == {"mlp:8:1": 81 * 8 + 8 * 64 + 64}
     assert {r["steps"] for r in res["runs"]} == {20}
     assert "collapse exponent alpha" in capsys.readouterr().out
+
+
+def test_ensemble_trainer_checkpoint_resumes_bit_for_bit(one_thread):
+    """Training 60 steps at once == 30 steps, state_dict -> new trainer -> resume to 60."""
+    import torch
+
+    from pfd.analysis.students import EnsembleDSMTrainer
+
+    g = torch.Generator().manual_seed(0)
+    data = [torch.randn(8, 1, 4, 4, generator=g), torch.randn(5, 1, 4, 4, generator=g)]
+    kw = {"width": 16, "depth": 2, "max_steps": 30, "min_steps": 10**9, "check_every": 10, "n_check": 32, "warmup": 5}
+    whole = EnsembleDSMTrainer(data, [1, 2], **kw)
+    whole.resume(60)
+    whole.train()
+    first = EnsembleDSMTrainer(data, [1, 2], **kw)
+    first.train()
+    assert first.stopped_by == ["cap", "cap"] and first.step == 30
+    again = EnsembleDSMTrainer(data, [1, 2], **kw)
+    again.load_state_dict(first.state_dict())
+    again.resume(60)
+    again.train()
+    assert again.step == whole.step == 60 and again.steps_used == [60, 60]
+    for p, q in zip(whole.ema_model.parameters(), again.ema_model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert again.history == whole.history
+    with pytest.raises(ValueError, match="members"):
+        EnsembleDSMTrainer(data[:1], [1], **kw).load_state_dict(first.state_dict())
+
+
+def test_posterior_target_is_the_exact_empirical_denoiser(one_thread):
+    """EnsembleDSMTrainer.posterior_mean equals GaussianMixture.empirical(set).denoiser for sets
+    of different sizes (padding masked), and target='posterior' trains."""
+    import torch
+
+    from pfd.analysis.students import EnsembleDSMTrainer
+
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randn(7, 1, 2, 2, generator=g, dtype=torch.float64), torch.randn(3, 1, 2, 2, generator=g, dtype=torch.float64)]
+    tr = EnsembleDSMTrainer(data, [0, 1], width=8, depth=1, max_steps=5, min_steps=10**9, n_check=16,
+                            target="posterior")
+    x = torch.randn(2, 6, 1, 2, 2, generator=g) * 2
+    sigma = torch.tensor([[0.3, 1.0, 3.0, 0.5, 8.0, 0.05]] * 2)
+    got = tr.posterior_mean(x, sigma)
+    for r in range(2):
+        emp = pfd.GaussianMixture.empirical(data[r])
+        want = torch.stack([emp.denoiser(x[r, j:j + 1].double(), float(sigma[r, j]))[0] for j in range(6)])
+        assert torch.allclose(got[r].double(), want, atol=1e-5)
+    tr.train()
+    assert tr.step == 5 and all(map(math.isfinite, tr.check_loss()))
+    with pytest.raises(ValueError, match="target"):
+        EnsembleDSMTrainer(data, [0, 1], target="mean")

@@ -19,8 +19,18 @@ from pfd.analytic.gmm import GaussianMixture
 from pfd.maps import CachedMap
 from pfd.noise import derive_seed
 
-__all__ = ["OnDevice", "epochs_for_steps", "read_records", "run_settings", "settings_key", "train_dsm", "train_ensemble",
-           "train_set", "train_student"]
+__all__ = [
+    "OnDevice",
+    "epochs_for_steps",
+    "read_records",
+    "run_settings",
+    "score_member",
+    "settings_key",
+    "train_dsm",
+    "train_ensemble",
+    "train_set",
+    "train_student",
+]
 
 
 BREAKDOWN_FIELDS = ("copy_fraction", "basin_agreement", "e_mem_same_basin", "e_mem_switched")
@@ -175,21 +185,30 @@ def train_ensemble(
     t_train = time.perf_counter() - t0
     tmap = teacher_map if teacher_map is not None else CachedMap(OnDevice(teacher.ode_map(**solver), device))
     out = []
-    kw = {"n": n_eval, "seed": eval_seed, "batch_size": eval_batch}
     for i, (s, n) in enumerate(members):
-        t1 = time.perf_counter()
-        emp = CachedMap(OnDevice(GaussianMixture.empirical(data[i]).ode_map(**solver), device))
-        refs = reference_maps(tmap, emp)
-        smap = CachedMap(OnDevice(tr.ode_map(i, clamp=clamp, **solver), device))  # solved once for both
-        err = generalization_errors(smap, None, None, references=refs, **kw)
-        brk = memorization_breakdown(smap, data[i], references=refs, n=n_eval, seed=eval_seed, batch_size=eval_batch)
-        emp_gen = generalization_errors(refs.empirical, None, None, references=refs, **kw).e_gen
-        rec = {**stats[i], **err.to_dict(), "n_train": n, "seed": s, "arch": arch, "width": width, "depth": depth,
-               "n_params": tr.n_params, "e_gen_empirical": emp_gen.value,
-               "e_gen_rel": err.e_gen.value / emp_gen.value if emp_gen.value > 0 else None,
-               "e_mem_rel": err.e_mem.value / emp_gen.value if emp_gen.value > 0 else None,
-               **{k: brk.to_dict()[k] for k in BREAKDOWN_FIELDS},
-               "lr": tr.lr0, "train_seconds_unit": t_train, "eval_seconds": time.perf_counter() - t1,
-               "device": str(tr.device.type)}
+        rec = {**stats[i], **score_member(tr, i, data[i], tmap, clamp=clamp, solver=solver, n_eval=n_eval,
+                                          eval_seed=eval_seed, eval_batch=eval_batch, device=device),
+               "n_train": n, "seed": s, "arch": arch, "width": width, "depth": depth, "lr": tr.lr0,
+               "train_seconds_unit": t_train}
         out.append(rec)
     return out
+
+
+def score_member(trainer: Any, i: int, data: torch.Tensor, teacher_map: CachedMap, *, clamp: float | None,
+                 solver: dict[str, Any], n_eval: int, eval_seed: int, eval_batch: int, device: str) -> dict[str, Any]:
+    """Scores of member ``i`` of an :class:`pfd.analysis.students.EnsembleDSMTrainer` trained on
+    ``data``: E_gen, E_mem (with CIs), the memorizer's E_gen, both relative to it, and the E_mem
+    breakdown (``BREAKDOWN_FIELDS``), all on the canonical noise (``eval_seed``, ``n_eval``)."""
+    t1 = time.perf_counter()
+    kw = {"n": n_eval, "seed": eval_seed, "batch_size": eval_batch}
+    emp = CachedMap(OnDevice(GaussianMixture.empirical(data).ode_map(**solver), device))
+    refs = reference_maps(teacher_map, emp)
+    smap = CachedMap(OnDevice(trainer.ode_map(i, clamp=clamp, **solver), device))  # solved once for both
+    err = generalization_errors(smap, None, None, references=refs, **kw)
+    brk = memorization_breakdown(smap, data, references=refs, **kw)
+    emp_gen = generalization_errors(refs.empirical, None, None, references=refs, **kw).e_gen
+    return {**err.to_dict(), "n_train": int(data.shape[0]), "n_params": trainer.n_params, "e_gen_empirical": emp_gen.value,
+            "e_gen_rel": err.e_gen.value / emp_gen.value if emp_gen.value > 0 else None,
+            "e_mem_rel": err.e_mem.value / emp_gen.value if emp_gen.value > 0 else None,
+            **{k: brk.to_dict()[k] for k in BREAKDOWN_FIELDS}, "eval_seconds": time.perf_counter() - t1,
+            "device": str(trainer.device.type)}

@@ -265,6 +265,11 @@ DEFAULT_TRAIN: dict[str, Any] = {
 }
 
 
+OPTIONAL_TRAIN: dict[str, Any] = {"target": "sample"}
+"""Training settings that may be given but are not part of a run's settings at their default
+(``target``: "sample" for plain DSM, "posterior" to regress on the exact empirical denoiser)."""
+
+
 def parse_size(spec: str) -> dict[str, Any]:
     """``"mlp:WIDTH:DEPTH"`` or ``"conv:CHANNELS:BLOCKS"`` -> {arch, width, depth, label}.
 
@@ -403,9 +408,12 @@ def mtog_sweep(
     if any(s < 0 for s in grid_s):
         raise ValueError("seeds must be >= 0")
     cfg_train = {**DEFAULT_TRAIN, **(train or {})}
-    unknown = set(cfg_train) - set(DEFAULT_TRAIN)
+    known = set(DEFAULT_TRAIN) | set(OPTIONAL_TRAIN)
+    unknown = set(cfg_train) - known
     if unknown:
-        raise ValueError(f"train: unknown setting(s) {sorted(unknown)}; known: {sorted(DEFAULT_TRAIN)}")
+        raise ValueError(f"train: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
+    if cfg_train.get("target", "sample") == "sample":
+        cfg_train.pop("target", None)  # the default: absent, so runs keep the keys they had before it existed
     solver = dict(solver or {})
     n_eval = check_positive_int(n_eval, "n_eval", minimum=2)
     done = read_records(out, ("key",))

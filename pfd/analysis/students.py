@@ -473,6 +473,11 @@ class EnsembleDSMTrainer:
     after ``max_decays`` such decays the member has converged and is frozen (its step count is
     recorded). ``max_steps`` caps every member ("cap"); a ``wall_budget`` in seconds stops all
     ("wall"); a non-finite loss freezes the member ("diverged").
+
+    ``target="posterior"`` replaces the DSM target y by the exact empirical denoiser of the
+    member's training set at the noisy input (:meth:`posterior_mean`; a variance-reduced target
+    with the same minimiser, as in stable-target-field training with the whole set as reference
+    batch). The check loss stays the plain DSM loss.
     """
 
     def __init__(
@@ -500,6 +505,7 @@ class EnsembleDSMTrainer:
         min_steps: int = 2000,
         max_steps: int = 40000,
         n_check: int = 1024,
+        target: str = "sample",
         device: str | torch.device = "cpu",
         noise_seed: int = 0,
     ) -> None:
@@ -508,6 +514,9 @@ class EnsembleDSMTrainer:
         shape = tuple(datasets[0].shape[1:])
         if any(tuple(d.shape[1:]) != shape or d.shape[0] < 1 for d in datasets):
             raise ValueError("every dataset must be (N_r >= 1, *event_shape) with one common event shape")
+        if target not in ("sample", "posterior"):
+            raise ValueError(f"target must be 'sample' (DSM) or 'posterior' (exact empirical denoiser), got {target!r}")
+        self.target = target
         self.device = torch.device(device)
         self.r = len(datasets)
         self.n = torch.tensor([d.shape[0] for d in datasets], device=self.device)
@@ -558,14 +567,31 @@ class EnsembleDSMTrainer:
     def n_params(self) -> int:
         return self.model.n_params_per_member
 
-    def _loss(self, model: EnsembleDenoiser, y: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """(R,) mean EDM-weighted loss per member."""
+    def _loss(self, model: EnsembleDenoiser, y: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor,
+              target: str = "sample") -> torch.Tensor:
+        """(R,) mean EDM-weighted loss per member; ``target="posterior"`` regresses on the exact
+        empirical denoiser of the member's training set at the noisy input instead of on y."""
         sd = model.sigma_data[:, None]
         weight = (sigma * sigma + sd * sd) / (sigma * sd) ** 2
         expand = (...,) + (None,) * (y.ndim - 2)
-        out = model(y + sigma[expand] * eps, sigma)
-        per = (out - y).pow(2).flatten(2).mean(2)
+        x = y + sigma[expand] * eps
+        out = model(x, sigma)
+        goal = y if target == "sample" else self.posterior_mean(x, sigma)
+        per = (out - goal).pow(2).flatten(2).mean(2)
         return (weight * per).mean(1)
+
+    def posterior_mean(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The empirical denoiser of each member's training set, E[y | y + sigma eps = x] =
+        sum_j softmax_j(-||x - y_j||^2 / (2 sigma^2)) y_j, for x (R, B, *event) and sigma (R, B)."""
+        r, b = x.shape[:2]
+        xf = x.reshape(r, b, -1)
+        yf = self.data.reshape(r, self.data.shape[1], -1)
+        d2 = (xf.pow(2).sum(2, keepdim=True) - 2 * torch.bmm(xf, yf.transpose(1, 2))
+              + yf.pow(2).sum(2)[:, None, :])  # (R, B, Nmax)
+        valid = torch.arange(yf.shape[1], device=x.device)[None, :] < self.n[:, None]
+        logits = (-d2 / (2 * sigma[..., None] ** 2)).masked_fill(~valid[:, None, :], float("-inf"))
+        w = torch.softmax(logits, dim=2)
+        return torch.bmm(w, yf).reshape(x.shape)
 
     def check_loss(self) -> list[float]:
         """Fixed-noise DSM loss of the EMA weights on each member's training set."""
@@ -633,7 +659,7 @@ class EnsembleDSMTrainer:
             y = self.data[rows[:, None], idx]
             sigma = sample_sigma((self.r, b), self.gen, device=self.device, **self.sig)
             eps = torch.randn(y.shape, generator=self.gen, device=self.device)
-            loss = self._loss(self.model, y, sigma, eps)
+            loss = self._loss(self.model, y, sigma, eps, self.target)
             for p in self.params:
                 p.grad = None
             loss.sum().backward()
@@ -654,6 +680,46 @@ class EnsembleDSMTrainer:
         final = self.check_loss()
         return [{"steps": self.steps_used[i], "stopped_by": self.stopped_by[i], "check_loss": final[i],
                  "lr_decays": self.decays[i]} for i in range(self.r)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything training depends on (weights, EMA, Adam moments, learning rates, step, the
+        noise generator and the stopping-rule state): :meth:`load_state_dict` on a trainer built
+        with the same arguments continues bit-for-bit as if never interrupted."""
+        return {"model": self.model.state_dict(), "ema_model": self.ema_model.state_dict(),
+                "m": [t.clone() for t in self.m], "v": [t.clone() for t in self.v], "lr": self.lr.clone(),
+                "step": self.step, "gen": self.gen.get_state(), "active": self.active.clone(),
+                "act_dev": self._act_dev.clone(), "steps_used": list(self.steps_used),
+                "stopped_by": list(self.stopped_by), "best": list(self.best), "bad": list(self.bad),
+                "decays": list(self.decays), "history": [list(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (of a trainer with the same members and settings)."""
+        if len(state["steps_used"]) != self.r:
+            raise ValueError(f"state has {len(state['steps_used'])} members, this trainer {self.r}")
+        self.model.load_state_dict(state["model"])
+        self.ema_model.load_state_dict(state["ema_model"])
+        with torch.no_grad():
+            for dst, src in zip(self.m + self.v, list(state["m"]) + list(state["v"]), strict=True):
+                dst.copy_(src)
+        self.lr = state["lr"].to(self.device).clone()
+        self.step = int(state["step"])
+        self.gen.set_state(state["gen"])
+        self.active = state["active"].clone()
+        self._act_dev = state["act_dev"].to(self.device).clone()
+        self.steps_used, self.stopped_by = list(state["steps_used"]), list(state["stopped_by"])
+        self.best, self.bad, self.decays = list(state["best"]), list(state["bad"]), list(state["decays"])
+        self.history = [list(h) for h in state["history"]]
+
+    def resume(self, max_steps: int) -> None:
+        """Raise the step cap to ``max_steps`` and reactivate the members that stopped at the old
+        cap (or the wall budget), so :meth:`train` continues them; converged or diverged members
+        stay frozen."""
+        self.max_steps = check_positive_int(max_steps, "max_steps")
+        for i in range(self.r):
+            if self.stopped_by[i] in ("cap", "wall") and self.step < self.max_steps:
+                self.active[i] = True
+                self._act_dev[i] = 1.0
+                self.stopped_by[i] = None
 
     def ode_map(self, r: int, *, clamp: float | None = None, **solver_options: Any):
         """Member ``r``'s PF-ODE noise-to-data map (EMA weights; EDM Heun 18 by default); with

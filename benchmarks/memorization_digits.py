@@ -1,0 +1,243 @@
+"""Do digits students memorize, and why is their E_mem not ~0? (slow; not in CI)
+
+The MtoG sweep on the digits teacher (benchmarks/mtog_digits.py) never saw E_mem / E_gen(memorizer)
+near 0 at small N. This study follows small-N students through training and splits E_mem
+(:func:`pfd.analysis.memorization_breakdown`) into
+
+* the **copy fraction**: the share of the student's samples that are copies of a training point
+  (memorization ratio, d1/d2 < 1/3) -- memorization as a sampler;
+* the **basin agreement**: the share of noise the student sends to the same training point as the
+  empirical model's PF-ODE does -- memorization as a map;
+* E_mem = sqrt(E_same^2 + E_switched^2): the part of E_mem from samples that went to the right
+  training point but not onto it, and the part from noise sent to another training point.
+
+Students: the sweep's ensemble trainer and settings (EDM-preconditioned MLPs, log-uniform +
+log-normal sigma, EMA 0.999, output clamp [-3, 3] when scored) with the plateau rule off, so the
+learning rate stays constant and each student is scored at fixed step counts ("stages").
+
+    python benchmarks/memorization_digits.py               # the committed study (CPU: ~1 h per target on one shared core)
+    python benchmarks/memorization_digits.py --quick       # smoke run into results/quick/
+
+Resumable: scored stages are JSONL records keyed by every setting, and the ensemble's trainer state
+is checkpointed after every stage (git-ignored); rerun the same command to continue. Writes
+results/memorization_digits.json (+ .png) with ``complete: false`` until every stage is scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FIELDS = ("copy_fraction", "basin_agreement", "e_mem_rel", "e_gen_rel", "e_mem_same_rel", "e_mem_switched_rel")
+
+
+def _t_ci(vals: list[float]) -> tuple[float, list[float]]:
+    """Mean and 95% t-interval over seeds (the half-width is 0 for one value)."""
+    from scipy.stats import t
+
+    m = statistics.fmean(vals)
+    if len(vals) < 2:
+        return m, [m, m]
+    half = t.ppf(0.975, len(vals) - 1) * statistics.stdev(vals) / math.sqrt(len(vals))
+    return m, [m - half, m + half]
+
+
+def run_study(sizes: list[str], n_trains: list[int], seeds: list[int], stages: list[int], *, out_dir: Path,
+              targets: tuple[str, ...] = ("sample",), n_eval: int = 2048, eval_seed: int = 0,
+              train: dict[str, Any] | None = None, device: str = "cpu",
+              progress: bool = True, log=print) -> dict[str, Any]:
+    """Train one ensemble per (size, training target) over seeds x N, score every member at every
+    stage, and summarise per (arm, N, stage) with 95% t-intervals over seeds. An arm is a size with
+    a training target: "sample" (plain DSM) or "posterior" (the exact empirical denoiser as target)."""
+    from pfd._train import atomic_torch_save
+    from pfd.analysis._runkey import check_settings, load_checkpoint
+    from pfd.analysis._runs import OnDevice, read_records, run_settings, score_member, settings_key, train_set
+    from pfd.analysis.mtog import DEFAULT_TRAIN, parse_size
+    from pfd.analysis.students import EnsembleDSMTrainer
+    from pfd.analytic import digits_teacher
+    from pfd.maps import CachedMap
+    from pfd.noise import derive_seed
+    from pfd.report import append_jsonl
+
+    stages = sorted(int(s) for s in stages)
+    teacher = digits_teacher()
+    solver = {"solver": "heun", "steps": 18}
+    tmap = CachedMap(OnDevice(teacher.ode_map(**solver), device))
+    runs_dir = out_dir / "digits_runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    members = [(int(s), int(n)) for s in seeds for n in n_trains]
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    arms = [(size, target) for size in sizes for target in targets]
+    for size, target in arms:
+        spec = parse_size(size)
+        arm = f"{spec['label']} {target}"
+        cfg = {**DEFAULT_TRAIN, "min_steps": 10**9, **(train or {}), "target": target}  # plateau rule off: constant lr
+        clamp = cfg.pop("clamp", None)
+        ref = cfg.pop("lr_ref_width", None)
+        if ref is not None:
+            cfg["lr"] = cfg["lr"] * min(1.0, math.sqrt(ref / spec["width"]))
+        cfg.pop("max_steps", None)
+        settings = run_settings(study="memorization", teacher="digits", size=spec["label"], n_trains=list(n_trains),
+                                seeds=list(seeds), train=cfg, clamp=clamp, n_eval=n_eval, eval_seed=eval_seed,
+                                solver=solver, device=str(device).split(":")[0])
+        key = settings_key(settings)
+        runs_path = runs_dir / f"memorization_{spec['label'].replace(':', '-')}_{target}.jsonl"  # one file per arm
+        done = read_records(runs_path, ("stage", "seed", "n_train"), settings)
+        todo = [st for st in stages if any((st, s, n) not in done for s, n in members)]
+        rows += [r for (st, _s, _n), r in done.items() if st in stages]
+        if not todo:
+            continue
+        data = [train_set(teacher, n, s) for s, n in members]
+        tr = EnsembleDSMTrainer(data, [int(derive_seed(s, 7, n) % (2**31)) for s, n in members], arch=spec["arch"],
+                                width=spec["width"], depth=spec["depth"], device=device, noise_seed=int(seeds[0]),
+                                max_steps=stages[0], **cfg)
+        ckpt = runs_dir / f"memorization-{key}.pt"
+        if ckpt.exists():
+            state = load_checkpoint(ckpt)
+            check_settings(state.get("settings"), settings, f"checkpoint {ckpt}", "delete it to start over")
+            if state["trainer"]["step"] <= todo[0]:
+                tr.load_state_dict(state["trainer"])
+                log(f"[{arm}] resumed at step {tr.step}")
+        for st in stages:
+            if st < todo[0] or (st <= tr.step and st not in todo):
+                continue
+            if tr.step < st:
+                tr.resume(st)
+                tr.train(progress=progress)
+            loss = tr.check_loss()
+            for i, (s, n) in enumerate(members):
+                if (st, s, n) in done:
+                    continue
+                rec = {"stage": st, "seed": s, "n_train": n, "size": spec["label"], "target": target, "arm": arm,
+                       "steps": tr.step,
+                       "check_loss": loss[i], **score_member(tr, i, data[i], tmap, clamp=clamp, solver=solver,
+                                                              n_eval=n_eval, eval_seed=eval_seed, eval_batch=1024,
+                                                              device=device),
+                       "settings_key": key, "settings": settings}
+                ref_gen = rec["e_gen_empirical"]
+                rec["e_mem_same_rel"] = rec["e_mem_same_basin"] / ref_gen
+                rec["e_mem_switched_rel"] = rec["e_mem_switched"] / ref_gen
+                append_jsonl(runs_path, rec)
+                rows.append(rec)
+                log(f"[{arm}] step {st:6d} N={n:4d} seed {s}: copies {rec['copy_fraction']:.3f} basins "
+                    f"{rec['basin_agreement']:.3f} E_mem/E_gen(mem) {rec['e_mem_rel']:.3f} (same "
+                    f"{rec['e_mem_same_rel']:.3f}, switched {rec['e_mem_switched_rel']:.3f}) E_gen/E_gen(mem) "
+                    f"{rec['e_gen_rel']:.3f}  [{time.perf_counter() - t0:.0f} s]")
+            atomic_torch_save({"settings": settings, "trainer": tr.state_dict()}, ckpt)
+    summary = []
+    for size, target in arms:
+        arm = f"{parse_size(size)['label']} {target}"
+        for n in n_trains:
+            for st in stages:
+                sel = [r for r in rows if r["arm"] == arm and r["n_train"] == n and r["stage"] == st]
+                if not sel:
+                    continue
+                row: dict[str, Any] = {"arm": arm, "size": sel[0]["size"], "target": target,
+                                       "n_params": sel[0]["n_params"], "n_train": n, "stage": st, "seeds": len(sel)}
+                for f in FIELDS:
+                    row[f], row[f + "_ci95"] = _t_ci([r[f] for r in sel])
+                summary.append(row)
+    expected = len(arms) * len(members) * len(stages)
+    return {"rows": rows, "summary": summary, "complete": len(rows) == expected, "n_rows": len(rows),
+            "n_rows_expected": expected, "seconds": time.perf_counter() - t0}
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summ = result["summary"]
+    sizes = sorted({r["arm"] for r in summ}, key=lambda a: (next(r["n_params"] for r in summ if r["arm"] == a), a))
+    panels = [("copy_fraction", "copy fraction (d1/d2 < 1/3)"), ("basin_agreement", "basin agreement with memorizer"),
+              ("e_mem_rel", "E_mem / E_gen(memorizer)"), ("e_gen_rel", "E_gen / E_gen(memorizer)")]
+    fig, axes = plt.subplots(len(sizes), 4, figsize=(17, 3.6 * len(sizes)), squeeze=False)
+    ns = sorted({r["n_train"] for r in summ})
+    cmap = plt.get_cmap("viridis")
+    for i, size in enumerate(sizes):
+        for j, (f, title) in enumerate(panels):
+            ax = axes[i][j]
+            for k, n in enumerate(ns):
+                sel = sorted((r for r in summ if r["arm"] == size and r["n_train"] == n), key=lambda r: r["stage"])
+                if not sel:
+                    continue
+                x = [r["stage"] for r in sel]
+                c = cmap(k / max(1, len(ns) - 1))
+                ax.plot(x, [r[f] for r in sel], "o-", color=c, label=f"N={n}", ms=3)
+                ax.fill_between(x, [r[f + "_ci95"][0] for r in sel], [r[f + "_ci95"][1] for r in sel], color=c,
+                                alpha=0.2, lw=0)
+                if f == "e_mem_rel":
+                    ax.plot(x, [r["e_mem_switched_rel"] for r in sel], ":", color=c, lw=1)
+            ax.set_xscale("log")
+            ax.set_xlabel("training steps")
+            ax.set_title(f"{size}: {title}", fontsize=9)
+            ax.grid(alpha=0.3)
+            if f in ("copy_fraction", "basin_agreement"):
+                ax.set_ylim(-0.02, 1.02)
+        axes[i][0].legend(fontsize=7, loc="best")
+    axes[0][2].text(0.02, 0.02, "dotted: switched-basin part", transform=axes[0][2].transAxes, fontsize=7)
+    fig.suptitle("Digits students through training: 95% t-intervals over seeds", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from pfd.report import write_json
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run into results/quick/")
+    ap.add_argument("--out-dir", default=None)
+    ap.add_argument("--sizes", default="mlp:192:3")
+    ap.add_argument("--n-trains", default="8,16,32,64,128")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--stages", default="2000,5000,10000,20000")
+    ap.add_argument("--targets", default="sample", help="comma-separated: sample (DSM), posterior (exact target)")
+    ap.add_argument("--n-eval", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--name", default=None, help="write memorization_digits_NAME.json (a part run in its own process)")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out_dir) if args.out_dir else RESULTS / ("quick" if args.quick else "")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.quick:
+        sizes, n_trains, seeds, stages, n_eval = ["mlp:16:2"], [8, 16], [0, 1], [40, 80], 128
+        train = {"check_every": 20, "n_check": 64, "warmup": 10}
+    else:
+        sizes, seeds = args.sizes.split(","), list(range(args.seeds))
+        n_trains = [int(v) for v in args.n_trains.split(",")]
+        stages, n_eval, train = [int(v) for v in args.stages.split(",")], args.n_eval, None
+    targets = tuple(args.targets.split(","))
+    res = run_study(sizes, n_trains, seeds, stages, out_dir=out, targets=targets, n_eval=n_eval, train=train,
+                    device=args.device, progress=not args.quick)
+    from pfd.analysis.mtog import DEFAULT_TRAIN
+
+    res["config"] = {"teacher": "digits", "sizes": sizes, "targets": list(targets), "n_trains": n_trains,
+                     "seeds": seeds, "stages": stages,
+                     "n_eval": n_eval, "eval_seed": 0, "solver": {"solver": "heun", "steps": 18},
+                     "train": {**DEFAULT_TRAIN, "min_steps": "off (constant lr)", **(train or {})},
+                     "threads": args.threads, "device": args.device,
+                     "copy_threshold": 1 / 3, "intervals": "95% t over seeds",
+                     "machine": "2 CPU cores shared with other jobs" if args.device == "cpu" else args.device}
+    path = out / ("memorization_digits.json" if args.name is None else f"memorization_digits_{args.name}.json")
+    write_json(path, res)
+    plot(res, path.with_suffix(".png"))
+    print(f"wrote {path} ({res['n_rows']}/{res['n_rows_expected']} rows, complete={res['complete']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
