@@ -39,15 +39,20 @@ RESULTS = Path(__file__).resolve().parent / "results"
 FIELDS = ("copy_fraction", "basin_agreement", "e_mem_rel", "e_gen_rel", "e_mem_same_rel", "e_mem_switched_rel")
 
 
-def _t_ci(vals: list[float]) -> tuple[float, list[float]]:
-    """Mean and 95% t-interval over seeds (the half-width is 0 for one value)."""
+PROPORTIONS = ("copy_fraction", "basin_agreement")
+
+
+def _t_ci(vals: list[float], proportion: bool = False) -> tuple[float, list[float]]:
+    """Mean and 95% t-interval over seeds (the half-width is 0 for one value); for a
+    ``proportion`` the interval is clipped to [0, 1]."""
     from scipy.stats import t
 
     m = statistics.fmean(vals)
     if len(vals) < 2:
         return m, [m, m]
     half = t.ppf(0.975, len(vals) - 1) * statistics.stdev(vals) / math.sqrt(len(vals))
-    return m, [m - half, m + half]
+    lo, hi = m - half, m + half
+    return m, [max(0.0, lo), min(1.0, hi)] if proportion else [lo, hi]
 
 
 def run_study(sizes: list[str], n_trains: list[int], seeds: list[int], stages: list[int], *, out_dir: Path,
@@ -181,7 +186,7 @@ def run_study(sizes: list[str], n_trains: list[int], seeds: list[int], stages: l
                 row: dict[str, Any] = {"arm": arm, "size": sel[0]["size"], "target": target,
                                        "n_params": sel[0]["n_params"], "n_train": n, "stage": st, "seeds": len(sel)}
                 for f in FIELDS:
-                    row[f], row[f + "_ci95"] = _t_ci([r[f] for r in sel])
+                    row[f], row[f + "_ci95"] = _t_ci([r[f] for r in sel], proportion=f in PROPORTIONS)
                 summary.append(row)
     expected = len(arms) * len(members) * len(stages)
     return {"rows": rows, "summary": summary, "routing": routing, "routing_summary": _routing_summary(routing),
@@ -288,7 +293,7 @@ def _distill_summary(distilled: list[dict[str, Any]], rows: list[dict[str, Any]]
                 continue
             row: dict[str, Any] = {"n_train": n, "segments": k, "seeds": len(sel)}
             for f in ("copy_fraction", "basin_agreement", "e_mem_rel", "e_gen_rel") + (("pfd_to_teacher",) if k else ()):
-                row[f], row[f + "_ci95"] = _t_ci([r[f] for r in sel])
+                row[f], row[f + "_ci95"] = _t_ci([r[f] for r in sel], proportion=f in PROPORTIONS)
             out.append(row)
     return out
 
@@ -298,7 +303,7 @@ def _routing_summary(routing: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for arm, n in sorted({(r["arm"], r["n_train"]) for r in routing}):
         sel = [r for r in routing if r["arm"] == arm and r["n_train"] == n]
         for k, split in enumerate(sel[0]["splits"]):
-            m, ci = _t_ci([r["splits"][k]["basin_agreement"] for r in sel])
+            m, ci = _t_ci([r["splits"][k]["basin_agreement"] for r in sel], proportion=True)
             out.append({"arm": arm, "n_train": n, "mode": split["mode"], "sigma_c": split["sigma_c"], "seeds": len(sel),
                         "basin_agreement": m, "basin_agreement_ci95": ci})
     return out
@@ -332,6 +337,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 if f == "e_mem_rel":
                     ax.plot(x, [r["e_mem_switched_rel"] for r in sel], ":", color=c, lw=1)
             ax.set_xscale("log")
+            stages = sorted({r["stage"] for r in summ})
+            ax.set_xticks(stages, [f"{st // 1000}k" if st >= 1000 else str(st) for st in stages])
+            ax.minorticks_off()
             ax.set_xlabel("training steps")
             ax.set_title(f"{size}: {title}", fontsize=9)
             ax.grid(alpha=0.3)
