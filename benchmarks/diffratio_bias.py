@@ -27,9 +27,11 @@ from pathlib import Path
 import torch
 
 import pfd
-from pfd.adapters import GeneratorStudent, GridMap, RatioCorrectedMap, fit_ratio, grad_log_ratio
+from pfd.adapters import RATIO_TRAIN, GeneratorStudent, GridMap, RatioCorrectedMap, fit_ratio, grad_log_ratio
 from pfd.adapters.ratio import ratio_heldout_loss
 from pfd.distill.diffratio import (
+    DIFFRATIO_TRAIN,
+    REFIT_TRAIN,
     fit_score_net,
     generator_gradient,
     ratio_score_difference,
@@ -83,11 +85,12 @@ def part_a(p, q, budgets, m, seed):
     rows = []
     for steps in budgets:
         t0 = time.perf_counter()
-        fit = fit_ratio(xq_pool, xp_pool, sigma_min=SIGMA_RANGE[0], sigma_max=SIGMA_RANGE[1], train_steps=steps, seed=seed)
+        cfg = RATIO_TRAIN.replace(train_steps=steps)
+        fit = fit_ratio(xq_pool, xp_pool, sigma_min=SIGMA_RANGE[0], sigma_max=SIGMA_RANGE[1], seed=seed, config=cfg)
         t_ratio = time.perf_counter() - t0
         t0 = time.perf_counter()
-        sq = fit_score_net(xq_pool, sigma_min=SIGMA_RANGE[0], sigma_max=SIGMA_RANGE[1], train_steps=steps, seed=seed + 10)
-        sp = fit_score_net(xp_pool, sigma_min=SIGMA_RANGE[0], sigma_max=SIGMA_RANGE[1], train_steps=steps, seed=seed + 11)
+        sq = fit_score_net(xq_pool, sigma_min=SIGMA_RANGE[0], sigma_max=SIGMA_RANGE[1], seed=seed + 10, config=cfg)
+        sp = fit_score_net(xp_pool, sigma_min=SIGMA_RANGE[0], sigma_max=SIGMA_RANGE[1], seed=seed + 11, config=cfg)
         t_two = time.perf_counter() - t0
         d_ratio, d_two = ratio_score_difference(fit.log_ratio), two_score_difference(sq, sp)
         for sig in SIGMAS:
@@ -132,7 +135,7 @@ def part_b(teacher, train_steps, n, n_emp, seed):
         return r.value, r.stderr
 
     # --- DiffRatio student
-    res = train_diffratio(data, train_steps=train_steps, seed=seed)
+    res = train_diffratio(data, seed=seed, config=DIFFRATIO_TRAIN.replace(train_steps=train_steps))
     out["diffratio_train_seconds"] = res.seconds
     xs = res.sample(n_emp, seed=seed + 30)
     inmode, covered = mode_stats(xs, teacher)
@@ -156,7 +159,7 @@ def part_b(teacher, train_steps, n, n_emp, seed):
     between = pfd.distance(rmap, emp_map, noise=z, progress=False)
     # refit variants: constant learning rate, fewer steps
     t0 = time.perf_counter()
-    refit_c = res.refit_ratio(data, seed=seed + 41, train_steps=1500, lr_schedule="constant")
+    refit_c = res.refit_ratio(data, seed=seed + 41, lr_schedule="constant", config=REFIT_TRAIN.replace(train_steps=1500))
     t_c = time.perf_counter() - t0
     rmap_c = RatioCorrectedMap(teacher, refit_c)
     variants = [
@@ -186,29 +189,40 @@ def part_b(teacher, train_steps, n, n_emp, seed):
         "ratio_variants": variants,
     }
     # --- trajectory students
-    from pfd.demo import train_one_step_student
-
-    trow = []
-    t0 = time.perf_counter()
-    net = train_one_step_student(teacher.ode_map(), 2, steps=1500, seed=seed + 51)
-    t_train = time.perf_counter() - t0
-    students = {
-        "one-step regression MLP": GeneratorStudent(net, kind="trajectory", shape=(2,)),
-        "Euler 4-step (own grid)": GridMap(teacher.denoiser, [80.0, 5.0, 0.5, 0.05], solver="euler", shape=(2,)),
-    }
-    for name, st in students.items():
-        xs_t = st(pfd.canonical_noise(n_emp, (2,), seed=seed + 60))
-        pm, pm_se = pfd_of(st)
-        pdist, pdist_se = pfd_of(pfd.GaussianMixture.empirical(xs_t).ode_map())
-        inm, cov = mode_stats(xs_t, teacher)
-        trow.append({"student": name, "kind": st.kind, "pfd_map": pm, "pfd_map_stderr": pm_se, "pfd_dist_exact": pdist,
-                     "pfd_dist_stderr": pdist_se, "in_mode_fraction": inm, "modes_covered": cov})
-    out["trajectory_students"] = trow
-    out["trajectory_train_seconds"] = t_train
+    out["trajectory_students"], out["trajectory_train_seconds"] = trajectory_students(teacher, pfd_of, n_emp, seed)
     # reference floor: the teacher's own samples through the same empirical route
     xt = teacher.sample(n_emp, seed=seed + 70)
     out["empirical_floor_pfd"] = pfd_of(pfd.GaussianMixture.empirical(xt).ode_map())[0]
     return out
+
+
+def one_step_student(teacher, seed):
+    """The regression one-step student of part B (the demo's training settings), as a trajectory student."""
+    from pfd.demo import DEMO_ONE_STEP
+    from pfd.distill.onestep import train_one_step_student
+
+    one_step, _ = train_one_step_student(teacher.ode_map(), (2,), seed=seed + 51, data_seed=seed + 51,
+                                         config=DEMO_ONE_STEP.replace(progress=False))
+    return GeneratorStudent(one_step.fn, kind="trajectory", shape=(2,))
+
+
+def trajectory_students(teacher, pfd_of, n_emp, seed, names=None):
+    """Rows (PFD_map, exact PFD_dist, mode statistics) of the trajectory students; ``names`` picks some."""
+    t0 = time.perf_counter()
+    students = {"one-step regression MLP": one_step_student(teacher, seed)}
+    t_train = time.perf_counter() - t0
+    students["Euler 4-step (own grid)"] = GridMap(teacher.denoiser, [80.0, 5.0, 0.5, 0.05], solver="euler", shape=(2,))
+    rows = []
+    for name, st in students.items():
+        if names is not None and name not in names:
+            continue
+        xs_t = st(pfd.canonical_noise(n_emp, (2,), seed=seed + 60))
+        pm, pm_se = pfd_of(st)
+        pdist, pdist_se = pfd_of(pfd.GaussianMixture.empirical(xs_t).ode_map())
+        inm, cov = mode_stats(xs_t, teacher)
+        rows.append({"student": name, "kind": st.kind, "pfd_map": pm, "pfd_map_stderr": pm_se, "pfd_dist_exact": pdist,
+                     "pfd_dist_stderr": pdist_se, "in_mode_fraction": inm, "modes_covered": cov})
+    return rows, t_train
 
 
 def plot(rows, path):

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _fair import RunStore, mean_ci95, run_key
 
 import pfd
+from pfd.adapters import RATIO_TRAIN
 from pfd.distill.diffratio import fit_score_net
 from pfd.distill.matching import MixtureGenerator, train_matching
 from pfd.estimator import versions
@@ -67,27 +68,27 @@ def run_one(arm: str, seed: int, config: dict[str, Any], cache: dict[str, Any]) 
     if arm.startswith("dmd"):
         if seed not in cache:
             t0 = time.perf_counter()
-            net = fit_score_net(data, sigma_min=lo, sigma_max=hi, train_steps=config["teacher_steps"],
-                                batch_size=config["batch_size"], width=config["score_size"][0],
-                                depth=config["score_size"][1], seed=2000 + seed, progress=False)
+            score_cfg = pfd.TrainConfig(width=config["score_size"][0], depth=config["score_size"][1],
+                                        train_steps=config["teacher_steps"], batch_size=config["batch_size"],
+                                        lr=RATIO_TRAIN.lr, progress=False)
+            net = fit_score_net(data, sigma_min=lo, sigma_max=hi, seed=2000 + seed, config=score_cfg)
             z = pfd.canonical_noise(config["n_pfd"], (2,), seed=7)
             res = pfd.distance(target.ode_map(), pfd.DiffusionMap(net.denoiser, shape=(2,)), noise=z, progress=False)
             cache[seed] = (net, {"teacher_pfd": res.value, "teacher_pfd_stderr": res.stderr,
                                  "teacher_seconds": time.perf_counter() - t0})
         teacher, extra = cache[seed]
-    kw: dict[str, Any] = {}
     if arm.startswith("diffratio"):
         h, d = (int(v) for v in arm.split("-h")[1].split("x"))
-        kw = {"aux_width": h, "aux_depth": d}
         arm_kind = "diffratio"
     else:
         arm_kind = arm
-        kw = {"aux_width": config["score_size"][0], "aux_depth": config["score_size"][1]}
+        h, d = config["score_size"]
+    train = pfd.TrainConfig(width=h, depth=d, train_steps=config["steps"], batch_size=config["batch_size"],
+                            lr=config["lr"], n_eval=config["n_eval"], progress=False)
     gen0 = MixtureGenerator.initial(target, seed=seed, **config["init"])
-    res = train_matching(target, gen0, arm_kind, reference=data, teacher=teacher, train_steps=config["steps"],
-                         aux_steps=config["aux_steps"], batch_size=config["batch_size"], sigma_min=lo, sigma_max=hi,
-                         lr=config["lr"], aux_lr=config["aux_lr"], eval_every=config["eval_every"],
-                         n_eval=config["n_eval"], seed=seed, progress=False, **kw)
+    res = train_matching(target, gen0, arm_kind, reference=data, teacher=teacher, aux_steps=config["aux_steps"],
+                         aux_lr=config["aux_lr"], sigma_min=lo, sigma_max=hi, eval_every=config["eval_every"], seed=seed,
+                         config=train)
     law = res.generator.law()
     z = pfd.canonical_noise(config["n_pfd"], (2,), seed=7)
     pd = pfd.distance(target.ode_map(), law.ode_map(), noise=z, progress=False)

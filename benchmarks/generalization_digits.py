@@ -517,7 +517,7 @@ def dsm_trajectory_pairs(net: Any, dim: int, grid_t: torch.Tensor, n: int, seed:
 
 
 def run_distill(st: Study) -> dict[str, Any]:
-    from pfd.distill import train_trajectory_student
+    from pfd.distill import TRAJECTORY_TRAIN, train_trajectory_student
     from pfd.schedules import get_process, time_grid
 
     c, ds = st.cfg, st.cfg["distill"]
@@ -546,10 +546,10 @@ def run_distill(st: Study) -> dict[str, Any]:
             else:
                 grid = time_grid(k, t_min, t_max, "edm", "ou")
                 xs, ys = dsm_trajectory_pairs(net, st.teacher.dim, grid, ds["n_pairs"], ds["seed"], ds["substeps"])
-                stu, hist = train_trajectory_student(st.teacher, grid, process="ou", train_steps=ds["steps"],
-                                                     batch_size=256, lr=2e-3, width=ds["hidden"],
-                                                     depth=ds["student_depth"],
-                                                     seed=ds["seed"], pairs=(xs, ys), progress=False)
+                train = TRAJECTORY_TRAIN.replace(width=ds["hidden"], depth=ds["student_depth"], train_steps=ds["steps"],
+                                                 progress=False)
+                stu, hist = train_trajectory_student(st.teacher, grid, process="ou", seed=ds["seed"], pairs=(xs, ys),
+                                                     config=train)
                 smap, kind = stu.as_map(), f"{k}-step trajectory student"
                 fid = pfd.distance(smap, dsm_map, n=n_eval, seed=eval_seed, progress=False)
                 extra = {"pfd_to_dsm_teacher": fid.value, "pfd_to_dsm_teacher_ci95": list(fid.ci95),

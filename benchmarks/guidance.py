@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pfd
 from pfd.analysis.baselines import frechet_distance, prdc
-from pfd.distill.onestep import train_one_step_student
+from pfd.distill.onestep import ONE_STEP_TRAIN, train_one_step_student
 from pfd.maps import OneStepMap
 from pfd.noise import LabelSource, NoiseSource
 from pfd.report import format_table, write_json
@@ -176,8 +176,9 @@ def main() -> None:
     for w in guidance:
         teacher = cg.ode_map(guidance=w, **cfg["teacher_solver"])
         sc = cfg["student"]
-        student, hist = train_one_step_student(teacher, SHAPE, label_probs=probs, n_train=sc["n_train"], steps=sc["steps"],
-                                               hidden=sc["hidden"], depth=sc["depth"], lr=sc["lr"], data_seed=sc["data_seed"])
+        train = ONE_STEP_TRAIN.replace(width=sc["hidden"], depth=sc["depth"], train_steps=sc["steps"], lr=sc["lr"])
+        student, hist = train_one_step_student(teacher, SHAPE, label_probs=probs, n_train=sc["n_train"],
+                                               data_seed=sc["data_seed"], config=train)
         r = pfd.distance(student, teacher, n=cfg["n_eval"], seed=cfg["eval_seed"], labels=probs, by_label=True)
         metr = class_metrics(teacher, student, probs, cfg["n_eval"], cfg["eval_seed"])
         students[w] = (student, teacher, r, metr)

@@ -80,9 +80,9 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
                 inc_plus = segment_increments(gmm, grid, rate="plus")
                 vals = []
                 for seed in config["seeds"]:
-                    student, hist = train_trajectory_student(
-                        gmm, grid, train_steps=config["steps"], batch_size=config["batch_size"], n_train=config["n_train"],
-                        width=config["hidden"], depth=config["depth"], lr=config["lr"], seed=seed)
+                    train = pfd.TrainConfig(width=config["hidden"], depth=config["depth"], train_steps=config["steps"],
+                                            batch_size=config["batch_size"], lr=config["lr"])
+                    student, hist = train_trajectory_student(gmm, grid, n_train=config["n_train"], seed=seed, config=train)
                     with torch.no_grad():
                         yh = student(xT).to(torch.float64)
                     rel = float(((yh - yT) ** 2).sum()) / denom

@@ -100,11 +100,12 @@ def run_setting_seed(st: dict[str, Any], seed: int, config: dict[str, Any], stor
                     test = (xT, yT, float((yT**2).sum()))
                 if pairs is None:
                     pairs = exact_pairs(gmm, grid, config["n_train"], seed=seed)
+                train = pfd.TrainConfig(width=config["hidden"], depth=config["depth"], train_steps=budget,
+                                        batch_size=config["batch_size"], lr=config["lr"], progress=False)
                 student, hist = train_trajectory_student(
-                    gmm, grid, train_steps=budget, batch_size=config["batch_size"], n_train=config["n_train"],
-                    width=config["hidden"], depth=config["depth"], lr=config["lr"], seed=seed, pairs=pairs,
-                    time_conditioned=tc, plateau=True, eval_every=config["eval_every"], patience=config["patience"],
-                    rel_tol=config["rel_tol"], n_val=config["n_val"], progress=False)
+                    gmm, grid, n_train=config["n_train"], seed=seed, pairs=pairs, time_conditioned=tc, plateau=True,
+                    eval_every=config["eval_every"], patience=config["patience"], rel_tol=config["rel_tol"],
+                    n_val=config["n_val"], config=train)
                 with torch.no_grad():
                     yh = student(test[0]).to(torch.float64)
                 rec = {"setting": st["name"], "grid": gname, "K": K, "time_conditioned": tc, "budget": budget,

@@ -13,6 +13,7 @@ True
 
 from pfd import adapters, analysis, analytic, solver_error, spec, stability
 from pfd._checks import NonFiniteError, SolveBudgetError
+from pfd._train import TrainConfig
 from pfd._version import __version__
 from pfd.analysis import bias_variance, generalization_errors
 from pfd.analytic.conditional import ConditionalGaussianMixture
@@ -36,6 +37,7 @@ __all__ = [
     "PFDResult",
     "SolveBudgetError",
     "SolverError",
+    "TrainConfig",
     "__version__",
     "adapters",
     "analysis",

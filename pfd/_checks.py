@@ -106,6 +106,13 @@ def is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def check_callable(obj: Any, name: str, expected: str) -> Any:
+    """``obj`` if it is callable, else a TypeError: "``name`` must be ``expected``, got <type>"."""
+    if not callable(obj):
+        raise TypeError(f"{name} must be {expected}, got {type(obj).__name__}")
+    return obj
+
+
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     """``value`` as a Python int >= ``minimum``; numpy integers are accepted (not bools or floats)."""
     if not is_int(value):

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from pfd._checks import check_shape, find_modules
+from pfd._checks import check_callable, check_shape, find_modules
 
 
 def model_dtype(fn: Callable[..., Any], override: torch.dtype | None) -> torch.dtype:
@@ -127,8 +127,7 @@ def as_student_map(student: Any, shape: tuple[int, ...]) -> Callable[[torch.Tens
         from pfd.maps import OneStepMap
 
         return OneStepMap(student, shape=shape, name=type(student).__name__)
-    if not callable(student):
-        raise TypeError(f"student must be a noise-to-data map or a torch.nn.Module G(z), got {type(student).__name__}")
+    check_callable(student, "student", "a noise-to-data map or a torch.nn.Module G(z)")
     return student
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pfd._version import __version__
@@ -128,7 +128,7 @@ def _add_common(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), **defaul
     the dataclass defaults, ``skip`` leaves fields out) and those every analysis shares."""
     from dataclasses import MISSING, fields
 
-    from pfd.analysis.students import TrainConfig
+    from pfd._train import TrainConfig
 
     p.add_argument("--teacher", default="cross4d",
                    help=f"named analytic teacher: one of {', '.join(sorted(TEACHERS))} (default cross4d)")
@@ -187,7 +187,7 @@ def _check_common(args: argparse.Namespace):
     from dataclasses import fields
     from pathlib import Path
 
-    from pfd.analysis.students import TrainConfig
+    from pfd._train import TrainConfig
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     try:
@@ -215,9 +215,19 @@ def _check_outputs(out, names: Sequence[str], args: argparse.Namespace) -> None:
         check_writable(out / name, "--out-dir")
 
 
+def _write_outputs(args: argparse.Namespace, out, stem: str, result: Any, plot: Callable[[Any], Any]) -> None:
+    """OUT/<stem>.json holding ``result`` and, unless --no-plot, OUT/<stem>.png drawn by ``plot(path)``."""
+    from pfd.report import write_json
+
+    write_json(out / f"{stem}.json", result)
+    if not args.no_plot:
+        plot(out / f"{stem}.png")
+
+
 def _cmd_mtog(args: argparse.Namespace) -> int:
     from pfd.analysis.mtog import mtog_scaling
-    from pfd.report import format_table, write_json
+    from pfd.analysis.plots import plot_mtog
+    from pfd.report import format_table
 
     teacher, out, config = _check_common(args)
     if args.teacher == "digits" or args.sizes is not None:
@@ -228,11 +238,7 @@ def _cmd_mtog(args: argparse.Namespace) -> int:
         raise ValueError("--n-trains must be >= 2, --widths >= 1 and --seeds >= 0")
     _check_outputs(out, ("mtog_runs.jsonl", "mtog.json", "mtog.png"), args)
     res = mtog_scaling(teacher, args.n_trains, args.widths, args.seeds, out=out / "mtog_runs.jsonl", config=config)
-    write_json(out / "mtog.json", res)
-    if not args.no_plot:
-        from pfd.analysis.plots import plot_mtog
-
-        plot_mtog(res, out / "mtog.png")
+    _write_outputs(args, out, "mtog", res, lambda png: plot_mtog(res, png))
     rows = [{"N": r["n_train"], "width": r["width"], "|θ|": r["n_params"], "seed": r["seed"], "E_gen": r["e_gen"],
              "E_mem": r["e_mem"]} for r in res["runs"]]
     print(format_table(rows, ["N", "width", "|θ|", "seed", "E_gen", "E_mem"]))
@@ -249,7 +255,7 @@ def _cmd_mtog(args: argparse.Namespace) -> int:
 
 def _cmd_mtog_fair(args: argparse.Namespace, out) -> int:
     from pfd.analysis.mtog import half_octaves, mtog_sweep
-    from pfd.report import write_json
+    from pfd.analysis.plots import plot_mtog_sweep
 
     sizes = (args.sizes or "mlp:24:3,mlp:64:3,mlp:192:3,mlp:512:3").split(",")
     n_trains = args.n_trains or half_octaves(8, 2048)
@@ -261,11 +267,7 @@ def _cmd_mtog_fair(args: argparse.Namespace, out) -> int:
     res = mtog_sweep(args.teacher, n_trains, sizes, seeds, out=out / "mtog_runs_fair.jsonl", train=train,
                      n_eval=args.n_eval, eval_seed=args.eval_seed, device=args.device, processes=args.processes,
                      wall_budget=args.wall_budget, n_boot=args.n_boot, progress=not args.no_progress)
-    write_json(out / "mtog.json", res)
-    if not args.no_plot:
-        from pfd.analysis.plots import plot_mtog_sweep
-
-        plot_mtog_sweep(res, out / "mtog.png")
+    _write_outputs(args, out, "mtog", res, lambda png: plot_mtog_sweep(res, png))
     for t in res["transitions"]:
         ci = t["n_star_ci95"]
         print(f"{t['size']} (|θ| = {t['params']}): E_gen transition N* = "
@@ -279,7 +281,8 @@ def _cmd_mtog_fair(args: argparse.Namespace, out) -> int:
 
 def _cmd_dynamics(args: argparse.Namespace) -> int:
     from pfd.analysis.dynamics import training_dynamics
-    from pfd.report import format_table, write_json
+    from pfd.analysis.plots import plot_dynamics
+    from pfd.report import format_table
 
     teacher, out, config = _check_common(args)
     for name in ("n_train", "epochs", "eval_every"):
@@ -290,11 +293,7 @@ def _cmd_dynamics(args: argparse.Namespace) -> int:
     _check_outputs(out, ("dynamics.pt", "dynamics.json", "dynamics.png"), args)
     res = training_dynamics(teacher, args.n_train, epochs=args.epochs, eval_every=args.eval_every, seed=args.seed,
                             checkpoint=out / "dynamics.pt", config=config)
-    write_json(out / "dynamics.json", res)
-    if not args.no_plot:
-        from pfd.analysis.plots import plot_dynamics
-
-        plot_dynamics([res], out / "dynamics.png")
+    _write_outputs(args, out, "dynamics", res, lambda png: plot_dynamics([res], png))
     print(format_table(res["rows"], ["epoch", "e_gen", "e_mem", "train_loss", "heldout_loss"]))
     f = res["features"]
     m = f["minimum"]
@@ -305,18 +304,15 @@ def _cmd_dynamics(args: argparse.Namespace) -> int:
 
 def _cmd_bias_variance(args: argparse.Namespace) -> int:
     from pfd.analysis.decomposition import bias_variance_study
-    from pfd.report import format_table, write_json
+    from pfd.analysis.plots import plot_bias_variance
+    from pfd.report import format_table
 
     teacher, out, config = _check_common(args)
     if any(n < 2 for n in args.n_train) or args.k < 2 or args.seed < 0:
         raise ValueError("--n-train must be >= 2, --k >= 2 and --seed >= 0")
     _check_outputs(out, ("bias_variance.json", "bias_variance.png"), args)
     studies = [bias_variance_study(teacher, n, args.k, seed=args.seed, config=config) for n in args.n_train]
-    write_json(out / "bias_variance.json", {"studies": studies})
-    if not args.no_plot:
-        from pfd.analysis.plots import plot_bias_variance
-
-        plot_bias_variance(studies, out / "bias_variance.png")
+    _write_outputs(args, out, "bias_variance", {"studies": studies}, lambda png: plot_bias_variance(studies, png))
     rows = [{"N": s["config"]["n_train"], "model": kind, "E_bias²": s[kind]["bias2"], "E_var": s[kind]["var"],
              "E_bias² plug-in": s[kind]["bias2_plugin"], "E_var plug-in": s[kind]["var_plugin"],
              "mean E_gen²": s[kind]["mean_gen2"], "rel. residual": s[kind]["identity_residual"]}

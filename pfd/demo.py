@@ -8,7 +8,8 @@ Students (all evaluated on the same canonical noise as the teacher):
 * memorizing models: the empirical distribution of N training points drawn from the teacher,
   for several N (their PFD to the teacher falls as N grows);
 * a one-step student: an MLP distilled by regression onto the teacher's noise-to-data pairs
-  (trained here in a few seconds, on noise disjoint from the evaluation noise).
+  (:func:`pfd.distill.onestep.train_one_step_student`, trained here in a few seconds, on noise
+  disjoint from the evaluation noise).
 
 The teacher's map is a tight-tolerance dopri5 solve (the reference), computed once and cached.
 """
@@ -18,53 +19,23 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
-
+from pfd._train import TrainConfig
 from pfd.analytic.gmm import GaussianMixture
 from pfd.analytic.teachers import hexagon_teacher
+from pfd.distill.onestep import train_one_step_student
 from pfd.estimator import distance, versions
-from pfd.maps import CachedMap, OneStepMap
-from pfd.noise import canonical_noise, derive_seed
+from pfd.maps import CachedMap
+from pfd.noise import derive_seed
 
-__all__ = ["run_demo", "train_one_step_student"]
+__all__ = ["DEMO_ONE_STEP", "run_demo"]
 
 REFERENCE = {"solver": "dopri5", "rtol": 1e-8, "atol": 1e-8}
+DEMO_ONE_STEP = TrainConfig(width=128, depth=3, train_steps=1500, batch_size=512, lr=2e-3)
+"""The demo's one-step student (:func:`pfd.distill.onestep.train_one_step_student`): seconds on a CPU."""
 
 
 def _perturbed(gmm: GaussianMixture) -> GaussianMixture:
     return GaussianMixture(gmm.weights, 1.05 * gmm.means, 1.2 * gmm.component_covs())
-
-
-def train_one_step_student(
-    teacher_map, dim: int, *, n_pairs: int = 8192, steps: int = 1500, width: int = 128, seed: int = 1
-) -> torch.nn.Module:
-    """Distil a one-step MLP G(z) ~ teacher(z) by regression on teacher pairs (CPU, seconds).
-
-    The training noise is canonical noise of seed ``seed`` (evaluation uses seed 0 by default).
-    """
-    z = canonical_noise(n_pairs, (dim,), seed=seed)
-    with torch.no_grad():
-        y = teacher_map(z)
-    gen = torch.Generator().manual_seed(derive_seed(seed, 77))
-    with torch.random.fork_rng():
-        torch.manual_seed(derive_seed(seed, 78) % (2**63))
-        net = torch.nn.Sequential(
-            torch.nn.Linear(dim, width), torch.nn.SiLU(),
-            torch.nn.Linear(width, width), torch.nn.SiLU(),
-            torch.nn.Linear(width, width), torch.nn.SiLU(),
-            torch.nn.Linear(width, dim),
-        )
-    zf, yf = z.float(), y.float()
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(steps):
-        idx = torch.randint(0, n_pairs, (512,), generator=gen)
-        loss = (net(zf[idx]) - yf[idx]).pow(2).sum(1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return net.eval()
 
 
 def run_demo(n: int = 4096, seed: int = 0, batch_size: int = 1024, progress: bool = True,
@@ -105,12 +76,10 @@ def run_demo(n: int = 4096, seed: int = 0, batch_size: int = 1024, progress: boo
     for n_train in (16, 256, 4096):
         emp = GaussianMixture.empirical(gmm.sample(n_train, seed=derive_seed(seed, 5, n_train) % (2**31)))
         score(f"memorizing, N={n_train}", emp.ode_map(), "heun, 18 grid pts", {"n_train": n_train})
-    # a one-step distilled student
-    t0 = time.perf_counter()
-    net = train_one_step_student(teacher, gmm.dim, steps=train_steps, seed=seed + 1)
-    train_s = time.perf_counter() - t0
-    score("one-step MLP (regression distilled)", OneStepMap(net, shape=gmm.event_shape, name="mlp"),
-          "1 step", {"train_seconds": train_s})
+    # a one-step distilled student, trained on the canonical noise of seed + 1 (not the evaluation noise)
+    config = DEMO_ONE_STEP.replace(train_steps=train_steps, progress=progress)
+    student, hist = train_one_step_student(teacher, gmm.event_shape, seed=seed + 1, data_seed=seed + 1, config=config)
+    score("one-step MLP (regression distilled)", student, "1 step", {"train_seconds": hist["seconds"]})
     return {
         "teacher": {"mixture": gmm.to_dict(), "map": teacher.describe()},
         "n": n,

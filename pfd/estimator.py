@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pfd._checks import call_descriptor, call_map, check_positive_int, check_shape, progress_context
+from pfd._checks import call_descriptor, call_map, check_callable, check_positive_int, check_shape, progress_context
 from pfd._labels import Conditions, resolve_labels
 from pfd._reduce import (
     ExactSum,
@@ -207,10 +207,8 @@ def distance(
     from pfd.solver_error import check_mode
 
     se_mode = check_mode(solver_error)
-    if not callable(a):
-        raise TypeError(f"a must be a callable noise-to-data map, got {type(a).__name__}")
-    if not callable(b):
-        raise TypeError(f"b must be a callable noise-to-data map, got {type(b).__name__}")
+    check_callable(a, "a", "a callable noise-to-data map")
+    check_callable(b, "b", "a callable noise-to-data map")
     if descriptor is not None and not callable(descriptor):
         raise TypeError(f"descriptor must be callable or None, got {type(descriptor).__name__}")
     auto_batch = isinstance(batch_size, str)

@@ -19,6 +19,7 @@ import torch
 from pfd._checks import (
     SolveBudgetError,
     call_model,
+    check_callable,
     check_finite,
     check_output,
     check_positive_float,
@@ -190,8 +191,7 @@ class DiffusionMap(MapBase):
         max_nfe: int | None = None,
         progress: bool = True,
     ) -> None:
-        if not callable(denoiser):
-            raise TypeError(f"denoiser must be callable D(x, sigma), got {type(denoiser).__name__}")
+        check_callable(denoiser, "denoiser", "callable D(x, sigma)")
         self.denoiser = denoiser
         self.sigma_min, self.sigma_max = check_sigma_range(sigma_min, sigma_max)
         check_in_range(denoiser, *getattr(self, "_grid_range", (self.sigma_min, self.sigma_max)),
@@ -316,8 +316,7 @@ class OneStepMap(MapBase):
         name: str | None = None,
         conditional: bool = False,
     ) -> None:
-        if not callable(fn):
-            raise TypeError(f"fn must be callable fn(z) -> x, got {type(fn).__name__}")
+        check_callable(fn, "fn", "callable fn(z) -> x")
         self.fn = fn
         self._init_map(fn, shape, model_dtype, name, conditional=conditional)
         self.nfe_per_sample = 1
@@ -357,8 +356,7 @@ class CachedMap:
     """
 
     def __init__(self, base: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        if not callable(base):
-            raise TypeError(f"base must be a callable map, got {type(base).__name__}")
+        check_callable(base, "base", "a callable map")
         self.base = base
         self.conditional = is_conditional(base)
         self.shape = map_shape(base)

@@ -23,7 +23,16 @@ from typing import Any
 
 import torch
 
-from pfd._checks import call_map, call_model, check_positive_int, eval_mode, find_modules, is_int, progress_context
+from pfd._checks import (
+    call_map,
+    call_model,
+    check_callable,
+    check_positive_int,
+    eval_mode,
+    find_modules,
+    is_int,
+    progress_context,
+)
 from pfd._labels import resolve_labels
 from pfd._maps import as_student_map, models_behind
 from pfd._reduce import gather_or_raise, is_rank_zero, resolve_group, shard_range
@@ -145,8 +154,7 @@ class NoiseBank:
         reference_key: str | None = None,
         labels: Any = None,
     ) -> None:
-        if not callable(reference):
-            raise TypeError(f"reference must be a callable noise-to-data map, got {type(reference).__name__}")
+        check_callable(reference, "reference", "a callable noise-to-data map")
         self.reference = reference
         self.n = check_positive_int(n, "n", minimum=2)
         self.batch_size = check_positive_int(batch_size, "batch_size")

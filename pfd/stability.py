@@ -45,7 +45,7 @@ import torch
 from scipy.integrate import quad
 from scipy.optimize import brentq
 
-from pfd._checks import as_float_array, check_positive_float, check_positive_int
+from pfd._checks import as_float_array, check_callable, check_positive_float, check_positive_int
 from pfd.analytic.gmm import GaussianMixture
 from pfd.schedules import GRID_KINDS, Process, check_time_range, get_process, time_grid
 
@@ -427,8 +427,7 @@ def grid_from_rate(rate, K: int, t_min: float, t_max: float, n_table: int = 4097
     >>> [round(float(t), 6) for t in g1]
     [100.0, 10.0, 1.0]
     """
-    if not callable(rate):
-        raise TypeError(f"rate must be callable r(t) on a numpy array, got {type(rate).__name__}")
+    check_callable(rate, "rate", "callable r(t) on a numpy array")
     check_positive_int(K, "K")
     check_positive_int(n_table, "n_table", minimum=3)
     t_min, t_max = check_time_range(t_min, t_max)

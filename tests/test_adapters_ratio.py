@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pfd
-from pfd.adapters import RatioCorrectedMap, fit_ratio, grad_log_ratio
+from pfd.adapters import RATIO_TRAIN, RatioCorrectedMap, fit_ratio, grad_log_ratio
 
 F64 = torch.float64
 
@@ -73,8 +73,8 @@ def test_fit_ratio_recovers_log_ratio_of_two_gaussians():
     """1-D N(0.8, 1) vs N(0, 1): log q_s/p_s = 0.8 x / (1 + s^2) - 0.32 / (1 + s^2), linear in x."""
     p = pfd.GaussianMixture([1.0], [[0.0]], [1.0])
     q = pfd.GaussianMixture([1.0], [[0.8]], [1.0])
-    fit = fit_ratio(q.sample(20000, seed=1), p.sample(20000, seed=2), sigma_min=0.1, sigma_max=2.0, train_steps=600,
-                    width=32, depth=2, seed=0)
+    fit = fit_ratio(q.sample(20000, seed=1), p.sample(20000, seed=2), sigma_min=0.1, sigma_max=2.0, seed=0,
+                    config=RATIO_TRAIN.replace(train_steps=600, width=32, depth=2))
     assert fit.n_student == 20000 and len(fit.heldout_by_sigma) == 4
     # the Bayes-optimal held-out loss, by Monte Carlo with the exact ratio
     g = torch.Generator().manual_seed(5)
@@ -101,7 +101,7 @@ def test_fit_ratio_recovers_log_ratio_of_two_gaussians():
 def test_fit_ratio_same_distribution_is_at_chance():
     p = pfd.GaussianMixture([1.0], [[0.0, 0.0]], [1.0])
     fit = fit_ratio(lambda n, seed: p.sample(n, seed=seed + 1), lambda n, seed: p.sample(n, seed=seed + 2),
-                    n_samples=8000, train_steps=150, width=16, depth=2, seed=0)
+                    n_samples=8000, seed=0, config=RATIO_TRAIN.replace(train_steps=150, width=16, depth=2))
     assert abs(fit.heldout_loss - fit.chance_loss) < 0.02
     assert fit.chance_loss == pytest.approx(2 * math.log(2))
 
@@ -122,7 +122,7 @@ def test_ratio_bad_arguments():
     with pytest.raises(ValueError, match="lr_schedule"):
         fit_ratio(x, x, lr_schedule="step")
     with pytest.raises(ValueError, match="num_threads"):
-        fit_ratio(x, x, train_steps=1, num_threads=0)
+        fit_ratio(x, x, num_threads=0, config=RATIO_TRAIN.replace(train_steps=1))
     with pytest.raises(TypeError, match="net"):
         fit_ratio(x, x, net=torch.nn.Linear(1, 1))
     with pytest.raises(ValueError, match="ratio_sigma_min"):

@@ -439,13 +439,13 @@ def test_monitor_bank_serves_embedding_labels_from_the_bank():
 
 
 def test_conditional_one_step_student_learns_the_class_maps():
-    from pfd.distill.onestep import train_one_step_student
+    from pfd.distill.onestep import ONE_STEP_TRAIN, train_one_step_student
 
     cg = ConditionalGaussianMixture([0.3, 0.3, 0.4], [[-3.0, 0.0], [3.0, 0.0], [0.0, 3.0]], [0.2, 0.2, 0.2],
                                     labels=[0, 1, 2])
     teacher = cg.ode_map(steps=12)
-    student, hist = train_one_step_student(teacher, (2,), label_probs=cg.class_probs, n_train=2048, steps=600,
-                                           hidden=64, lr=3e-3, progress=False)
+    student, hist = train_one_step_student(teacher, (2,), label_probs=cg.class_probs, n_train=2048,
+                                           config=ONE_STEP_TRAIN.replace(train_steps=600, width=64, lr=3e-3, progress=False))
     assert student.conditional and hist["loss"][-1] < hist["loss"][0]
     res = pfd.distance(student, teacher, n=600, labels=cg.class_probs, by_label=True, progress=False)
     # the class maps are affine (one Gaussian per class): the student gets each within 0.3, while

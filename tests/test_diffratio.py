@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import pfd
+from pfd.adapters import RATIO_TRAIN
 from pfd.distill.diffratio import (
+    DIFFRATIO_TRAIN,
     diffratio_generator_loss,
     fit_score_net,
     generator_gradient,
@@ -90,7 +92,8 @@ def test_tiny_diffratio_run_moves_student_towards_target():
     start = make_generator(2, 32, 2, seed=pfd.noise.derive_seed(0, 12))
     with torch.no_grad():
         m0 = start(torch.randn(4096, 2, generator=torch.Generator().manual_seed(1))).mean(0).double()
-    res = train_diffratio(data, train_steps=150, width=32, depth=2, batch_size=256, lr=3e-3, seed=0, log_every=50)
+    res = train_diffratio(data, seed=0, log_every=50,
+                          config=DIFFRATIO_TRAIN.replace(train_steps=150, width=32, depth=2, batch_size=256, lr=3e-3))
     m1 = res.sample(4096, seed=1).mean(0)
     err0, err1 = float((m0 - target.mean()).norm()), float((m1 - target.mean()).norm())
     assert err1 < 0.5 * err0
@@ -100,7 +103,8 @@ def test_tiny_diffratio_run_moves_student_towards_target():
 
 def test_score_net_recovers_gaussian_score():
     p = pfd.GaussianMixture([1.0], [[1.0, 0.0]], [0.25])
-    net = fit_score_net(p.sample(20000, seed=0), sigma_min=0.1, sigma_max=3.0, train_steps=500, width=32, depth=2, seed=0)
+    net = fit_score_net(p.sample(20000, seed=0), sigma_min=0.1, sigma_max=3.0, seed=0,
+                        config=RATIO_TRAIN.replace(train_steps=500, width=32, depth=2))
     x = p.sample(512, seed=1) + 0.5 * torch.randn(512, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
     s = torch.full((512,), 0.5, dtype=F64)
     exact = p.score(x, s)
@@ -119,7 +123,7 @@ def test_diffratio_bad_arguments():
     with pytest.raises(ValueError, match="sigma_min"):
         train_diffratio(data, sigma_min=5.0, sigma_max=1.0)
     with pytest.raises(TypeError, match="steps"):
-        train_diffratio(data, train_steps=1.5)
+        train_diffratio(data, config=DIFFRATIO_TRAIN.replace(train_steps=1.5))
     with pytest.raises(TypeError, match="reference"):
         train_diffratio("data")
 
@@ -131,7 +135,7 @@ def test_full_diffratio_run_on_eight_gaussians():
     ang = torch.arange(k, dtype=F64) * 2 * math.pi / k
     means = 2.0 * torch.stack([ang.cos(), ang.sin()], 1)
     teacher = pfd.GaussianMixture(torch.ones(k), means, torch.full((k,), 0.01))
-    res = train_diffratio(teacher.sample(65536, seed=1), train_steps=4000, seed=0)
+    res = train_diffratio(teacher.sample(65536, seed=1), seed=0)
     x = res.sample(20000, seed=2)
     dist = torch.cdist(x, means)
     nearest = dist.argmin(1)

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import pfd
+from pfd.adapters import RATIO_TRAIN
 from pfd.distill.diffratio import fit_score_net, generator_gradient
-from pfd.distill.matching import MixtureGenerator, gradient_bias, n_params, train_matching
+from pfd.distill.matching import MATCHING_TRAIN, MixtureGenerator, gradient_bias, n_params, train_matching
 
 F64 = torch.float64
 
@@ -77,8 +78,8 @@ def test_gradient_bias_against_known_errors(target):
 def test_oracle_arm_matches_the_target(target, one_thread):
     """With the exact score difference the generator converges: PFD(q, p) drops several-fold."""
     gen = MixtureGenerator.initial(target, seed=0)
-    res = train_matching(target, gen, "oracle", train_steps=150, lr=1e-2, eval_every=50, n_eval=256, batch_size=128,
-                         progress=False)
+    res = train_matching(target, gen, "oracle", eval_every=50,
+                         config=MATCHING_TRAIN.replace(train_steps=150, lr=1e-2, n_eval=256, batch_size=128, progress=False))
     z = pfd.canonical_noise(512, (2,), seed=0)
     before = pfd.distance(target.ode_map(), gen.law().ode_map(), noise=z, progress=False).value
     after = pfd.distance(target.ode_map(), res.generator.law().ode_map(), noise=z, progress=False).value
@@ -91,13 +92,14 @@ def test_oracle_arm_matches_the_target(target, one_thread):
 
 def test_estimated_arms_run_and_measure(target, one_thread):
     data = target.sample(4096, seed=1)
-    teacher = fit_score_net(data, train_steps=50, width=16, depth=2, batch_size=128, progress=False)
+    teacher = fit_score_net(data, config=RATIO_TRAIN.replace(train_steps=50, width=16, depth=2, batch_size=128,
+                                                             progress=False))
     gen = MixtureGenerator.initial(target, seed=0)
     out = {}
-    for arm, kw in [("diffratio", {"aux_width": 8, "aux_depth": 2}), ("dmd", {"teacher": teacher}),
-                    ("dmd-exact-teacher", {"teacher": teacher})]:
-        res = train_matching(target, gen, arm, reference=data, train_steps=20, eval_every=10, n_eval=128, batch_size=64,
-                             progress=False, **kw)
+    cfg = MATCHING_TRAIN.replace(train_steps=20, n_eval=128, batch_size=64, progress=False)
+    for arm, kw in [("diffratio", {"config": cfg.replace(width=8, depth=2)}), ("dmd", {"teacher": teacher, "config": cfg}),
+                    ("dmd-exact-teacher", {"teacher": teacher, "config": cfg})]:
+        res = train_matching(target, gen, arm, reference=data, eval_every=10, **kw)
         out[arm] = res
         s = res.summary()
         assert math.isfinite(s["grad_bias"]) and -1 <= s["cosine"] <= 1 and len(res.history) == 3
@@ -112,7 +114,7 @@ def test_bad_input(target):
     with pytest.raises(ValueError, match="arm must be one of"):
         train_matching(target, gen, "vsd")
     with pytest.raises(ValueError, match="needs the pre-trained teacher"):
-        train_matching(target, gen, "dmd", train_steps=1)
+        train_matching(target, gen, "dmd", config=MATCHING_TRAIN.replace(train_steps=1))
     with pytest.raises(TypeError, match="generator must be a MixtureGenerator"):
         train_matching(target, torch.nn.Linear(2, 2), "oracle")
     with pytest.raises(ValueError, match="scales must have shape"):
@@ -120,4 +122,4 @@ def test_bad_input(target):
     with pytest.raises(ValueError, match="z must be a tensor"):
         gen(torch.zeros(3, 3))
     with pytest.raises(ValueError, match="train_steps must be >= 1"):
-        train_matching(target, gen, "oracle", train_steps=0)
+        train_matching(target, gen, "oracle", config=MATCHING_TRAIN.replace(train_steps=0))

@@ -10,6 +10,7 @@ import torch
 
 import pfd
 from pfd.analytic import exact_map
+from pfd.distill import TRAJECTORY_TRAIN as TRAIN
 from pfd.distill import ExactFlowMap, TrajectoryStudent, exact_pairs, train_trajectory_student
 from pfd.schedules import get_process
 
@@ -55,7 +56,7 @@ def test_exact_pairs(gmm):
 def test_training_beats_identity_and_scores_with_pfd_distance(gmm):
     T, delta = 2.0, 0.05
     grid = pfd.stability.make_time_grid("balanced-sum", 2, delta, T, gmm)
-    student, hist = train_trajectory_student(gmm, grid, train_steps=300, n_train=2048, width=32, seed=0)
+    student, hist = train_trajectory_student(gmm, grid, n_train=2048, seed=0, config=TRAIN.replace(train_steps=300, width=32))
     assert hist["params"] == student.n_params and len(hist["final_loss_per_segment"]) == 2
     ref = ExactFlowMap(gmm, delta, T)
     z = pfd.canonical_noise(512, (1,), seed=0)
@@ -73,7 +74,8 @@ def test_training_beats_identity_and_scores_with_pfd_distance(gmm):
 
 def test_time_conditioned_shared_student(gmm):
     grid = pfd.stability.make_time_grid("edm", 4, 0.05, 2.0, gmm)
-    student, _ = train_trajectory_student(gmm, grid, train_steps=200, n_train=1024, width=32, time_conditioned=True, seed=1)
+    student, _ = train_trajectory_student(gmm, grid, n_train=1024, time_conditioned=True, seed=1,
+                                          config=TRAIN.replace(train_steps=200, width=32))
     assert student.time_conditioned and student.weights[0].shape[0] == 1
     X, Y = exact_pairs(gmm, grid, 512, seed=7)
     with torch.no_grad():
@@ -120,9 +122,10 @@ def test_bad_input(gmm):
     with pytest.raises(ValueError, match="noise z must be"):
         st.as_map()(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="pairs must be"):
-        train_trajectory_student(gmm, [1.0, 0.5, 0.1], train_steps=1, pairs=(torch.zeros(1, 4, 1), torch.zeros(1, 4, 1)))
+        train_trajectory_student(gmm, [1.0, 0.5, 0.1], pairs=(torch.zeros(1, 4, 1), torch.zeros(1, 4, 1)),
+                                 config=TRAIN.replace(train_steps=1))
     with pytest.raises(ValueError, match="steps must be >= 1"):
-        train_trajectory_student(gmm, [1.0, 0.1], train_steps=0)
+        train_trajectory_student(gmm, [1.0, 0.1], config=TRAIN.replace(train_steps=0))
     with pytest.raises(ValueError, match="t_min must be < t_max"):
         ExactFlowMap(gmm, 1.0, 0.1)
 
@@ -132,9 +135,9 @@ def test_plateau_stopping_restores_best_weights(one_thread):
     and plateaus well before the cap; the returned weights are the best validated ones."""
     g1 = pfd.GaussianMixture([1.0], [[0.5]], [0.3])
     grid = [2.0, 1.0, 0.3]
-    st, hist = train_trajectory_student(g1, grid, train_steps=3000, n_train=512, width=16, batch_size=64, seed=0,
-                                        plateau=True, eval_every=20, patience=3, rel_tol=0.05, n_val=256,
-                                        progress=False)
+    cfg = TRAIN.replace(train_steps=3000, width=16, batch_size=64, progress=False)
+    st, hist = train_trajectory_student(g1, grid, n_train=512, seed=0, plateau=True, eval_every=20, patience=3,
+                                        rel_tol=0.05, n_val=256, config=cfg)
     assert hist["steps_used"] < 3000 and all(hist["plateaued"]) and max(hist["stop_step"]) == hist["steps_used"]
     val = exact_pairs(g1, grid, 256, seed=pfd.noise.derive_seed(0, 0x7A1D))
     with torch.no_grad():
@@ -143,14 +146,14 @@ def test_plateau_stopping_restores_best_weights(one_thread):
     identity = ((val[0] - val[1]) ** 2).sum(2).mean(1)
     assert bool((mse < 0.05 * identity).all())
     # time-conditioned: one shared net, one stopping decision for all segments
-    _, h_tc = train_trajectory_student(g1, grid, train_steps=3000, n_train=512, width=16, batch_size=64, seed=0,
-                                       time_conditioned=True, plateau=True, eval_every=20, patience=3, rel_tol=0.05,
-                                       n_val=256, progress=False)
+    _, h_tc = train_trajectory_student(g1, grid, n_train=512, seed=0, time_conditioned=True, plateau=True,
+                                       eval_every=20, patience=3, rel_tol=0.05, n_val=256, config=cfg)
     assert len(h_tc["stop_step"]) == 1 and h_tc["steps_used"] < 3000
     # without plateau the cap is the budget and no stopping keys appear
-    _, h0 = train_trajectory_student(g1, grid, train_steps=30, n_train=256, width=8, seed=0, progress=False)
+    _, h0 = train_trajectory_student(g1, grid, n_train=256, seed=0,
+                                     config=TRAIN.replace(train_steps=30, width=8, progress=False))
     assert "steps_used" not in h0
     with pytest.raises(TypeError, match="plateau must be a bool"):
-        train_trajectory_student(g1, grid, train_steps=5, plateau=1)
+        train_trajectory_student(g1, grid, plateau=1, config=TRAIN.replace(train_steps=5))
     with pytest.raises(ValueError, match="eval_every must be >= 1"):
-        train_trajectory_student(g1, grid, train_steps=5, plateau=True, eval_every=0)
+        train_trajectory_student(g1, grid, plateau=True, eval_every=0, config=TRAIN.replace(train_steps=5))

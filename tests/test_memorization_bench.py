@@ -37,7 +37,28 @@ def test_memorization_study_tiny_resumes_and_summarises(tmp_path):
     logs.clear()
     again = mod.run_study(["mlp:8:1"], [8], [0, 1], [10, 20], log=logs.append, **kw)
     assert logs == [] and again["n_rows"] == res["n_rows"]
-    more = mod.run_study(["mlp:8:1"], [8], [0, 1], [10, 20, 30], log=logs.append, **{**kw, "targets": ("sample",)})
+    distill = {**mod.DISTILL, "n_trains": [8], "segments": [1], "train_steps": 5, "n_pairs": 32, "substeps": 2}
+    more = mod.run_study(["mlp:8:1"], [8], [0, 1], [10, 20, 30], log=logs.append, routing_ns=(8,), distill=distill,
+                         **{**kw, "targets": ("sample",)})
+    # distilled students: one per seed, beside their DSM teachers in the summary
+    assert [(d["seed"], d["segments"]) for d in more["distilled"]] == [(0, 1), (1, 1)]
+    assert {(r["segments"], r["seeds"]) for r in more["distill_summary"]} == {(0, 2), (1, 2)}
+    d0 = more["distilled"][0]
+    assert d0["e_mem"] ** 2 == pytest.approx(d0["e_mem_same_basin"] ** 2 + d0["e_mem_switched"] ** 2, rel=1e-9)
+    assert d0["pfd_to_teacher"] > 0
     assert any("resumed at step 20" in m for m in logs) and more["complete"]
+    # routing split: all-memorizer (split below every grid point used) agrees exactly; all-student is the student
+    assert [r["n_train"] for r in more["routing"]] == [8, 8]
+    splits = more["routing"][0]["splits"]
+    assert all(0.0 <= m["basin_agreement"] <= 1.0 for m in splits)
+    # a "student" that is the exact empirical denoiser routes like the memorizer at every split
+    import pfd
+    from pfd.analysis._runs import train_set
+
+    data = train_set(pfd.analytic.digits_teacher(), 8, 0)
+    emp = pfd.GaussianMixture.empirical(data)
+    exact = mod.routing_split(lambda x, s: emp.denoiser(x.double(), s[0].item()), data, n=32, seed=0,
+                              solver={"solver": "heun", "steps": 18}, sigma_cs=(5.3, 1.08))
+    assert [m["basin_agreement"] for m in exact] == [1.0] * 4 and max(m["e_mem"] for m in exact) < 1e-4
     mod.plot(res, tmp_path / "m.png")
     assert (tmp_path / "m.png").stat().st_size > 10_000

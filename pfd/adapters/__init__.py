@@ -22,6 +22,7 @@ from pfd.adapters.diffusion import (
 )
 from pfd.adapters.pipelines import DiffusersModel, diffusers_map, is_diffusers_folder, load_diffusers
 from pfd.adapters.ratio import (
+    RATIO_TRAIN,
     RatioCorrectedMap,
     RatioFit,
     RatioNet,
@@ -41,6 +42,7 @@ from pfd.adapters.students import (
 
 __all__ = [
     "KINDS",
+    "RATIO_TRAIN",
     "ConsistencyStudent",
     "CouplingWarning",
     "DiffusersModel",

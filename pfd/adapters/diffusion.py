@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from pfd._checks import as_sigma, call_model, check_positive_float, eval_mode
+from pfd._checks import as_sigma, call_model, check_callable, check_positive_float, eval_mode
 from pfd._maps import model_device
 from pfd.maps import DiffusionMap, check_in_range
 from pfd.solvers import SOLVERS, get_solver
@@ -61,11 +61,6 @@ def _param_dtype(module: Any) -> torch.dtype:
             if p.dtype.is_floating_point:
                 return p.dtype
     return _F64
-
-
-def _check_callable(fn: Any, name: str, sig: str) -> None:
-    if not callable(fn):
-        raise TypeError(f"{name} must be callable {sig}, got {type(fn).__name__}")
 
 
 class _Adapter(torch.nn.Module):
@@ -172,7 +167,7 @@ class EDMDenoiser(_Adapter):
 
     def __init__(self, net: Callable[..., Any], *, name: str | None = None, condition: str | None = None,
                  guidance: float = 0.0, null_condition: Any = None, **cond: Any) -> None:
-        _check_callable(net, "net", "net(x, sigma, **cond)")
+        check_callable(net, "net", "callable net(x, sigma, **cond)")
         super().__init__(net, name or "EDMDenoiser", condition=condition, guidance=guidance, null_condition=null_condition)
         self.cond = cond
 
@@ -233,7 +228,7 @@ class VPDenoiser(_Adapter):
         guidance: float = 0.0,
         null_condition: Any = None,
     ) -> None:
-        _check_callable(model, "model", "model(x_vp, t)")
+        check_callable(model, "model", "callable model(x_vp, t)")
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if timesteps not in ("continuous", "nearest"):
@@ -386,7 +381,7 @@ class FlowMatchingDenoiser(_Adapter):
     def __init__(self, velocity: Callable[..., Any], *, time: str = "noise_at_1", t_scale: float = 1.0,
                  name: str | None = None, condition: str | None = None, guidance: float = 0.0,
                  null_condition: Any = None) -> None:
-        _check_callable(velocity, "velocity", "velocity(x_t, t)")
+        check_callable(velocity, "velocity", "callable velocity(x_t, t)")
         if time not in ("noise_at_1", "data_at_1"):
             raise ValueError(f"time must be 'noise_at_1' or 'data_at_1', got {time!r}")
         super().__init__(velocity, name or f"FlowMatchingDenoiser({time})", condition=condition, guidance=guidance,
@@ -422,7 +417,7 @@ class ScoreDenoiser(_Adapter):
     def __init__(self, score: Callable[..., Any], process: str, *, beta_min: float = 0.1, beta_max: float = 20.0,
                  name: str | None = None, condition: str | None = None, guidance: float = 0.0,
                  null_condition: Any = None) -> None:
-        _check_callable(score, "score", "score(x_t, t)")
+        check_callable(score, "score", "callable score(x_t, t)")
         if process not in ("ve", "ou", "vp"):
             raise ValueError(f"process must be 've', 'ou' or 'vp', got {process!r}")
         super().__init__(score, name or f"ScoreDenoiser({process})", condition=condition, guidance=guidance,

@@ -24,17 +24,20 @@ from typing import Any
 
 import torch
 
-from pfd._checks import as_sigma, check_positive_float, check_positive_int
-from pfd._train import as_pool, log_uniform, torch_threads
+from pfd._checks import as_sigma, check_callable, check_positive_float, check_positive_int
+from pfd._train import TrainConfig, as_pool, log_uniform, torch_threads, train_config
 from pfd.maps import DiffusionMap
 from pfd.noise import derive_seed
 from pfd.report import progress_range
 from pfd.schedules import check_sigma_range
 
-__all__ = ["RatioCorrectedMap", "RatioFit", "RatioNet", "fit_ratio", "grad_log_ratio", "ratio_heldout_loss", "ratio_loss"]
+__all__ = ["RATIO_TRAIN", "RatioCorrectedMap", "RatioFit", "RatioNet", "fit_ratio", "grad_log_ratio", "ratio_heldout_loss",
+           "ratio_loss"]
 
 _F64 = torch.float64
 CHANCE_LOSS = 2.0 * math.log(2.0)
+RATIO_TRAIN = TrainConfig(width=128, depth=3, train_steps=2000, batch_size=512, lr=1e-3)
+""":func:`fit_ratio`'s default training (and :func:`pfd.distill.fit_score_net`'s)."""
 
 
 class RatioNet(torch.nn.Module):
@@ -136,20 +139,15 @@ def fit_ratio(
     *,
     sigma_min: float = 0.02,
     sigma_max: float = 5.0,
-    train_steps: int = 2000,
-    batch_size: int = 512,
     n_samples: int = 65536,
     holdout: float = 0.1,
-    width: int = 128,
-    depth: int = 3,
-    lr: float = 1e-3,
     sigma_data: float | None = None,
     seed: int = 0,
     net: RatioNet | None = None,
     betas: tuple[float, float] = (0.5, 0.99),
     lr_schedule: str = "constant",
     num_threads: int | None = 1,
-    progress: bool = True,
+    config: TrainConfig | None = None,
 ) -> RatioFit:
     """Fit the log ratio r_sigma = log q_sigma - log p_sigma between a black-box sampler and reference
     samples with a time-conditioned classifier (balanced logistic loss, sigma log-uniform in
@@ -159,23 +157,25 @@ def fit_ratio(
     returning ``n_samples`` samples. A fraction ``holdout`` of each is kept out of training; the
     returned :class:`RatioFit` carries the held-out loss (chance level 2 log 2 = 1.386: a value
     near it means the classifier cannot tell the distributions apart, at the level of its
-    capacity). Pass ``net`` to continue training an existing ratio network (e.g. DiffRatio's).
+    capacity). ``config`` (:class:`pfd.TrainConfig`, default :data:`RATIO_TRAIN`: width 128,
+    depth 3, 2000 steps of batch 512, lr 1e-3) sizes the network (``width``, ``depth``) and the
+    training (``train_steps``, ``batch_size``, ``lr``; ``progress=False`` hides the progress bar).
+    Pass ``net`` to continue training an existing ratio network (e.g. DiffRatio's).
     Adam with ``betas``; ``lr_schedule="cosine"`` anneals the learning rate to 0 (a sharper fit of
     small ratios at high sigma). ``num_threads`` (default 1) is torch's thread count during the
-    fit (restored after). ``progress=False`` hides the progress bar (stderr).
+    fit (restored after).
 
     >>> import torch, pfd
     >>> p = pfd.GaussianMixture([1.0], [[0.0]], [1.0])
     >>> q = pfd.GaussianMixture([1.0], [[1.0]], [1.0])
-    >>> fit = pfd.adapters.fit_ratio(q.sample(2000, seed=1), p.sample(2000, seed=2), train_steps=100, width=32, seed=0)
+    >>> cfg = pfd.adapters.RATIO_TRAIN.replace(train_steps=100, width=32)
+    >>> fit = pfd.adapters.fit_ratio(q.sample(2000, seed=1), p.sample(2000, seed=2), seed=0, config=cfg)
     >>> fit.heldout_loss < fit.chance_loss
     True
     """
     lo, hi = check_sigma_range(sigma_min, sigma_max)
-    check_positive_int(train_steps, "train_steps")
-    check_positive_int(batch_size, "batch_size")
+    cfg = train_config(config, RATIO_TRAIN)
     check_positive_int(n_samples, "n_samples", minimum=4)
-    lr = check_positive_float(lr, "lr")
     if not isinstance(holdout, float) or not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout must be a float in (0, 1), got {holdout!r}")
     xq = as_pool(sampler, n_samples, derive_seed(seed, 1), "sampler")
@@ -191,25 +191,25 @@ def fit_ratio(
     if sigma_data is None:
         sigma_data = float(tp.std(0).mean())
     if net is None:
-        net = RatioNet(xq.shape[1], width, depth, sigma_data=sigma_data, seed=derive_seed(seed, 4))
+        net = RatioNet(xq.shape[1], cfg.width, cfg.depth, sigma_data=sigma_data, seed=derive_seed(seed, 4))
     elif not isinstance(net, RatioNet):
         raise TypeError(f"net must be a pfd.adapters.RatioNet, got {type(net).__name__}")
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
-    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(betas))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, train_steps) if lr_schedule == "cosine" else None
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=tuple(betas))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.train_steps) if lr_schedule == "cosine" else None
     with torch_threads(num_threads):
-        return _train_ratio(net, opt, sched, tq, tp, vq, vp, lo, hi, train_steps, batch_size, g, seed, progress)
+        return _train_ratio(net, opt, sched, tq, tp, vq, vp, lo, hi, cfg, g, seed)
 
 
 def _train_ratio(net: RatioNet, opt: torch.optim.Optimizer, sched: Any, tq: torch.Tensor, tp: torch.Tensor, vq: torch.Tensor,
-                 vp: torch.Tensor, lo: float, hi: float, steps: int, batch_size: int, g: torch.Generator,
-                 seed: int, progress: bool = True) -> RatioFit:
+                 vp: torch.Tensor, lo: float, hi: float, cfg: TrainConfig, g: torch.Generator, seed: int) -> RatioFit:
     t0 = time.perf_counter()
     net.train()
     dt = net.freqs.dtype
     ema = None
-    for _ in progress_range(steps, "fit_ratio", progress):
+    batch_size = cfg.batch_size
+    for _ in progress_range(cfg.train_steps, "fit_ratio", cfg.progress):
         iq = torch.randint(0, tq.shape[0], (batch_size,), generator=g)
         ip = torch.randint(0, tp.shape[0], (batch_size,), generator=g)
         sq, sp = log_uniform(batch_size, lo, hi, g), log_uniform(batch_size, lo, hi, g)
@@ -226,7 +226,7 @@ def _train_ratio(net: RatioNet, opt: torch.optim.Optimizer, sched: Any, tq: torc
     net.eval()
     held, by = _heldout(net, vq, vp, lo, hi, seed)
     nq, np_ = int(tq.shape[0] + vq.shape[0]), int(tp.shape[0] + vp.shape[0])
-    return RatioFit(net, held, CHANCE_LOSS, float(ema), lo, hi, steps, nq, np_,
+    return RatioFit(net, held, CHANCE_LOSS, float(ema), lo, hi, cfg.train_steps, nq, np_,
                     time.perf_counter() - t0, by)
 
 
@@ -324,8 +324,7 @@ class RatioCorrectedMap(DiffusionMap):
             log_ratio = log_ratio.log_ratio
         else:
             self.ratio_fit = None
-        if not callable(log_ratio):
-            raise TypeError(f"log_ratio must be callable r(x, sigma) -> (B,), got {type(log_ratio).__name__}")
+        check_callable(log_ratio, "log_ratio", "callable r(x, sigma) -> (B,)")
         if ratio_sigma_min is None or ratio_sigma_max is None:
             raise ValueError("ratio_sigma_min and ratio_sigma_max (the sigma range the ratio was trained on) are required")
         lo, hi = check_sigma_range(ratio_sigma_min, ratio_sigma_max)
@@ -335,8 +334,7 @@ class RatioCorrectedMap(DiffusionMap):
             shape = shape or reference.event_shape
             name = name or f"ratio-corrected {reference!r}"
             reference = reference.score if reference_type == "score" else reference.denoiser
-        if not callable(reference):
-            raise TypeError(f"reference must be a callable denoiser/score or a GaussianMixture, got {type(reference).__name__}")
+        check_callable(reference, "reference", "a callable denoiser/score or a GaussianMixture")
         den = _CorrectedDenoiser(reference, reference_type, log_ratio, lo, hi)
         super().__init__(den, shape=shape, model_dtype=torch.float64, name=name or "RatioCorrectedMap", **kwargs)
         self.ratio_sigma_min, self.ratio_sigma_max = lo, hi

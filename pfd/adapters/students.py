@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pfd._checks import call_model, check_finite, check_output, check_positive_float, eval_mode
+from pfd._checks import call_model, check_callable, check_finite, check_output, check_positive_float, eval_mode
 from pfd._maps import MapBase, model_device
 from pfd.maps import OneStepMap
 
@@ -110,8 +110,7 @@ class ConsistencyStudent(MapBase):
     def __init__(self, f: Callable[..., torch.Tensor], sigma_max: float = 80.0, *, kind: str = "trajectory",
                  shape: Sequence[int] | None = None, model_dtype: torch.dtype | None = None,
                  name: str | None = None, conditional: bool = False) -> None:
-        if not callable(f):
-            raise TypeError(f"f must be callable f(x, sigma), got {type(f).__name__}")
+        check_callable(f, "f", "callable f(x, sigma)")
         self.f = f
         self.sigma_max = check_positive_float(sigma_max, "sigma_max")
         self.kind = check_kind(kind)
@@ -179,8 +178,7 @@ class FlowMapStudent(MapBase):
                  kind: str = "trajectory", sigma_of_time: Callable[[float], float] | None = None,
                  start_scale: float = 1.0, shape: Sequence[int] | None = None,
                  model_dtype: torch.dtype | None = None, name: str | None = None, conditional: bool = False) -> None:
-        if not callable(G):
-            raise TypeError(f"G must be a callable flow map, got {type(G).__name__}")
+        check_callable(G, "G", "a callable flow map")
         if signature not in _SIGNATURES:
             raise ValueError(f"signature must be one of {_SIGNATURES} (argument order of G), got {signature!r}")
         g = torch.as_tensor(grid, dtype=_F64).detach().flatten().cpu()

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from pfd._checks import call_descriptor, call_map, check_positive_int
+from pfd._checks import call_descriptor, call_map, check_callable, check_positive_int
 from pfd._reduce import Z95, ExactSum, SquaredDistances
 from pfd.analysis.students import TrainConfig
 from pfd.maps import map_shape
@@ -127,10 +127,8 @@ def bias_variance(
     if len(students) < 2:
         raise ValueError(f"students must hold at least 2 maps (K independent training runs), got {len(students)}")
     for i, s in enumerate(students):
-        if not callable(s):
-            raise TypeError(f"students[{i}] must be a callable noise-to-data map, got {type(s).__name__}")
-    if not callable(teacher):
-        raise TypeError(f"teacher must be a callable noise-to-data map, got {type(teacher).__name__}")
+        check_callable(s, f"students[{i}]", "a callable noise-to-data map")
+    check_callable(teacher, "teacher", "a callable noise-to-data map")
     n = check_positive_int(n, "n", minimum=2)
     batch_size = check_positive_int(batch_size, "batch_size")
     shp = tuple(shape) if shape is not None else map_shape(teacher)

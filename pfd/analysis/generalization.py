@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pfd._checks import call_map
+from pfd._checks import call_map, check_callable
 from pfd.analytic.gmm import GaussianMixture
 from pfd.estimator import PFDResult, distance
 from pfd.maps import CachedMap
@@ -112,8 +112,7 @@ def generalization_errors(
     >>> err.e_mem.value, err.e_gen.value > 0.1
     (0.0, True)
     """
-    if not callable(student):
-        raise TypeError(f"student must be a callable noise-to-data map, got {type(student).__name__}")
+    check_callable(student, "student", "a callable noise-to-data map")
     refs = references if references is not None else reference_maps(teacher, train_set, **solver)
     if not isinstance(refs, ReferenceMaps):
         raise TypeError(f"references must come from reference_maps(), got {type(refs).__name__}")
@@ -207,8 +206,7 @@ def memorization_breakdown(
     from pfd.analysis.baselines import memorization_ratio
     from pfd.noise import NoiseSource
 
-    if not callable(student):
-        raise TypeError(f"student must be a callable noise-to-data map, got {type(student).__name__}")
+    check_callable(student, "student", "a callable noise-to-data map")
     points = torch.as_tensor(train_set, dtype=torch.float64) if not isinstance(train_set, torch.Tensor) else train_set
     if points.ndim < 2 or points.shape[0] < 2:
         raise ValueError(f"train_set must be (N >= 2, ...) training points, got shape {tuple(points.shape)}")

@@ -19,64 +19,17 @@ import itertools
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pfd._checks import check_positive_float, check_positive_int
-from pfd._train import atomic_torch_save
+from pfd._train import TrainConfig, atomic_torch_save
 from pfd.noise import derive_seed
-from pfd.solvers import SolverSettings
 
 __all__ = ["DSMTrainer", "DenoiserMLP", "EnsembleDSMTrainer", "EnsembleDenoiser", "MemberDenoiser", "TrainConfig", "dsm_loss",
            "sample_sigma"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How the analyses train a DSM student (:class:`DSMTrainer`) and score it: MLP ``width`` and
-    ``depth``, ``train_steps`` Adam steps of ``batch_size`` at learning rate ``lr``, PFDs on
-    ``n_eval`` shared noise samples of ``eval_seed`` with the maps' ``solver``.
-
-    >>> cfg = TrainConfig(width=32, train_steps=500)
-    >>> cfg.depth, cfg.solver.to_dict()
-    (3, {'solver': 'heun', 'steps': 18})
-    >>> cfg.replace(width=8).width
-    8
-    """
-
-    width: int = field(default=64, metadata={"help": "MLP width"})
-    depth: int = field(default=3, metadata={"help": "hidden layers of the MLP denoiser"})
-    train_steps: int = field(default=2000, metadata={"help": "optimizer steps per student"})
-    batch_size: int = field(default=256, metadata={"help": "training batch size"})
-    lr: float = field(default=2e-3, metadata={"help": "Adam learning rate"})
-    n_eval: int = field(default=2048, metadata={"help": "shared noise samples per PFD"})
-    eval_seed: int = field(default=0, metadata={"help": "seed of the shared evaluation noise"})
-    solver: SolverSettings = field(default_factory=SolverSettings)
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("width", "depth", "train_steps", "batch_size"):
-            check_positive_int(getattr(self, name), name)
-        check_positive_int(self.n_eval, "n_eval", minimum=2)
-        check_positive_float(self.lr, "lr")
-        if isinstance(self.eval_seed, bool) or not isinstance(self.eval_seed, int) or self.eval_seed < 0:
-            raise ValueError(f"eval_seed must be an int >= 0, got {self.eval_seed!r}")
-        if not isinstance(self.solver, SolverSettings):
-            raise TypeError(f"solver must be a pfd.solvers.SolverSettings, got {type(self.solver).__name__}")
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed."""
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as JSON (without ``progress``, which never changes a result)."""
-        d = asdict(self)
-        d.pop("progress")
-        d["solver"] = self.solver.to_dict()
-        return d
 
 
 class DenoiserMLP(torch.nn.Module):

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import torch
 
+from pfd._checks import check_callable
 from pfd.analytic.gmm import GaussianMixture
 
 __all__ = ["TEACHERS", "cross_teacher", "get_teacher", "hexagon_teacher", "register_teacher"]
@@ -38,8 +39,7 @@ def register_teacher(name: str, factory: Callable[[], GaussianMixture] | None = 
         raise TypeError(f"name must be a non-empty string, got {name!r}")
 
     def add(fn: Callable[[], GaussianMixture]) -> Callable[[], GaussianMixture]:
-        if not callable(fn):
-            raise TypeError(f"factory must be callable () -> teacher, got {type(fn).__name__}")
+        check_callable(fn, "factory", "callable () -> teacher")
         if TEACHERS.get(name, fn) is not fn:
             raise ValueError(f"teacher {name!r} is already registered")
         TEACHERS[name] = fn

@@ -31,13 +31,15 @@ from typing import Any
 import torch
 
 from pfd._checks import check_positive_float, check_positive_int
-from pfd._train import as_pool, log_uniform, torch_threads
-from pfd.adapters.ratio import RatioFit, RatioNet, fit_ratio, grad_log_ratio, ratio_loss
+from pfd._train import TrainConfig, as_pool, log_uniform, torch_threads, train_config
+from pfd.adapters.ratio import RATIO_TRAIN, RatioFit, RatioNet, fit_ratio, grad_log_ratio, ratio_loss
 from pfd.noise import canonical_noise, derive_seed
 from pfd.report import progress_range
 from pfd.schedules import check_sigma_range
 
 __all__ = [
+    "DIFFRATIO_TRAIN",
+    "REFIT_TRAIN",
     "DiffRatioResult",
     "ScoreNet",
     "diffratio_generator_loss",
@@ -53,6 +55,10 @@ __all__ = [
 
 _F64 = torch.float64
 DIVERGENCES = ("rkl", "js")
+DIFFRATIO_TRAIN = TrainConfig(width=128, depth=3, train_steps=4000, batch_size=512, lr=1e-3)
+""":func:`train_diffratio`'s default training (both networks)."""
+REFIT_TRAIN = RATIO_TRAIN.replace(train_steps=3000, batch_size=2048)
+""":meth:`DiffRatioResult.refit_ratio`'s default training of the ratio copy."""
 
 
 def make_generator(dim: int, width: int = 128, depth: int = 3, *, seed: int = 0) -> torch.nn.Sequential:
@@ -115,17 +121,17 @@ class DiffRatioResult:
         """The student as a black-box ``sampler(n, seed)`` (for :func:`pfd.adapters.fit_ratio`)."""
         return self.sample
 
-    def refit_ratio(self, reference: Any, **kwargs: Any) -> RatioFit:
+    def refit_ratio(self, reference: Any, *, config: TrainConfig | None = None, **kwargs: Any) -> RatioFit:
         """Refit (a copy of) the ratio network on the FROZEN final generator against ``reference``
-        samples (the one left by training tracks a moving student). kwargs go to fit_ratio; defaults:
-        the training sigma range, batch 2048, 3000 steps with a cosine learning-rate decay (on the
-        2-D benchmark this brought the ratio-corrected PFD from +44% to +18% of the exact one)."""
+        samples (the one left by training tracks a moving student). ``config`` defaults to
+        :data:`REFIT_TRAIN` (3000 steps of batch 2048); other kwargs go to fit_ratio, with defaults
+        the training sigma range and a cosine learning-rate decay (on the 2-D benchmark this brought
+        the ratio-corrected PFD from +44% to +18% of the exact one)."""
         kwargs.setdefault("sigma_min", self.sigma_min)
-        kwargs.setdefault("train_steps", 3000)
-        kwargs.setdefault("lr_schedule", "cosine")
         kwargs.setdefault("sigma_max", self.sigma_max)
-        kwargs.setdefault("batch_size", 2048)
-        return fit_ratio(self.sample, reference, net=copy.deepcopy(self.ratio), **kwargs)
+        kwargs.setdefault("lr_schedule", "cosine")
+        return fit_ratio(self.sample, reference, net=copy.deepcopy(self.ratio), config=train_config(config, REFIT_TRAIN),
+                         **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "divergence": self.divergence,
@@ -135,62 +141,59 @@ class DiffRatioResult:
 def train_diffratio(
     reference: Any,
     *,
-    train_steps: int = 4000,
     ratio_steps: int = 2,
-    batch_size: int = 512,
     sigma_min: float = 0.02,
     sigma_max: float = 5.0,
     divergence: str = "rkl",
-    width: int = 128,
-    depth: int = 3,
-    lr: float = 1e-3,
     n_samples: int = 65536,
     seed: int = 0,
     log_every: int = 500,
     num_threads: int | None = 1,
-    progress: bool = True,
+    config: TrainConfig | None = None,
 ) -> DiffRatioResult:
     """Train a one-step DiffRatio student on reference (data / teacher) samples.
 
-    ``reference``: (N, d) samples or ``callable(n, seed)``. Each step: ``ratio_steps`` ratio
-    updates (batch ``batch_size`` student + ``batch_size`` reference, Adam lr, betas (0.5, 0.99)),
-    then one generator update through grad r (weight w = sigma, Adam lr, betas (0, 0.99)).
+    ``reference``: (N, d) samples or ``callable(n, seed)``. ``config`` (:class:`pfd.TrainConfig`,
+    default :data:`DIFFRATIO_TRAIN`: width 128, depth 3, 4000 steps of batch 512, lr 1e-3) sizes
+    both networks (generator and ratio: ``width`` x ``depth``) and the training. Each of the
+    ``train_steps`` steps: ``ratio_steps`` ratio updates (batch ``batch_size`` student +
+    ``batch_size`` reference, Adam lr, betas (0.5, 0.99)), then one generator update through
+    grad r (weight w = sigma, Adam lr, betas (0, 0.99)).
 
     Examples
     --------
     >>> import pfd
-    >>> from pfd.distill.diffratio import train_diffratio
+    >>> from pfd.distill.diffratio import DIFFRATIO_TRAIN, train_diffratio
     >>> data = pfd.GaussianMixture([1.0], [[2.0, 0.0]], [0.1]).sample(4096, seed=0)
-    >>> res = train_diffratio(data, train_steps=30, width=32, batch_size=128, seed=0)
+    >>> cfg = DIFFRATIO_TRAIN.replace(train_steps=30, width=32, batch_size=128)
+    >>> res = train_diffratio(data, seed=0, config=cfg)
     >>> res.sample(5).shape, res.history[-1]["step"]
     (torch.Size([5, 2]), 30)
     """
     lo, hi = check_sigma_range(sigma_min, sigma_max)
-    check_positive_int(train_steps, "train_steps")
+    cfg = train_config(config, DIFFRATIO_TRAIN)
     check_positive_int(ratio_steps, "ratio_steps")
-    check_positive_int(batch_size, "batch_size")
     check_positive_int(log_every, "log_every")
-    lr = check_positive_float(lr, "lr")
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
     data = as_pool(reference, n_samples, derive_seed(seed, 11), "reference").float()
     dim = data.shape[1]
     sigma_data = float(data.std(0).mean())
-    gen = make_generator(dim, width, depth, seed=derive_seed(seed, 12))
-    ratio = RatioNet(dim, width, depth, sigma_data=sigma_data, seed=derive_seed(seed, 13))
-    opt_r = torch.optim.Adam(ratio.parameters(), lr=lr, betas=(0.5, 0.99))
-    opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.0, 0.99))
+    gen = make_generator(dim, cfg.width, cfg.depth, seed=derive_seed(seed, 12))
+    ratio = RatioNet(dim, cfg.width, cfg.depth, sigma_data=sigma_data, seed=derive_seed(seed, 13))
+    opt_r = torch.optim.Adam(ratio.parameters(), lr=cfg.lr, betas=(0.5, 0.99))
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
     g = torch.Generator().manual_seed(derive_seed(seed, 14))
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
-    b = batch_size
+    b, train_steps = cfg.batch_size, cfg.train_steps
 
     def noise_levels(n: int) -> torch.Tensor:
         return log_uniform(n, lo, hi, g).float()
 
     with torch_threads(num_threads):
         r_ema = g_ema = None
-        for i in progress_range(train_steps, "diffratio", progress):
+        for i in progress_range(train_steps, "diffratio", cfg.progress):
             step = i + 1
             for _ in range(ratio_steps):
                 with torch.no_grad():
@@ -245,23 +248,23 @@ class ScoreNet(torch.nn.Module):
         return (self.denoiser(x, sigma) - x.to(s.dtype)) / (s * s)
 
 
-def fit_score_net(samples: Any, *, sigma_min: float = 0.02, sigma_max: float = 5.0, train_steps: int = 2000,
-                  batch_size: int = 512, width: int = 128, depth: int = 3, lr: float = 1e-3, seed: int = 0,
-                  n_samples: int = 65536, num_threads: int | None = 1, progress: bool = True) -> ScoreNet:
+def fit_score_net(samples: Any, *, sigma_min: float = 0.02, sigma_max: float = 5.0, seed: int = 0,
+                  n_samples: int = 65536, num_threads: int | None = 1, config: TrainConfig | None = None) -> ScoreNet:
     """Fit a score network to samples by denoising score matching (EDM loss weighting), sigma
-    log-uniform in [sigma_min, sigma_max]; the VSD/DMD baseline fits one for each distribution."""
+    log-uniform in [sigma_min, sigma_max]; the VSD/DMD baseline fits one for each distribution.
+    ``config``: :class:`pfd.TrainConfig`, default :data:`pfd.adapters.RATIO_TRAIN` (width 128,
+    depth 3, 2000 steps of batch 512, lr 1e-3; Adam betas (0.9, 0.99))."""
     lo, hi = check_sigma_range(sigma_min, sigma_max)
-    check_positive_int(train_steps, "train_steps")
-    check_positive_int(batch_size, "batch_size")
-    lr = check_positive_float(lr, "lr")
+    cfg = train_config(config, RATIO_TRAIN)
+    batch_size = cfg.batch_size
     data = as_pool(samples, n_samples, derive_seed(seed, 21), "samples").float()
     dim = data.shape[1]
     sd = float(data.std(0).mean())
-    net = ScoreNet(dim, width, depth, sigma_data=sd, seed=derive_seed(seed, 22))
-    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.99))
+    net = ScoreNet(dim, cfg.width, cfg.depth, sigma_data=sd, seed=derive_seed(seed, 22))
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     g = torch.Generator().manual_seed(derive_seed(seed, 23))
     with torch_threads(num_threads):
-        for _ in progress_range(train_steps, "fit_score_net", progress):
+        for _ in progress_range(cfg.train_steps, "fit_score_net", cfg.progress):
             x0 = data[torch.randint(0, data.shape[0], (batch_size,), generator=g)]
             s = log_uniform(batch_size, lo, hi, g).float()
             loss = dsm_loss(net, x0, s, torch.randn((batch_size, dim), generator=g))

@@ -25,10 +25,11 @@ training-weighted, sigma-integrated bias of the arm's generator gradient against
 the same (z, sigma, eps) draws, sigma from the training law, weight sigma.
 
 >>> import pfd
->>> from pfd.distill.matching import MixtureGenerator, train_matching
+>>> from pfd.distill.matching import MATCHING_TRAIN, MixtureGenerator, train_matching
 >>> target = pfd.GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], [0.05, 0.05])
 >>> gen = MixtureGenerator.initial(target, seed=0)
->>> res = train_matching(target, gen, "oracle", train_steps=20, eval_every=10, progress=False)
+>>> cfg = MATCHING_TRAIN.replace(train_steps=20, progress=False)
+>>> res = train_matching(target, gen, "oracle", eval_every=10, config=cfg)
 >>> [round(h["cosine"], 6) for h in res.history]       # the oracle's gradient is the exact one
 [1.0, 1.0, 1.0]
 """
@@ -44,7 +45,7 @@ from typing import Any
 import torch
 
 from pfd._checks import check_positive_float, check_positive_int
-from pfd._train import log_uniform, torch_threads
+from pfd._train import TrainConfig, log_uniform, torch_threads, train_config
 from pfd.adapters.ratio import RatioNet, grad_log_ratio, ratio_loss
 from pfd.analytic.gmm import GaussianMixture
 from pfd.distill.diffratio import ScoreNet, dsm_loss, generator_gradient, score_difference_surrogate
@@ -52,10 +53,12 @@ from pfd.noise import derive_seed
 from pfd.report import progress_range
 from pfd.schedules import check_sigma_range
 
-__all__ = ["ARMS", "MatchingResult", "MixtureGenerator", "gradient_bias", "n_params", "train_matching"]
+__all__ = ["ARMS", "MATCHING_TRAIN", "MatchingResult", "MixtureGenerator", "gradient_bias", "n_params", "train_matching"]
 
 _F64 = torch.float64
 ARMS = ("oracle", "diffratio", "dmd", "dmd-exact-teacher")
+MATCHING_TRAIN = TrainConfig(width=64, depth=3, train_steps=1500, batch_size=256, lr=5e-3, n_eval=4096)
+""":func:`train_matching`'s default training (``width`` x ``depth``: the auxiliary network)."""
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -222,31 +225,28 @@ def train_matching(
     *,
     reference: torch.Tensor | None = None,
     teacher: ScoreNet | None = None,
-    train_steps: int = 1500,
     aux_steps: int = 2,
-    batch_size: int = 256,
+    aux_lr: float = 1e-3,
     sigma_min: float = 0.02,
     sigma_max: float = 5.0,
-    lr: float = 5e-3,
-    aux_lr: float = 1e-3,
-    aux_width: int = 64,
-    aux_depth: int = 3,
     eval_every: int = 100,
-    n_eval: int = 4096,
     seed: int = 0,
     num_threads: int | None = 1,
-    progress: bool = True,
+    config: TrainConfig | None = None,
 ) -> MatchingResult:
     """Train (a copy of) ``generator`` towards ``target`` with one arm (see the module docstring).
 
     ``reference``: (N, d) samples of the target (the data / teacher samples; needed by
     ``"diffratio"``; default 65536 samples of ``target``). ``teacher``: the frozen pre-trained
     teacher score network (needed by ``"dmd"``; the fake score starts from a copy of it, also for
-    ``"dmd-exact-teacher"`` when given). ``aux_width``/``aux_depth``: size of the ratio network
-    (``"diffratio"``) or of the fake score when no teacher network is given. Generator: Adam
-    (lr, betas (0, 0.99)), ``train_steps`` steps; auxiliary networks: ``aux_steps`` Adam updates (aux_lr, betas (0.5, 0.99))
-    of batch ``batch_size`` per generator step. Every ``eval_every`` steps (and at 0 and the end)
-    the history records :func:`gradient_bias` (fixed evaluation draws) and the auxiliary loss.
+    ``"dmd-exact-teacher"`` when given). ``config`` (:class:`pfd.TrainConfig`, default
+    :data:`MATCHING_TRAIN`: width 64, depth 3, 1500 steps of batch 256, lr 5e-3, n_eval 4096):
+    ``width`` x ``depth`` is the size of the one network built here, the ratio network
+    (``"diffratio"``) or the fake score when no teacher network is given; the generator gets
+    ``train_steps`` Adam steps (``lr``, betas (0, 0.99)) of batch ``batch_size``; the auxiliary
+    network ``aux_steps`` Adam updates (``aux_lr``, betas (0.5, 0.99)) of the same batch size per
+    generator step. Every ``eval_every`` steps (and at 0 and the end) the history records
+    :func:`gradient_bias` on ``n_eval`` fixed evaluation draws and the auxiliary loss.
     """
     if arm not in ARMS:
         raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
@@ -257,16 +257,17 @@ def train_matching(
     if generator.dim != target.dim:
         raise ValueError(f"generator dim {generator.dim} != target dim {target.dim}")
     lo, hi = check_sigma_range(sigma_min, sigma_max)
-    for name, v in (("train_steps", train_steps), ("aux_steps", aux_steps), ("batch_size", batch_size),
-                    ("eval_every", eval_every), ("n_eval", n_eval), ("aux_width", aux_width), ("aux_depth", aux_depth)):
-        check_positive_int(v, name)
-    lr, aux_lr = check_positive_float(lr, "lr"), check_positive_float(aux_lr, "aux_lr")
+    cfg = train_config(config, MATCHING_TRAIN)
+    check_positive_int(aux_steps, "aux_steps")
+    check_positive_int(eval_every, "eval_every")
+    aux_lr = check_positive_float(aux_lr, "aux_lr")
+    train_steps = cfg.train_steps
     if arm == "dmd" and teacher is None:
         raise ValueError("arm 'dmd' needs the pre-trained teacher score network (teacher=ScoreNet)")
     if teacher is not None and not isinstance(teacher, ScoreNet):
         raise TypeError(f"teacher must be a ScoreNet, got {type(teacher).__name__}")
     gen = copy.deepcopy(generator)
-    d, b = gen.dim, batch_size
+    d, b = gen.dim, cfg.batch_size
     if reference is None:
         reference = target.sample(65536, seed=derive_seed(seed, 0x5EF))
     data = torch.as_tensor(reference, dtype=_F64)
@@ -274,13 +275,13 @@ def train_matching(
         raise ValueError(f"reference must have shape (N, {d}), got {tuple(data.shape)}")
     data32 = data.float()
     g = torch.Generator().manual_seed(derive_seed(seed, 0x3A7C))
-    opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.0, 0.99))
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
     aux: torch.nn.Module | None = None
     if arm == "diffratio":
-        aux = RatioNet(d, aux_width, aux_depth, sigma_data=float(data.std(0).mean()), seed=derive_seed(seed, 0x3A7D))
+        aux = RatioNet(d, cfg.width, cfg.depth, sigma_data=float(data.std(0).mean()), seed=derive_seed(seed, 0x3A7D))
     elif arm.startswith("dmd"):
         aux = (copy.deepcopy(teacher) if teacher is not None else
-               ScoreNet(d, aux_width, aux_depth, sigma_data=float(data.std(0).mean()), seed=derive_seed(seed, 0x3A7E)))
+               ScoreNet(d, cfg.width, cfg.depth, sigma_data=float(data.std(0).mean()), seed=derive_seed(seed, 0x3A7E)))
         aux.requires_grad_(True)
         aux.train()
     if teacher is not None:
@@ -305,13 +306,13 @@ def train_matching(
 
     def record(step: int) -> None:
         law = gen.law()
-        m = gradient_bias(gen, delta_fn(law), _exact_delta(law, target), n=n_eval, sigma_min=lo, sigma_max=hi,
+        m = gradient_bias(gen, delta_fn(law), _exact_delta(law, target), n=cfg.n_eval, sigma_min=lo, sigma_max=hi,
                           seed=derive_seed(seed, 0xE7A1))
         history.append({"step": step, **m, "aux_loss": aux_loss, "seconds": time.perf_counter() - t0})
 
     with torch_threads(num_threads):
         record(0)
-        for i in progress_range(train_steps, f"matching[{arm}]", progress):
+        for i in progress_range(train_steps, f"matching[{arm}]", cfg.progress):
             if aux is not None:
                 for _ in range(aux_steps):
                     with torch.no_grad():

@@ -15,7 +15,8 @@ x(sigma_max) = sigma_max z), and :class:`ExactFlowMap` is the matching exact ref
 >>> from pfd.distill import train_trajectory_student, ExactFlowMap
 >>> gmm = pfd.GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [0.1, 0.1])
 >>> grid = pfd.stability.make_time_grid("balanced-sum", 2, 1e-2, 3.0, gmm)
->>> student, hist = train_trajectory_student(gmm, grid, train_steps=100, n_train=512, width=16, seed=0)
+>>> cfg = pfd.distill.TRAJECTORY_TRAIN.replace(train_steps=100, width=16)
+>>> student, hist = train_trajectory_student(gmm, grid, n_train=512, seed=0, config=cfg)
 >>> res = pfd.distance(student.as_map(), ExactFlowMap(gmm, 1e-2, 3.0), n=128, progress=False)
 >>> res.value < 0.5, student.as_map().describe()["student_kind"]
 (True, 'trajectory')
@@ -32,15 +33,19 @@ import numpy as np
 import torch
 
 from pfd._checks import check_positive_float, check_positive_int
+from pfd._train import TrainConfig, train_config
 from pfd.analytic.exact import exact_map, exact_method
 from pfd.analytic.gmm import GaussianMixture
 from pfd.noise import derive_seed
 from pfd.report import progress_range
 from pfd.schedules import Process, get_process
 
-__all__ = ["ExactFlowMap", "TrajectoryMap", "TrajectoryStudent", "exact_pairs", "train_trajectory_student"]
+__all__ = ["TRAJECTORY_TRAIN", "ExactFlowMap", "TrajectoryMap", "TrajectoryStudent", "exact_pairs",
+           "train_trajectory_student"]
 
 _F64 = torch.float64
+TRAJECTORY_TRAIN = TrainConfig(width=64, depth=2, train_steps=2000, batch_size=256, lr=2e-3)
+""":func:`train_trajectory_student`'s default training."""
 
 
 def _check_times(grid: Any) -> torch.Tensor:
@@ -274,12 +279,7 @@ def train_trajectory_student(
     grid: Any,
     *,
     process: str | Process = "ou",
-    train_steps: int = 2000,
-    batch_size: int = 256,
     n_train: int = 8192,
-    lr: float = 2e-3,
-    width: int = 64,
-    depth: int = 2,
     time_conditioned: bool = False,
     seed: int = 0,
     pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -288,15 +288,16 @@ def train_trajectory_student(
     patience: int = 6,
     rel_tol: float = 0.01,
     n_val: int = 2048,
-    progress: bool = True,
+    config: TrainConfig | None = None,
 ) -> tuple[TrajectoryStudent, dict[str, Any]]:
     """Train a :class:`TrajectoryStudent` on ``grid`` by regression on exact segment pairs.
 
-    Budget: ``train_steps`` Adam steps (cosine-decayed ``lr``); every step draws one minibatch of
-    ``batch_size`` pairs for every segment from a pool of ``n_train`` exact pairs per segment
-    (or the given ``pairs`` from :func:`exact_pairs`). Returns the student (in eval mode) and a
-    history dict (final training loss per segment, seconds, parameters). ``progress=False`` hides
-    the progress bar (stderr).
+    ``config`` (:class:`pfd.TrainConfig`, default :data:`TRAJECTORY_TRAIN`: width 64, depth 2,
+    2000 steps of batch 256, lr 2e-3) sizes the segment MLPs and the budget: ``train_steps`` Adam
+    steps (cosine-decayed ``lr``); every step draws one minibatch of ``batch_size`` pairs for
+    every segment from a pool of ``n_train`` exact pairs per segment (or the given ``pairs`` from
+    :func:`exact_pairs`). Returns the student (in eval mode) and a history dict (final training
+    loss per segment, seconds, parameters). ``progress=False`` hides the progress bar (stderr).
 
     ``plateau=True``: per-segment validation plateau as the stopping rule, with ``train_steps`` as the
     cap. Every ``eval_every`` steps each segment's loss on ``n_val`` held-out exact pairs is
@@ -309,10 +310,8 @@ def train_trajectory_student(
     if not isinstance(gmm, GaussianMixture):
         raise TypeError(f"gmm must be a pfd.GaussianMixture, got {type(gmm).__name__}")
     g = _check_times(grid)
-    check_positive_int(train_steps, "train_steps")
-    check_positive_int(batch_size, "batch_size")
+    cfg = train_config(config, TRAJECTORY_TRAIN)
     check_positive_int(n_train, "n_train")
-    lr = check_positive_float(lr, "lr")
     proc = get_process(process)
     K = g.shape[0] - 1
     t_start = time.perf_counter()
@@ -331,16 +330,16 @@ def train_trajectory_student(
         check_positive_int(n_val, "n_val")
         rel_tol = check_positive_float(rel_tol, "rel_tol", allow_zero=True)
         val = exact_pairs(gmm, g, n_val, seed=derive_seed(seed, 0x7A1D), process=proc)
-    student = TrajectoryStudent(g, gmm.dim, width, depth, time_conditioned=time_conditioned, process=proc, seed=seed)
+    student = TrajectoryStudent(g, gmm.dim, cfg.width, cfg.depth, time_conditioned=time_conditioned, process=proc, seed=seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and immune to oversubscription
     try:
-        last, stop = _fit(student, X, Y, train_steps, batch_size, lr, seed, progress, val, eval_every, patience, rel_tol)
+        last, stop = _fit(student, X, Y, cfg, seed, val, eval_every, patience, rel_tol)
     finally:
         torch.set_num_threads(threads)
     student.eval()
     hist = {"final_loss_per_segment": last.tolist(), "seconds": time.perf_counter() - t_start, "params": student.n_params,
-            "steps": train_steps, "batch_size": batch_size, "n_train": X.shape[1], "lr": lr, **stop}
+            "steps": cfg.train_steps, "batch_size": cfg.batch_size, "n_train": X.shape[1], "lr": cfg.lr, **stop}
     return student, hist
 
 
@@ -352,9 +351,10 @@ def _val_losses(student: TrajectoryStudent, val: tuple[torch.Tensor, torch.Tenso
     return ((pred - val[1]) ** 2).sum(2).mean(1)
 
 
-def _fit(student: TrajectoryStudent, X: torch.Tensor, Y: torch.Tensor, steps: int, batch_size: int, lr: float,
-         seed: int, progress: bool = True, val: tuple[torch.Tensor, torch.Tensor] | None = None, eval_every: int = 50,
-         patience: int = 6, rel_tol: float = 0.01) -> tuple[torch.Tensor, dict[str, Any]]:
+def _fit(student: TrajectoryStudent, X: torch.Tensor, Y: torch.Tensor, cfg: TrainConfig, seed: int,
+         val: tuple[torch.Tensor, torch.Tensor] | None = None, eval_every: int = 50, patience: int = 6,
+         rel_tol: float = 0.01) -> tuple[torch.Tensor, dict[str, Any]]:
+    steps, batch_size, lr = cfg.train_steps, cfg.batch_size, cfg.lr
     K = student.K
     dtype = student.weights[0].dtype
     Xd, Rd = X.to(dtype), (Y - X).to(dtype)
@@ -374,7 +374,7 @@ def _fit(student: TrajectoryStudent, X: torch.Tensor, Y: torch.Tensor, steps: in
     stop_step = [steps] * units
     best_state = [p.detach().clone() for p in student.parameters()]
     done = 0
-    for i in progress_range(steps, "trajectory student", progress):
+    for i in progress_range(steps, "trajectory student", cfg.progress):
         idx = torch.randint(0, n, (K, min(batch_size, n)), generator=gen)
         xb, rb = Xd[ar, idx], Rd[ar, idx]
         pred = student.segments_forward(xb) - xb
