@@ -175,6 +175,7 @@ def plot(data: dict, path: Path) -> None:
     ax = axes[1]
     names = list(data["cases"])
     width = 0.25
+    lowest = float("inf")
     for j, (key, label) in enumerate((("pfd_rtol", "pfd rtol=0.005"), ("dopri5_default", "dopri5 rtol=1e-6 (default)"),
                                       ("dopri5_matched", "dopri5, loosest rtol within 0.5%"))):
         vals = []
@@ -188,10 +189,12 @@ def plot(data: dict, path: Path) -> None:
                 rt = sp["dopri5_matched_rtol"]
                 vals.append(next(d["seconds"] for d in sp["dopri5"] if d["rtol"] == rt) if rt else float("nan"))
         ax.bar([i + (j - 1) * width for i in range(len(names))], vals, width, label=label)
+        lowest = min([lowest] + [v for v in vals if v == v])
     ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, fontsize=8, rotation=10)
     ax.set_yscale("log")
-    ax.set_ylabel("seconds to a PFD within 0.5% (n as in the run)")
+    ax.set_ylim(bottom=lowest / 2)
+    ax.set_xticklabels([f"{nm}\n(n = {data['cases'][nm]['rows'][0]['n']})" for nm in names], fontsize=8)
+    ax.set_ylabel("seconds to a PFD within 0.5%")
     ax.set_title("time to a PFD within 0.5% of the reference")
     ax.legend(fontsize=8)
     fig.tight_layout()
