@@ -333,12 +333,9 @@ def test_monitor_and_metric_share_labels_with_the_reference():
 
 def test_guidance_benchmark_pieces_on_a_tiny_mixture():
     """The study's code (benchmarks/guidance.py) on a 3-D, 3-class mixture, in a second."""
-    import importlib.util
-    from pathlib import Path
+    from _scripts import load_script
 
-    spec = importlib.util.spec_from_file_location("guidance_bench", Path(__file__).parents[1] / "benchmarks" / "guidance.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/guidance.py", "guidance_bench")
     cg = _cgmm("iso")
     rows = bench.solver_error_curve(cg, 1.0, [4, 16], n=32, seed=0)
     assert rows[0]["solver"] == "dopri5" and rows[1]["pfd_vs_ref"] > rows[2]["pfd_vs_ref"] > 0

@@ -1,12 +1,12 @@
 """K-segment trajectory students: structure, exact training pairs, training, use with pfd.distance,
 and the reduced stability-grid benchmark."""
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from _scripts import load_script
 
 import pfd
 from pfd.analytic import exact_map
@@ -85,9 +85,7 @@ def test_time_conditioned_shared_student(gmm):
 
 def test_reduced_stability_benchmark():
     """One mixture, K = 8, two grids, tiny budget: the benchmark pipeline end to end, in seconds."""
-    spec = importlib.util.spec_from_file_location("stability_grid", ROOT / "benchmarks" / "stability_grid.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/stability_grid.py")
     config = {"t_max": 3.0, "t_min": 0.01, "process": "ou", "mixtures": ["1d-2mode-narrow"], "Ks": [8],
               "grids": ["uniform", "balanced-sum"], "seeds": [0, 1], "steps": 80, "batch_size": 128, "n_train": 256,
               "hidden": 32, "depth": 2, "lr": 2e-3, "n_test": 512, "n_local": 256, "local_Ks": [8]}

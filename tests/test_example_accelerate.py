@@ -4,11 +4,11 @@ continues the same curve."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from _scripts import load_script
 
 import pfd
 
@@ -18,10 +18,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_with_acceler
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location("train_with_accelerate", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("examples/train_with_accelerate.py")
 
 
 def test_accelerate_loop_logs_the_students_pfd_and_resumes(tmp_path):

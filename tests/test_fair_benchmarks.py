@@ -1,28 +1,20 @@
 """Pieces of the issue-18 benchmarks: t-intervals, the resumable run store, paired reductions, and
 the DiffRatio-in-training aggregation on a tiny run."""
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _scripts import load_script
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(name):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return load_script(f"benchmarks/{name}.py")
 
 
 def test_mean_ci95_is_the_student_t_interval():

@@ -3,12 +3,12 @@ every study runs, writes JSON with a config block (and a figure), resumes withou
 and its numbers agree with direct computations."""
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from _scripts import load_script
 
 import pfd
 from pfd.analysis import generalization_errors, reference_maps
@@ -20,10 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("generalization_digits", ROOT / "benchmarks" / "generalization_digits.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/generalization_digits.py")
 
 
 TINY = {

@@ -1,20 +1,15 @@
 """benchmarks/memorization_digits.py on tiny settings: records, resume, summary, figure."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
+from _scripts import load_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _load():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "memorization_digits.py"
-    spec = importlib.util.spec_from_file_location("memorization_digits", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/memorization_digits.py")
 
 
 def test_memorization_study_tiny_resumes_and_summarises(tmp_path):
