@@ -140,23 +140,26 @@ def run_study(sizes: list[str], n_trains: list[int], seeds: list[int], stages: l
                     f"{rec['e_mem_same_rel']:.3f}, switched {rec['e_mem_switched_rel']:.3f}) E_gen/E_gen(mem) "
                     f"{rec['e_gen_rel']:.3f}  [{time.perf_counter() - t0:.0f} s]")
             atomic_torch_save({"settings": settings, "trainer": tr.state_dict()}, ckpt)
-        if routing_ns and tr.step == stages[-1]:
+        last, ready = stages[-1], tr.step == stages[-1]  # records of the final stage are reused; new ones need its state
+        if routing_ns:
             rpath = runs_dir / f"routing_{spec['label'].replace(':', '-')}_{target}.jsonl"
             rdone = read_records(rpath, ("stage", "seed", "n_train"), settings)
             for i, (s, n) in enumerate(members):
                 if n not in routing_ns:
                     continue
-                if (tr.step, s, n) not in rdone:
-                    rec = {"stage": tr.step, "seed": s, "n_train": n, "arm": arm, "size": spec["label"], "target": target,
+                if (last, s, n) not in rdone:
+                    if not ready:
+                        continue
+                    rec = {"stage": last, "seed": s, "n_train": n, "arm": arm, "size": spec["label"], "target": target,
                            "splits": routing_split(tr.ema_model.member(i, clamp=clamp), data[i], n=n_eval,
                                                    seed=eval_seed, solver=solver),
                            "settings_key": key, "settings": settings}
                     append_jsonl(rpath, rec)
-                    rdone[(tr.step, s, n)] = rec
+                    rdone[(last, s, n)] = rec
                     log(f"[{arm}] routing N={n} seed {s}: " + ", ".join(
                         f"{m['mode']}@{m['sigma_c']:g}: {m['basin_agreement']:.3f}" for m in rec["splits"]))
-                routing.append(rdone[(tr.step, s, n)])
-        if distill and target == "sample" and tr.step == stages[-1]:
+                routing.append(rdone[(last, s, n)])
+        if distill and target == "sample":
             dpath = runs_dir / f"distill_{spec['label'].replace(':', '-')}_{target}.jsonl"
             dset = run_settings(**settings, distill=distill)
             ddone = read_records(dpath, ("stage", "seed", "n_train", "segments"), dset)
@@ -164,17 +167,19 @@ def run_study(sizes: list[str], n_trains: list[int], seeds: list[int], stages: l
                 if n not in distill["n_trains"]:
                     continue
                 for k in distill["segments"]:
-                    if (tr.step, s, n, k) not in ddone:
-                        rec = {"stage": tr.step, "seed": s, "n_train": n, "segments": k, "arm": arm,
+                    if (last, s, n, k) not in ddone:
+                        if not ready:
+                            continue
+                        rec = {"stage": last, "seed": s, "n_train": n, "segments": k, "arm": arm,
                                **distill_one(tr.ema_model.member(i, clamp=clamp), data[i], teacher, tmap, k, seed=s,
                                              n_eval=n_eval, eval_seed=eval_seed, solver=solver, cfg=distill),
                                "settings_key": settings_key(dset), "settings": dset}
                         append_jsonl(dpath, rec)
-                        ddone[(tr.step, s, n, k)] = rec
+                        ddone[(last, s, n, k)] = rec
                         log(f"[{arm}] distilled N={n} seed {s} into {k} step(s): copies {rec['copy_fraction']:.3f} "
                             f"basins {rec['basin_agreement']:.3f} E_mem/E_gen(mem) {rec['e_mem_rel']:.3f} "
                             f"E_gen/E_gen(mem) {rec['e_gen_rel']:.3f}, PFD to its teacher {rec['pfd_to_teacher']:.3f}")
-                    distilled.append(ddone[(tr.step, s, n, k)])
+                    distilled.append(ddone[(last, s, n, k)])
     summary = []
     for size, target in arms:
         arm = f"{parse_size(size)['label']} {target}"
