@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+
+from _fair import mean_ci95  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FIELDS = ("copy_fraction", "basin_agreement", "e_mem_rel", "e_gen_rel", "e_mem_same_rel", "e_mem_switched_rel")
@@ -43,15 +44,11 @@ PROPORTIONS = ("copy_fraction", "basin_agreement")
 
 
 def _t_ci(vals: list[float], proportion: bool = False) -> tuple[float, list[float]]:
-    """Mean and 95% t-interval over seeds (the half-width is 0 for one value); for a
-    ``proportion`` the interval is clipped to [0, 1]."""
-    from scipy.stats import t
-
-    m = statistics.fmean(vals)
-    if len(vals) < 2:
-        return m, [m, m]
-    half = t.ppf(0.975, len(vals) - 1) * statistics.stdev(vals) / math.sqrt(len(vals))
-    lo, hi = m - half, m + half
+    """Mean and 95% t-interval over seeds (:func:`_fair.mean_ci95`; the half-width is 0 for one
+    value); for a ``proportion`` the interval is clipped to [0, 1]."""
+    r = mean_ci95(vals)
+    m = r["mean"]
+    lo, hi = r["ci95"] or [m, m]
     return m, [max(0.0, lo), min(1.0, hi)] if proportion else [lo, hi]
 
 
@@ -64,6 +61,7 @@ def run_study(sizes: list[str], n_trains: list[int], seeds: list[int], stages: l
     stage, and summarise per (arm, N, stage) with 95% t-intervals over seeds. An arm is a size with
     a training target: "sample" (plain DSM) or "posterior" (the exact empirical denoiser as target)."""
     from pfd._train import atomic_torch_save
+    from pfd.analysis import reference_maps
     from pfd.analysis._runkey import check_settings, load_checkpoint
     from pfd.analysis._runs import OnDevice, read_records, run_settings, score_member, settings_key, train_set
     from pfd.analysis.mtog import DEFAULT_TRAIN, parse_size
@@ -166,12 +164,14 @@ def run_study(sizes: list[str], n_trains: list[int], seeds: list[int], stages: l
             for i, (s, n) in enumerate(members):
                 if n not in distill["n_trains"]:
                     continue
+                refs = None  # the member's teacher / empirical maps, shared by its distilled students
                 for k in distill["segments"]:
                     if (last, s, n, k) not in ddone:
                         if not ready:
                             continue
+                        refs = refs or reference_maps(tmap, data[i], **solver)
                         rec = {"stage": last, "seed": s, "n_train": n, "segments": k, "arm": arm,
-                               **distill_one(tr.ema_model.member(i, clamp=clamp), data[i], teacher, tmap, k, seed=s,
+                               **distill_one(tr.ema_model.member(i, clamp=clamp), data[i], teacher, refs, k, seed=s,
                                              n_eval=n_eval, eval_seed=eval_seed, solver=solver, cfg=distill),
                                "settings_key": settings_key(dset), "settings": dset}
                         append_jsonl(dpath, rec)
@@ -244,15 +244,17 @@ benchmarks/generalization_digits.py: OU coordinates, EDM-spaced grid from sigma 
 residual MLP per segment, trained on the DSM student's own PF-ODE trajectories from fresh noise)."""
 
 
-def distill_one(net: Any, data: Any, teacher: Any, teacher_map: Any, segments: int, *, seed: int, n_eval: int,
+def distill_one(net: Any, data: Any, teacher: Any, refs: Any, segments: int, *, seed: int, n_eval: int,
                 eval_seed: int, solver: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
-    """Distill one DSM student (denoiser ``net`` on images) into a ``segments``-step trajectory
-    student and score it: E_gen, E_mem, the E_mem breakdown, and its PFD to the DSM student."""
+    """Distill one DSM student (denoiser ``net`` on images, trained on ``data``) into a
+    ``segments``-step trajectory student and score it against the cached teacher and empirical maps
+    ``refs`` (:func:`pfd.analysis.reference_maps`): E_gen, E_mem, the E_mem breakdown, and its PFD
+    to the DSM student."""
     import torch
     from generalization_digits import dsm_trajectory_pairs
 
     import pfd
-    from pfd.analysis import generalization_errors, memorization_breakdown, reference_maps
+    from pfd.analysis import generalization_errors, memorization_breakdown
     from pfd.distill import TRAJECTORY_TRAIN, train_trajectory_student
     from pfd.maps import CachedMap
     from pfd.schedules import get_process, time_grid
@@ -271,7 +273,6 @@ def distill_one(net: Any, data: Any, teacher: Any, teacher_map: Any, segments: i
     flat_map = stu.as_map()  # on flattened samples (d,)
     smap = CachedMap(pfd.OneStepMap(lambda z: flat_map(z.reshape(z.shape[0], -1)).reshape(z.shape), shape=shape,
                                     name=f"{segments}-step trajectory student"))
-    refs = reference_maps(teacher_map, data, **solver)
     kw = {"n": n_eval, "seed": eval_seed}
     err = generalization_errors(smap, None, None, references=refs, **kw)
     brk = memorization_breakdown(smap, data, references=refs, **kw)

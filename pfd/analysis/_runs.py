@@ -207,8 +207,9 @@ def score_member(trainer: Any, i: int, data: torch.Tensor, teacher_map: CachedMa
     err = generalization_errors(smap, None, None, references=refs, **kw)
     brk = memorization_breakdown(smap, data, references=refs, **kw)
     emp_gen = generalization_errors(refs.empirical, None, None, references=refs, **kw).e_gen
+    parts = brk.to_dict()
     return {**err.to_dict(), "n_train": int(data.shape[0]), "n_params": trainer.n_params, "e_gen_empirical": emp_gen.value,
             "e_gen_rel": err.e_gen.value / emp_gen.value if emp_gen.value > 0 else None,
             "e_mem_rel": err.e_mem.value / emp_gen.value if emp_gen.value > 0 else None,
-            **{k: brk.to_dict()[k] for k in BREAKDOWN_FIELDS}, "eval_seconds": time.perf_counter() - t1,
+            **{k: parts[k] for k in BREAKDOWN_FIELDS}, "eval_seconds": time.perf_counter() - t1,
             "device": str(trainer.device.type)}

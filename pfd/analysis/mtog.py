@@ -412,8 +412,9 @@ def mtog_sweep(
     unknown = set(cfg_train) - known
     if unknown:
         raise ValueError(f"train: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
-    if cfg_train.get("target", "sample") == "sample":
-        cfg_train.pop("target", None)  # the default: absent, so runs keep the keys they had before it existed
+    for name, default in OPTIONAL_TRAIN.items():  # at its default a setting stays out, so runs keep their keys
+        if cfg_train.get(name, default) == default:
+            cfg_train.pop(name, None)
     solver = dict(solver or {})
     n_eval = check_positive_int(n_eval, "n_eval", minimum=2)
     done = read_records(out, ("key",))
