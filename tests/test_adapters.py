@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _models import tiny_unet
 from oracles import gaussian_map
 
 import pfd
@@ -162,14 +163,8 @@ def test_edm_adapter_binds_conditioning_and_round_sigma(two_modes):
 # ---------------------------------------------------------------- diffusers
 def _tiny_unet(prediction="epsilon"):
     diffusers = pytest.importorskip("diffusers")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        unet = diffusers.UNet2DModel(
-            sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
-            down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
-        )
     sched = diffusers.DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction)
-    return diffusers, unet.eval(), sched
+    return diffusers, tiny_unet(), sched
 
 
 def test_diffusers_unet_eps_adapter_equals_hand_conversion():

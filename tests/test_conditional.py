@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from _models import tiny_unet
 
 import pfd
 from pfd.analytic import ConditionalGaussianMixture
@@ -155,16 +156,14 @@ def test_edm_adapter_with_guidance_reproduces_the_analytic_guided_denoiser_and_m
 
 def _tiny_class_unet(n_classes=4):
     diffusers = pytest.importorskip("diffusers")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        unet = diffusers.UNet2DModel(
-            sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
-            down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
-            num_class_embeds=n_classes + 1,  # the last id is the null class used for guidance
-        )
+
+    def init(unet):
         for p in unet.class_embedding.parameters():  # untrained embeddings start at zero-ish scale
             p.data.normal_(0.0, 1.0)
-    return diffusers, unet.eval(), diffusers.DDPMScheduler(num_train_timesteps=1000)
+
+    # the last class id is the null class used for guidance
+    unet = tiny_unet(init=init, num_class_embeds=n_classes + 1)
+    return diffusers, unet, diffusers.DDPMScheduler(num_train_timesteps=1000)
 
 
 def test_class_conditional_diffusers_unet_cfg_ddim_equals_conditional_euler_gridmap():

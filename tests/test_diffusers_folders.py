@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from _models import tiny_unet
 
 import pfd
 from pfd.maps import describe_map
@@ -22,11 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _unet(seed: int = 0):
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
-                                     block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
-                                     up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).eval()
+    return tiny_unet(seed)
 
 
 @pytest.fixture(scope="module")
