@@ -162,6 +162,8 @@ def test_ensemble_trainer_checkpoint_resumes_bit_for_bit(one_thread):
     assert again.history == whole.history
     with pytest.raises(ValueError, match="members"):
         EnsembleDSMTrainer(data[:1], [1], **kw).load_state_dict(first.state_dict())
+    with pytest.raises(ValueError, match="max_steps"):
+        again.resume(0)
 
 
 def test_posterior_target_is_the_exact_empirical_denoiser(one_thread):
