@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="DSM target: training point (default) or exact empirical denoiser")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--processes", type=int, default=1)
-    ap.add_argument("--wall-budget", type=float, default=None, help="seconds of training before all units stop")
+    ap.add_argument("--wall-budget", type=float, default=None,
+                    help="seconds of training before all units stop (unfinished ones are checkpointed; rerun continues)")
+    ap.add_argument("--checkpoint-every", type=float, default=600.0,
+                    help="seconds of training between a unit's checkpoints (0: only when the wall budget stops it)")
     ap.add_argument("--n-boot", type=int, default=200)
     ap.add_argument("--report-only", action="store_true", help="no training: refit from finished runs")
     ap.add_argument("--no-teacher-figure", action="store_true")
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         res = mtog_sweep("digits", n_trains, sizes, seeds, out=runs_file, train=train, n_eval=n_eval,
                          device=args.device, processes=args.processes, wall_budget=args.wall_budget,
-                         n_boot=args.n_boot, progress=False, on_unit=on_unit)
+                         n_boot=args.n_boot, progress=False, on_unit=on_unit,
+                         checkpoint_every=args.checkpoint_every or None)
     if args.report_only:
         res["seconds"] = prev_full.get("seconds")
         res["refit_seconds"] = time.time() - t0
@@ -133,7 +137,8 @@ def verdict(res: dict) -> str:
 
 
 def summary(res: dict) -> str:
-    lines = [f"complete: {res['complete']} ({res['n_runs']}/{res['n_runs_expected']} runs)"]
+    lines = [f"complete: {res['complete']} ({res['n_runs']}/{res['n_runs_expected']} runs)"
+             + (f"; checkpointed, continue by rerunning: {', '.join(res['pending'])}" if res.get("pending") else "")]
     for t in res["transitions"]:
         ci = t["n_star_ci95"]
         lines.append(f"  {t['size']:>12} |θ| = {t['params']:>9,}: N* = "

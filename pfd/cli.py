@@ -162,7 +162,10 @@ def _add_analysis_parsers(sub) -> None:
                         "denoiser of the training set (posterior: same minimiser, far less gradient noise)")
     f.add_argument("--device", default="cpu", help="torch device for training and maps (default cpu)")
     f.add_argument("--processes", type=int, default=1, help="worker processes, one model size each (default 1)")
-    f.add_argument("--wall-budget", type=float, default=None, help="seconds after which training stops")
+    f.add_argument("--wall-budget", type=float, default=None,
+                   help="seconds after which training stops; unfinished sizes are checkpointed and continue on rerun")
+    f.add_argument("--checkpoint-every", type=float, default=600.0,
+                   help="seconds of training between a size's checkpoints (default 600; 0: only at the wall budget)")
     f.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates over seeds (default 200)")
     _add_common(m, skip=("width",), train_steps=3000)
     d = sub.add_parser("dynamics", help="E_gen / E_mem / losses per epoch of one student",
@@ -266,7 +269,8 @@ def _cmd_mtog_fair(args: argparse.Namespace, out) -> int:
              "min_steps": min(2000, args.max_steps), "target": args.target}
     res = mtog_sweep(args.teacher, n_trains, sizes, seeds, out=out / "mtog_runs_fair.jsonl", train=train,
                      n_eval=args.n_eval, eval_seed=args.eval_seed, device=args.device, processes=args.processes,
-                     wall_budget=args.wall_budget, n_boot=args.n_boot, progress=not args.no_progress)
+                     wall_budget=args.wall_budget, n_boot=args.n_boot, progress=not args.no_progress,
+                     checkpoint_every=args.checkpoint_every or None)
     _write_outputs(args, out, "mtog", res, lambda png: plot_mtog_sweep(res, png))
     for t in res["transitions"]:
         ci = t["n_star_ci95"]

@@ -114,10 +114,45 @@ def test_digits_sweep_smoke_keyed_resume(tmp_path, one_thread):
     kw["train"] = {**kw["train"], "lr": 1e-3}
     res2 = mtog_sweep("digits", [8, 16], ["mlp:8:1"], [0, 1], out=out, **kw)
     assert len(units) == 3 and {r["key"] for r in res2["runs"]}.isdisjoint({r["key"] for r in res["runs"]})
-    # a wall budget stops training: such runs are marked and the result is incomplete
-    res3 = mtog_sweep("digits", [8], ["mlp:8:1"], [0], out=tmp_path / "w.jsonl", wall_budget=0.0,
-                      **{**kw, "train": {**kw["train"], "max_steps": 10**6, "min_steps": 10**6}})
-    assert res3["runs"][0]["stopped_by"] == "wall" and not res3["complete"]
+
+
+def test_wall_budget_checkpoints_and_rerun_continues_bit_for_bit(tmp_path, one_thread, monkeypatch):
+    import itertools
+    import time
+
+    kw = {"train": {"max_steps": 120, "min_steps": 120, "check_every": 20, "n_check": 64}, "n_eval": 64,
+          "progress": False, "n_boot": 5}
+    ref = mtog_sweep("digits", [8, 16], ["mlp:8:1"], [0], out=tmp_path / "ref.jsonl", **kw)
+    out = tmp_path / "w.jsonl"
+    # a clock that advances one second per reading: the trainer reads it once per step, so a wall
+    # budget of 50 s stops the unit part-way (after checkpoints every 15 s) at a reproducible step
+    clock = itertools.count()
+    with monkeypatch.context() as m:
+        m.setattr(time, "monotonic", lambda: float(next(clock)))
+        part = mtog_sweep("digits", [8, 16], ["mlp:8:1"], [0], out=out, wall_budget=50.0, checkpoint_every=15.0, **kw)
+    assert part["runs"] == [] and not part["complete"] and part["pending"] == ["mlp:8:1"]
+    (ckpt,) = (tmp_path / "w_ckpt").glob("unit-mlp-8-1-*.pt")
+    step = torch.load(ckpt, weights_only=False)["trainer"]["step"]
+    assert 0 < step < 120
+    full = mtog_sweep("digits", [8, 16], ["mlp:8:1"], [0], out=out, **kw)
+    assert full["complete"] and full["pending"] == [] and not ckpt.exists()
+    for a, b in zip(ref["runs"], full["runs"], strict=True):
+        assert (a["n_train"], a["steps"], a["e_gen"], a["e_mem"]) == (b["n_train"], b["steps"], b["e_gen"], b["e_mem"])
+
+
+def test_ensemble_checkpoint_from_other_settings_is_refused(tmp_path, one_thread):
+    from pfd._train import atomic_torch_save
+    from pfd.analysis._runs import train_ensemble
+
+    teacher = pfd.analytic.digits_teacher()
+    path = tmp_path / "unit.pt"
+    atomic_torch_save({"settings": {"lr": 1e-3}, "trainer": {}}, path)
+    with pytest.raises(ValueError, match=r"ensemble checkpoint .* other settings \(lr"):
+        train_ensemble(teacher, [8], [0], width=8, depth=1, train={"max_steps": 10}, n_eval=8, checkpoint=path,
+                       checkpoint_settings={"lr": 2e-3})
+    with pytest.raises(ValueError, match="checkpoint_settings"):
+        train_ensemble(teacher, [8], [0], width=8, depth=1, train={"max_steps": 10}, n_eval=8,
+                       checkpoint=tmp_path / "new.pt")
 
 
 def test_cli_mtog_digits_runs_the_fair_sweep(tmp_path, one_thread, capsys):

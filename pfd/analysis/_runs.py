@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from pfd.analysis._runkey import run_settings, settings_diff, settings_key
+from pfd._train import atomic_torch_save
+from pfd.analysis._runkey import check_settings, load_checkpoint, run_settings, settings_diff, settings_key
 from pfd.analysis.generalization import generalization_errors, memorization_breakdown, reference_maps
 from pfd.analysis.students import DSMTrainer, TrainConfig
 from pfd.analytic.gmm import GaussianMixture
@@ -154,6 +155,9 @@ def train_ensemble(
     solver: dict[str, Any] | None = None,
     wall_budget: float | None = None,
     progress: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_settings: dict[str, Any] | None = None,
+    checkpoint_every: float = 300.0,
 ) -> list[dict[str, Any]]:
     """Train one student per (seed, N) in ``seeds`` x ``n_trains`` (training set and init from
     the seed) together as an :class:`pfd.analysis.students.EnsembleDSMTrainer`, each until it
@@ -165,7 +169,16 @@ def train_ensemble(
     rule, ...), optionally ``clamp`` (the students' denoiser outputs are projected onto
     [-clamp, clamp]^d when their maps are evaluated) and optionally ``lr_ref_width``: the learning rate is then scaled by
     min(1, sqrt(lr_ref_width / width)) (wide networks take smaller Adam steps). The teacher and
-    empirical maps run on ``device`` (float64)."""
+    empirical maps run on ``device`` (float64).
+
+    ``checkpoint`` (a file path) makes the ensemble's training resumable: its trainer state
+    (:meth:`~pfd.analysis.students.EnsembleDSMTrainer.state_dict`, with ``checkpoint_settings``,
+    the settings that determine the unit) is written atomically every ``checkpoint_every``
+    seconds of training, and an existing checkpoint is continued (bit for bit as if never
+    interrupted) after its settings are checked against ``checkpoint_settings`` (a mismatch is
+    a ValueError). When ``wall_budget`` runs out first the state is saved and nothing is scored:
+    the return value is ``[]`` (the unit is unfinished). Without a checkpoint a wall stop scores
+    the members as they are, marked ``stopped_by="wall"``."""
     import math
 
     from pfd.analysis.students import EnsembleDSMTrainer
@@ -181,7 +194,10 @@ def train_ensemble(
     data = [train_set(teacher, n, s) for s, n in members]
     tr = EnsembleDSMTrainer(data, [int(derive_seed(s, 7, n) % (2**31)) for s, n in members], arch=arch, width=width,
                             depth=depth, device=device, noise_seed=int(seeds[0]), **train)
-    stats = tr.train(wall_budget=wall_budget, progress=progress)
+    stats = _train_resumable(tr, wall_budget=wall_budget, progress=progress, checkpoint=checkpoint,
+                             settings=checkpoint_settings, every=checkpoint_every)
+    if stats is None:
+        return []
     t_train = time.perf_counter() - t0
     tmap = teacher_map if teacher_map is not None else CachedMap(OnDevice(teacher.ode_map(**solver), device))
     out = []
@@ -192,6 +208,34 @@ def train_ensemble(
                "train_seconds_unit": t_train}
         out.append(rec)
     return out
+
+
+def _train_resumable(tr: Any, *, wall_budget: float | None, progress: bool, checkpoint: str | os.PathLike[str] | None,
+                     settings: dict[str, Any] | None, every: float) -> list[dict[str, Any]] | None:
+    """Train ``tr`` to the end, in slices of ``every`` seconds with a checkpoint after each when
+    ``checkpoint`` is set; None when the wall budget ended training first and the state was saved."""
+    if checkpoint is None:
+        return tr.train(wall_budget=wall_budget, progress=progress)
+    if settings is None:
+        raise ValueError("checkpoint_settings must be given with checkpoint (the settings that determine the unit)")
+    if not every > 0:
+        raise ValueError(f"checkpoint_every must be > 0 seconds, got {every!r}")
+    path = Path(checkpoint)
+    if path.exists():
+        state = load_checkpoint(path, "ensemble checkpoint")
+        check_settings(state.get("settings"), settings, f"ensemble checkpoint {str(path)!r}", "delete it to start over")
+        tr.load_state_dict(state["trainer"])
+        tr.resume(tr.max_steps)
+    deadline = None if wall_budget is None else time.monotonic() + float(wall_budget)
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        stats = tr.train(wall_budget=every if left is None else min(left, every), progress=progress)
+        if not any(s["stopped_by"] == "wall" for s in stats):
+            return stats
+        atomic_torch_save({"settings": settings, "trainer": tr.state_dict()}, path)
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+        tr.resume(tr.max_steps)
 
 
 def score_member(trainer: Any, i: int, data: torch.Tensor, teacher_map: CachedMap, *, clamp: float | None,

@@ -23,6 +23,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -351,7 +352,8 @@ def _unit_worker(job: dict[str, Any]) -> list[dict[str, Any]]:
     recs = train_ensemble(_WORKER["teacher"], job["n_trains"], job["seeds"], arch=job["arch"], width=job["width"],
                           depth=job["depth"], train=job["train"], n_eval=job["n_eval"], eval_seed=job["eval_seed"],
                           device=job["device"], teacher_map=_WORKER["tmap"], solver=job["solver"],
-                          wall_budget=None if left is None else max(1.0, left))
+                          wall_budget=None if left is None else max(1.0, left), checkpoint=job["checkpoint"],
+                          checkpoint_settings=job["settings"], checkpoint_every=job["checkpoint_every"])
     for r in recs:
         r["key"] = run_key({**job["settings"], "seed": r["seed"], "n_train": r["n_train"]})
         r["size"] = job["label"]
@@ -376,6 +378,7 @@ def mtog_sweep(
     progress: bool = True,
     on_unit: Callable[[list[dict[str, Any]]], None] | None = None,
     train_missing: bool = True,
+    checkpoint_every: float | None = 600.0,
 ) -> dict[str, Any]:
     """Run (or resume) the fair MtoG sweep; return the result dict (``config``, ``runs``,
     ``transitions``, ``collapse``, ``complete``).
@@ -386,8 +389,13 @@ def mtog_sweep(
     whole seed and N grid, training config, evaluation, device type): a restart skips units whose runs are all
     present with the same key; a run made with other settings is never reused. Units run in
     ``processes`` worker processes. ``wall_budget`` (seconds) stops training of all units at that
-    deadline (runs marked ``stopped_by="wall"`` count as unfinished on restart and make the
-    result ``complete: false``). ``train_missing=False`` only refits the runs already in ``out``.
+    deadline. A unit's training is resumable: its trainer state is saved atomically (in the
+    folder ``<out stem>_ckpt`` next to ``out``, one file per unit, named and checked by the
+    unit's settings) every ``checkpoint_every`` seconds of training (None: only when the wall
+    budget stops it) and when the wall budget stops it; such a unit records no runs (the result
+    is ``complete: false`` and lists it in ``pending``) and a restart continues it bit for bit;
+    its checkpoint is deleted once its runs are written. ``train_missing=False`` only refits the
+    runs already in ``out``.
     """
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -417,17 +425,26 @@ def mtog_sweep(
             cfg_train.pop(name, None)
     solver = dict(solver or {})
     n_eval = check_positive_int(n_eval, "n_eval", minimum=2)
+    if checkpoint_every is not None and not checkpoint_every > 0:
+        raise ValueError(f"checkpoint_every must be > 0 seconds or None, got {checkpoint_every!r}")
     done = read_records(out, ("key",))
+    ckpt_dir = Path(out).parent / f"{Path(out).stem}_ckpt"
     jobs = []
     for size in size_specs:
         st = _unit_settings(teacher, size, grid_s, grid_n, cfg_train, n_eval, eval_seed, solver, device)
         keys = [run_key({**st, "seed": s, "n_train": n}) for s in grid_s for n in grid_n]
-        if train_missing and not all((k,) in done and done[(k,)].get("stopped_by") != "wall" for k in keys):
+        ckpt = ckpt_dir / f"unit-{size['label'].replace(':', '-')}-{run_key(st)}.pt"
+        if all((k,) in done and done[(k,)].get("stopped_by") != "wall" for k in keys):
+            ckpt.unlink(missing_ok=True)  # left behind by a sweep killed between writing the runs and this
+        elif train_missing:
             jobs.append({"teacher_name": teacher_name, "teacher": None if teacher_name else teacher.to_dict(),
                          "arch": size["arch"], "width": size["width"], "depth": size["depth"], "label": size["label"],
                          "seeds": grid_s, "n_trains": grid_n, "train": cfg_train, "n_eval": n_eval, "eval_seed": eval_seed,
-                         "solver": solver, "device": device, "settings": st,
+                         "solver": solver, "device": device, "settings": st, "checkpoint": str(ckpt),
+                         "checkpoint_every": checkpoint_every or math.inf,
                          "deadline": None if wall_budget is None else time.time() + float(wall_budget)})
+    if jobs:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     # biggest models first, so the stragglers at the end are small
     jobs.sort(key=lambda j: -(j["width"] ** 2 * j["depth"] * (9 if j["arch"] == "conv" else 1)))
 
@@ -435,22 +452,28 @@ def mtog_sweep(
 
     bar = tqdm(total=len(jobs), desc="mtog units", unit="unit", disable=not progress, leave=False)
 
-    def finish(recs: list[dict[str, Any]]) -> None:
+    pending: list[str] = []
+
+    def finish(job: dict[str, Any], recs: list[dict[str, Any]]) -> None:
+        bar.update(1)
+        if not recs:  # stopped by the wall budget; its checkpoint holds the progress
+            pending.append(job["label"])
+            return
         for r in recs:
             append_jsonl(out, r)
             done[(r["key"],)] = r
-        bar.update(1)
+        Path(job["checkpoint"]).unlink(missing_ok=True)
         if on_unit is not None:
             on_unit(recs)
 
     if processes <= 1 or len(jobs) <= 1:
         for j in jobs:
-            finish(_unit_worker(j))
+            finish(j, _unit_worker(j))
     else:
         with cf.ProcessPoolExecutor(max_workers=processes, mp_context=mp.get_context("spawn")) as ex:
-            futs = [ex.submit(_unit_worker, j) for j in jobs]
+            futs = {ex.submit(_unit_worker, j): j for j in jobs}
             for f in cf.as_completed(futs):
-                finish(f.result())
+                finish(futs[f], f.result())
     bar.close()
     runs = []
     for size in size_specs:
@@ -471,7 +494,9 @@ def mtog_sweep(
               "train": cfg_train, "n_eval": n_eval, "eval_seed": eval_seed,
               "solver": solver or {"solver": "heun", "steps": 18}, "device": device, "processes": processes,
               "wall_budget": wall_budget, "n_boot": n_boot}
-    return mtog_report(runs, config, n_boot=n_boot)
+    res = mtog_report(runs, config, n_boot=n_boot)
+    res["pending"] = pending
+    return res
 
 
 def _seed_means(runs: list[dict[str, Any]], field: str, group: str, seeds: Sequence[int]):
