@@ -112,28 +112,71 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def verdict(res: dict) -> str:
-    """The verdict on the paper's N / sqrt|theta| claim, in words, from the numbers alone."""
+    """The verdict on the paper's N / sqrt|theta| claim, in words, from the numbers alone.
+
+    The claim concerns the memorization -> generalization transition, so it is tested only on the
+    sizes that memorize at the smallest N (``res["memorizing"]``: they copy training points and
+    their E_gen sits at the memorizer's). It is a test when at least 4 such sizes span at least
+    100x in |theta| and at most 10% of their runs stopped at the step cap; then the collapse
+    exponent's 95% CI decides: it supports the claim when it contains 1/2, excludes 0 and is at
+    most 0.5 wide, and refutes it when it excludes 1/2.
+    """
+    import math
+
     c, conv = res["collapse"], res["convergence"]
-    best_mem = min(v["e_mem_rel_at_smallest_n"] for v in conv.values())
-    n_runs = sum(sum(v["stopped_by"].values()) for v in conv.values())
-    capped = sum(v["stopped_by"].get("cap", 0) + v["stopped_by"].get("wall", 0) for v in conv.values())
-    ci, sci = c.get("alpha_ci95"), c.get("slope_ci95")
+    params = res["config"]["params"]
+    mem = (res.get("memorizing") or {}).get("sizes")
+    fit = (res.get("memorizing") or {}).get("fit")
     parts = []
+    if mem is None:  # runs without copy fractions
+        sizes = list(conv)
+    else:
+        sizes = mem
+        span = max(params[m] for m in mem) / min(params[m] for m in mem) if mem else 0.0
+        parts.append(f"{len(mem)} of {len(conv)} sizes memorize at the smallest N (copy fraction >= "
+                     f"{res['memorizing']['rule']['copy_fraction_min']} and E_gen at the memorizer's)"
+                     + (f": {', '.join(mem)}, spanning {span:.0f}x in |theta|" if mem else ""))
+        if fit is not None:  # some but not all sizes memorize: the claim is tested on those alone
+            c = fit["collapse"]
+    n_runs = sum(sum(conv[z]["stopped_by"].values()) for z in sizes if z in conv)
+    capped = sum(conv[z]["stopped_by"].get("cap", 0) + conv[z]["stopped_by"].get("wall", 0) for z in sizes if z in conv)
+    reasons = []
+    if mem is None:
+        reasons.append("memorization at small N was not measured (runs without copy fractions)")
+    elif len(mem) < 4:
+        reasons.append("fewer than 4 sizes memorize at small N")
+    elif max(params[m] for m in mem) < 100 * min(params[m] for m in mem):
+        reasons.append("the memorizing sizes span less than 100x in |theta|")
+    if n_runs and capped > 0.1 * n_runs:
+        reasons.append(f"{capped} of {n_runs} runs stopped at the step cap, not at a loss plateau")
+    best_mem = min(v["e_mem_rel_at_smallest_n"] for v in conv.values())
     if best_mem > 0.1:
-        parts.append(f"NOT A TEST of the claim: no student reached the memorizing regime (best E_mem / "
-                     f"E_gen(memorizer) at the smallest N: {best_mem:.2f}, not ~0)")
-    if capped:
-        parts.append(f"{capped} of {n_runs} runs stopped at the step cap, not at a loss plateau")
+        parts.append(f"no student memorized as a map (best E_mem / E_gen(memorizer) at the smallest N: {best_mem:.2f}, "
+                     "not ~0)")
+    ci, sci = c.get("alpha_ci95"), c.get("slope_ci95")
     if ci and sci:
         agree = not (ci[1] < sci[0] or sci[1] < ci[0])
-        half = ci[0] <= 0.5 <= ci[1]
         parts.append(f"collapse exponent alpha = {c['alpha']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] "
-                     f"({'includes' if half else 'excludes'} 1/2, excludes 0: {not ci[0] <= 0 <= ci[1]}); the slope of "
-                     f"log2 N* against log2|theta| is {c['slope_log2_nstar_vs_log2_params']:.2f} "
-                     f"[{sci[0]:.2f}, {sci[1]:.2f}]" + ("" if agree else "; the two estimators disagree beyond "
-                                                          "their seed-bootstrap CIs, so the CIs understate the "
-                                                          "uncertainty (model misspecification, not seed noise)"))
-    return "; ".join(parts) + "."
+                     f"({'includes' if ci[0] <= 0.5 <= ci[1] else 'excludes'} 1/2, "
+                     f"{'includes' if ci[0] <= 0 <= ci[1] else 'excludes'} 0); the slope of log2 N* against "
+                     f"log2|theta| is {c['slope_log2_nstar_vs_log2_params']:.2f} [{sci[0]:.2f}, {sci[1]:.2f}]"
+                     + ("" if agree else "; the two estimators disagree beyond their seed-bootstrap CIs, so the CIs "
+                        "understate the uncertainty (model misspecification, not seed noise)"))
+        tr = fit["transitions"] if fit is not None else res["transitions"]
+        ratios = [t["n_star"] / math.sqrt(t["params"]) for t in tr if t["n_star"] is not None and t["size"] in sizes]
+        if ratios:
+            parts.append(f"N* / sqrt|theta| = {min(ratios):.2f} .. {max(ratios):.2f} (the paper: ~1)")
+    if reasons:
+        head = "NOT A TEST of the claim: " + "; ".join(reasons)
+    elif not (ci and sci):
+        head = "NO VERDICT: the collapse exponent could not be fitted with a CI"
+    elif ci[0] <= 0.5 <= ci[1] and not ci[0] <= 0 <= ci[1] and ci[1] - ci[0] <= 0.5:
+        head = "SUPPORTS the claim: alpha = 1/2 is inside the 95% CI and alpha = 0 is not"
+    elif not ci[0] <= 0.5 <= ci[1]:
+        head = "REFUTES the claim: alpha = 1/2 is outside the 95% CI"
+    else:
+        head = "INCONCLUSIVE: the 95% CI of alpha is too wide to tell 1/2 from 0"
+    return "; ".join([head, *parts]) + "."
 
 
 def summary(res: dict) -> str:

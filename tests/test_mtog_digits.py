@@ -223,3 +223,30 @@ def test_posterior_target_is_the_exact_empirical_denoiser(one_thread):
     assert tr.step == 5 and all(map(math.isfinite, tr.check_loss()))
     with pytest.raises(ValueError, match="target"):
         EnsembleDSMTrainer(data, [0, 1], target="mean")
+
+
+def _verdict_result(alpha_ci, mem, capped=0):
+    params = {"a": 10**4, "b": 10**5, "c": 10**6, "d": 10**7}
+    conv = {z: {"stopped_by": {"plateau": 85 - capped, "cap": capped}, "e_mem_rel_at_smallest_n": 0.3}
+            for z in params}
+    collapse = {"alpha": sum(alpha_ci) / 2, "alpha_ci95": alpha_ci, "slope_log2_nstar_vs_log2_params": 0.5,
+                "slope_ci95": [0.4, 0.6]}
+    tr = [{"size": z, "params": p, "n_star": p**0.5} for z, p in params.items()]
+    return {"collapse": collapse, "convergence": conv, "config": {"params": params}, "transitions": tr,
+            "memorizing": {"rule": {"copy_fraction_min": 0.9}, "sizes": mem, "fit": None}}
+
+
+def test_mtog_verdict_tests_the_claim_only_on_memorizing_sizes():
+    from _scripts import load_script
+
+    verdict = load_script("benchmarks/mtog_digits.py").verdict
+    all4 = ["a", "b", "c", "d"]
+    assert verdict(_verdict_result([0.35, 0.65], all4)).startswith("SUPPORTS")
+    assert verdict(_verdict_result([0.7, 0.9], all4)).startswith("REFUTES")
+    assert verdict(_verdict_result([-0.1, 0.8], all4)).startswith("INCONCLUSIVE")
+    v = verdict(_verdict_result([0.35, 0.65], ["c", "d"]))
+    assert v.startswith("NOT A TEST") and "fewer than 4 sizes memorize" in v
+    assert "N* / sqrt|theta| = 1.00 .. 1.00" in v and "no student memorized as a map" in v
+    assert "stopped at the step cap" in verdict(_verdict_result([0.35, 0.65], all4, capped=20))
+    assert verdict(_verdict_result([0.35, 0.65], None)).startswith(
+        "NOT A TEST of the claim: memorization at small N was not measured")

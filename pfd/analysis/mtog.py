@@ -35,8 +35,8 @@ from pfd.analytic.gmm import GaussianMixture
 from pfd.maps import CachedMap
 from pfd.report import append_jsonl, check_writable
 
-__all__ = ["collapse_scan", "fit_logistic", "fit_transitions", "half_octaves", "mtog_report", "mtog_scaling", "mtog_sweep",
-           "parse_size", "run_key", "transition_fits"]
+__all__ = ["collapse_scan", "fit_logistic", "fit_transitions", "half_octaves", "memorizing_sizes", "mtog_report",
+           "mtog_scaling", "mtog_sweep", "parse_size", "run_key", "transition_fits"]
 
 KEY = ("n_train", "width", "seed")
 FIELDS = ("e_gen", "e_mem", "e_gen_rel", "e_mem_rel")
@@ -646,11 +646,44 @@ def transition_fits(runs: list[dict[str, Any]], field: str = "e_gen", *, group: 
                          "slope_ci95": ci(boot_slope, max(1, n_boot // 2)), "n_boot": n_boot}}
 
 
+MEMORIZING = {"copy_fraction_min": 0.9, "e_gen_rel_min": 0.95}
+"""A size memorizes at small N when, at the smallest N of the sweep, the seed-mean copy fraction
+(memorization ratio) is at least ``copy_fraction_min`` and its E_gen is no better than the
+memorizer's (seed-mean E_gen / E_gen(memorizer) >= ``e_gen_rel_min``)."""
+
+
+def memorizing_sizes(runs: list[dict[str, Any]], rule: dict[str, float] | None = None) -> list[str] | None:
+    """The sizes whose students memorize at the sweep's smallest N (:data:`MEMORIZING`): they copy
+    training points and their E_gen sits at the memorizer's. Only for those does E_gen(N) describe
+    a memorization -> generalization transition; a size that never memorizes gives a capacity curve.
+    None when the runs carry no copy fraction (older records).
+
+    >>> runs = [{"size": "a", "n_train": 8, "copy_fraction": 0.97, "e_gen_rel": 0.99},
+    ...         {"size": "b", "n_train": 8, "copy_fraction": 0.0, "e_gen_rel": 1.06}]
+    >>> memorizing_sizes(runs)
+    ['a']
+    """
+    rule = {**MEMORIZING, **(rule or {})}
+    if not runs or any(r.get("copy_fraction") is None for r in runs):
+        return None
+    out = []
+    for size in sorted({r["size"] for r in runs}):
+        rs = [r for r in runs if r["size"] == size]
+        n0 = min(r["n_train"] for r in rs)
+        small = [r for r in rs if r["n_train"] == n0]
+        if (np.mean([r["copy_fraction"] for r in small]) >= rule["copy_fraction_min"]
+                and np.mean([r["e_gen_rel"] for r in small]) >= rule["e_gen_rel_min"]):
+            out.append(size)
+    return out
+
+
 def mtog_report(runs: list[dict[str, Any]], config: dict[str, Any], *, n_boot: int = 200) -> dict[str, Any]:
     """The sweep's result in the committed schema: ``config``, ``observable: "e_gen"``,
     ``transitions`` (per size: params, n_star, n_star_ci95), ``collapse`` (alpha, alpha_ci95),
     ``fits`` for the other observables, ``convergence`` (steps and how close small N got to the
-    memorizer), ``runs`` and ``complete``."""
+    memorizer), ``memorizing`` (the sizes that memorize at small N, :func:`memorizing_sizes`, and
+    the E_gen fits on those sizes alone, ``fit``, when they are some but not all of the sizes;
+    when all memorize, the main fit is theirs), ``runs`` and ``complete``."""
     config = {**config, "params": {r["size"]: r["n_params"] for r in runs}}
     expected = len(config["n_trains"]) * len(config["seeds"]) * len(config["sizes"])
     finished = [r for r in runs if r.get("stopped_by") != "wall"]
@@ -669,9 +702,17 @@ def mtog_report(runs: list[dict[str, Any]], config: dict[str, Any], *, n_boot: i
                       "steps_max": max(r["steps"] for r in rs),
                       "stopped_by": {k: sum(r["stopped_by"] == k for r in rs) for k in {r["stopped_by"] for r in rs}},
                       "smallest_n": n0, "e_mem_rel_at_smallest_n": float(np.mean([r["e_mem_rel"] for r in small])),
-                      "e_mem_rel_at_smallest_n_max": float(np.max([r["e_mem_rel"] for r in small]))}
+                      "e_mem_rel_at_smallest_n_max": float(np.max([r["e_mem_rel"] for r in small])),
+                      "e_gen_rel_at_smallest_n": float(np.mean([r["e_gen_rel"] for r in small])),
+                      "copy_fraction_at_smallest_n": None if any(r.get("copy_fraction") is None for r in small)
+                      else float(np.mean([r["copy_fraction"] for r in small]))}
+    mem = memorizing_sizes(runs)
+    mem_fit = None
+    if mem is not None and len(mem) >= 2 and len(mem) < len({r["size"] for r in runs}):
+        mem_fit = transition_fits([r for r in runs if r["size"] in mem], "e_gen", n_boot=n_boot)
     return {"config": config, "observable": "e_gen",
             "transitions": [] if main is None else main["transitions"],
             "collapse": {} if main is None else main["collapse"],
+            "memorizing": {"rule": dict(MEMORIZING), "sizes": mem, "fit": mem_fit},
             "fits": others, "convergence": conv, "runs": runs, "complete": complete,
             "n_runs": len(runs), "n_runs_expected": expected}
