@@ -57,3 +57,38 @@ def test_memorization_study_tiny_resumes_and_summarises(tmp_path):
     assert [m["basin_agreement"] for m in exact] == [1.0] * 4 and max(m["e_mem"] for m in exact) < 1e-4
     mod.plot(res, tmp_path / "m.png")
     assert (tmp_path / "m.png").stat().st_size > 10_000
+
+
+def test_copy_capacity_crossing_and_bootstrap_on_known_curves():
+    mod = load_script("benchmarks/memorization_recipes.py")
+    assert mod.crossing([8, 16, 32], [0.9, 0.6, 0.2]) == pytest.approx(2 ** (4 + 0.25))
+    assert mod.crossing([8, 16], [0.4, 0.1]) is None and mod.crossing([8, 16], [0.9, 0.7]) is None
+    # copy fraction 1 / (1 + (N / N_copy)^2) with N_copy = sqrt(|theta|) / 4: slope 1/2 exactly
+    rows = []
+    for p in (4**6, 4**7, 4**8):
+        for s in range(3):
+            for n in (8, 11, 16, 23, 32, 45, 64, 91, 128):
+                n_copy = math.sqrt(p) / 4 * (1 + 0.05 * (s - 1))
+                rows.append({"stage": 10, "size": f"m{p}", "n_params": p, "seed": s, "n_train": n,
+                             "copy_fraction": 1 / (1 + (n / n_copy) ** 2)})
+    fit = mod.capacity_fit(rows, 10, n_boot=200)
+    assert fit["slope_log2_ncopy_vs_log2_params"] == pytest.approx(0.5, abs=0.03)
+    lo, hi = fit["slope_ci95"]
+    assert lo <= 0.5 + 0.03 and hi >= 0.5 - 0.03 and hi - lo < 0.2
+    for s in fit["sizes"]:  # the seed-mean curve crosses 1/2 near the middle seed's N_copy
+        assert s["n_copy"] == pytest.approx(math.sqrt(s["params"]) / 4, rel=0.1)
+        assert s["n_copy_ci95"][0] <= s["n_copy"] <= s["n_copy_ci95"][1]
+
+
+def test_recipes_study_tiny_runs_and_writes(tmp_path):
+    mod = load_script("benchmarks/memorization_recipes.py")
+    res = mod.run([("mlp:8:1", "mlp:8:1", {}), ("mlp:8:1, lr x3", "mlp:8:1", {"lr": 6e-3})], [8], [10], ["mlp:8:1"],
+                  [8, 11], [10], out_dir=tmp_path, seeds=[0, 1], n_eval=32,
+                  base_train={"check_every": 10, "n_check": 32, "warmup": 5}, n_boot=20, log=lambda m: None)
+    assert res["complete"] and {r["recipe"] for r in res["recipes"]} == {"mlp:8:1", "mlp:8:1, lr x3"}
+    # the two recipes are different settings: different students, scored separately
+    a, b = (next(r for r in res["recipe_rows"] if r["recipe"] == k and r["seed"] == 0) for k in ("mlp:8:1", "mlp:8:1, lr x3"))
+    assert a["settings_key"] != b["settings_key"] and a["e_gen"] != b["e_gen"]
+    assert len(res["capacity_rows"]) == 2 * 2 and res["capacity_fit"]["stage"] == 10
+    mod.plot(res, tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 10_000

@@ -69,6 +69,34 @@ def test_ensemble_members_are_independent_networks(one_thread):
         parse_size("mlp:64")
 
 
+def test_resmlp_member_matches_a_hand_written_forward(one_thread):
+    import math
+
+    ens = EnsembleDenoiser((1, 4, 4), arch="resmlp", width=8, depth=2, seeds=[3, 4], sigma_data=[0.5, 0.7])
+    assert parse_size("resmlp:8:2") == {"arch": "resmlp", "width": 8, "depth": 2, "label": "resmlp:8:2"}
+    # |theta| by hand: in (16 + 16) x 8 + 8; per block 8 x 8 + 8 + 2 x 16 x 8; out 16 x 8 + 8 x 16 + 16
+    assert ens.n_params_per_member == 32 * 8 + 8 + 2 * (64 + 8 + 256) + 16 * 8 + 8 * 16 + 16
+    with torch.no_grad():  # the scales start at 0; give them values so the test sees them
+        for es in ens.emb_s:
+            es.normal_(0, 0.3)
+    x, sig = torch.randn(5, 1, 4, 4), torch.rand(5) * 3 + 0.05
+    r, sd = 1, 0.7
+    silu = torch.nn.functional.silu
+    ang = torch.log(sig)[:, None] / 4 * torch.arange(1, 9) * math.pi / 2
+    emb = torch.cat([ang.sin(), ang.cos()], 1)
+    c_in = 1 / torch.sqrt(sig**2 + sd**2)
+    h = torch.cat([c_in[:, None] * x.reshape(5, 16), emb], 1) @ ens.w_in[r] + ens.b_in[r]
+    for w, b, e, sc in zip(ens.weights, ens.biases, ens.emb_w, ens.emb_s, strict=False):
+        h = h + (silu(h) * (1 + emb @ sc[r])) @ w[r] + b[r] + emb @ e[r]
+    f = (silu(h) * (1 + emb @ ens.emb_s[-1][r])) @ ens.w_out[r] + ens.b_out[r]
+    d = (sd**2 / (sig**2 + sd**2))[:, None] * x.reshape(5, 16) + (sig * sd / torch.sqrt(sig**2 + sd**2))[:, None] * f
+    torch.testing.assert_close(ens.member(r)(x, sig).reshape(5, 16), d)
+    out = ens(torch.randn(2, 3, 1, 4, 4), torch.ones(2, 3))
+    out[0].sum().backward()
+    assert all(float(p.grad[1].abs().max()) == 0.0 for p in ens.parameters())
+    assert all(float(p.grad[0].abs().max()) > 0.0 for p in ens.parameters())
+
+
 def test_plateau_rule_stops_and_records_steps(one_thread):
     g = torch.Generator().manual_seed(0)
     data = [torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(16, 3, generator=g, dtype=torch.float64)]

@@ -272,14 +272,18 @@ OPTIONAL_TRAIN: dict[str, Any] = {"target": "sample"}
 
 
 def parse_size(spec: str) -> dict[str, Any]:
-    """``"mlp:WIDTH:DEPTH"`` or ``"conv:CHANNELS:BLOCKS"`` -> {arch, width, depth, label}.
+    """``"mlp:WIDTH:DEPTH"``, ``"resmlp:WIDTH:BLOCKS"`` or ``"conv:CHANNELS:BLOCKS"`` -> {arch,
+    width, depth, label} (:class:`pfd.analysis.students.EnsembleDenoiser`'s architectures).
 
     >>> parse_size("mlp:256:3")
     {'arch': 'mlp', 'width': 256, 'depth': 3, 'label': 'mlp:256:3'}
     """
+    from pfd.analysis.students import ARCHS
+
     parts = str(spec).split(":")
-    if len(parts) != 3 or parts[0] not in ("mlp", "conv"):
-        raise ValueError(f"size must look like 'mlp:WIDTH:DEPTH' or 'conv:CHANNELS:BLOCKS', got {spec!r}")
+    if len(parts) != 3 or parts[0] not in ARCHS:
+        raise ValueError(f"size must look like 'ARCH:WIDTH:DEPTH' with ARCH one of {', '.join(ARCHS)} "
+                         f"(e.g. 'mlp:256:3', 'conv:32:4'), got {spec!r}")
     try:
         width, depth = int(parts[1]), int(parts[2])
     except ValueError:

@@ -290,6 +290,10 @@ def _uniform_init(shape: tuple[int, ...], fan_in: int, g: torch.Generator) -> to
     return (torch.rand(shape, generator=g) * 2.0 - 1.0) * bound
 
 
+ARCHS = ("mlp", "resmlp", "conv")
+"""The architectures of :class:`EnsembleDenoiser`."""
+
+
 class EnsembleDenoiser(torch.nn.Module):
     """``R`` independent EDM-preconditioned denoisers evaluated in one batched pass.
 
@@ -298,6 +302,11 @@ class EnsembleDenoiser(torch.nn.Module):
 
     ``arch="mlp"``: the flattened input (``c_in x``) and ``n_freq`` sine/cosine features of
     ``c_noise = ln(sigma)/4`` feed ``depth`` hidden SiLU layers of ``width`` units.
+    ``arch="resmlp"``: the same input into ``width`` units, then ``depth`` pre-activation
+    residual blocks h <- h + W (SiLU(h) * (1 + S emb)) + b + E emb, each with its own shift E
+    and scale S of the noise features (FiLM: every block, not only the input layer, knows sigma,
+    and can scale its features by a function of sigma, as EDM's F = (D - c_skip x) / c_out needs),
+    and a read-out W_out (SiLU(h) * (1 + S_out emb)) + b_out. The scales start at 0.
     ``arch="conv"`` (image event shapes (C, H, W)): a residual 3x3 conv net of ``depth`` blocks
     of ``width`` channels, each block adding a per-channel bias computed from the noise
     features (h <- h + SiLU(conv(h) + emb)). Member r is initialised from ``seeds[r]``.
@@ -314,8 +323,8 @@ class EnsembleDenoiser(torch.nn.Module):
                  depth: int = 3, seeds: list[int] | tuple[int, ...] = (0,), sigma_data: float | list[float] = 1.0,
                  n_freq: int = 8) -> None:
         super().__init__()
-        if arch not in ("mlp", "conv"):
-            raise ValueError(f"arch must be 'mlp' or 'conv', got {arch!r}")
+        if arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(map(repr, ARCHS))}, got {arch!r}")
         self.event_shape = tuple(int(s) for s in event_shape)
         if not self.event_shape or any(s < 1 for s in self.event_shape):
             raise ValueError(f"event_shape must be positive ints, got {event_shape!r}")
@@ -345,6 +354,14 @@ class EnsembleDenoiser(torch.nn.Module):
             sizes = [self.dim + e] + [width] * depth + [self.dim]
             self.weights = torch.nn.ParameterList([stack((a, b), a) for a, b in itertools.pairwise(sizes)])
             self.biases = torch.nn.ParameterList([stack((b,), a) for a, b in itertools.pairwise(sizes)])
+        elif arch == "resmlp":
+            self.w_in, self.b_in = stack((self.dim + e, width), self.dim + e), stack((width,), self.dim + e)
+            self.weights = torch.nn.ParameterList([stack((width, width), width) for _ in range(depth)])
+            self.biases = torch.nn.ParameterList([stack((width,), width) for _ in range(depth)])
+            self.emb_w = torch.nn.ParameterList([stack((e, width), e) for _ in range(depth)])
+            # scales start at 0 (modulation 1 + emb S = 1): the net starts as the unmodulated one
+            self.emb_s = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(r, e, width)) for _ in range(depth + 1)])
+            self.w_out, self.b_out = stack((width, self.dim), width), stack((self.dim,), width)
         else:
             c = self.event_shape[0]
             self.conv_in = stack((width, c, 3, 3), 9 * c)
@@ -380,6 +397,15 @@ class EnsembleDenoiser(torch.nn.Module):
                 h = torch.baddbmm(bias[idx][:, None, :], h, w[idx])
                 if i < n - 1:
                     h = torch.nn.functional.silu(h)
+            return h.reshape(rr, b, *self.event_shape)
+        if self.arch == "resmlp":
+            h = torch.baddbmm(self.b_in[idx][:, None, :], torch.cat([h.reshape(rr, b, self.dim), emb], dim=2),
+                              self.w_in[idx])
+            scales = [1.0 + torch.bmm(emb, es[idx]) for es in self.emb_s]  # (R', B, width) each
+            for w, bias, ew, sc in zip(self.weights, self.biases, self.emb_w, scales, strict=False):
+                pre = torch.baddbmm(bias[idx][:, None, :], torch.nn.functional.silu(h) * sc, w[idx])
+                h = h + torch.baddbmm(pre, emb, ew[idx])
+            h = torch.baddbmm(self.b_out[idx][:, None, :], torch.nn.functional.silu(h) * scales[-1], self.w_out[idx])
             return h.reshape(rr, b, *self.event_shape)
         c, hh, ww = self.event_shape
         fw = self.width

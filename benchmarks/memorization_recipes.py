@@ -1,0 +1,263 @@
+"""What does it take for a digits student to copy its training set? (slow; not in CI)
+
+The fair MtoG sweep (benchmarks/mtog_digits.py) can test N / sqrt|theta| only on model sizes whose
+students memorize at the smallest N. This study asks, on the 64-D digits teacher, which students
+copy (memorization ratio d1/d2 < 1/3) a training set of N = 8 / 16 and what moves that line:
+
+* **recipes**: the sweep's DSM training of small students with one setting changed at a time
+  (learning rate x3 and /3.3, batch 1024, log-uniform sigma only, twice the depth, FiLM
+  noise conditioning in every block: ``resmlp``), each scored at 10k, 20k and 40k steps;
+* **capacity**: plain MLPs of 33k-169k parameters at N = 8 ... 64 (half octaves), scored at 10k and
+  20k steps; per size the N where the seed-mean copy fraction crosses 1/2 (N_copy, log-linear
+  interpolation, 95% bootstrap CI over seeds) and the slope of log2 N_copy against log2 |theta|.
+
+Everything else is the sweep's (benchmarks/memorization_digits.py ``run_study``: ensemble trainer,
+constant learning rate, EMA, output clamp when scored, 3 seeds, n = 1024 noise samples, 95%
+t-intervals over seeds).
+
+    python benchmarks/memorization_recipes.py           # the committed study (CPU, ~2 h on one core)
+    python benchmarks/memorization_recipes.py --quick   # smoke run into results/quick/
+
+Resumable (records keyed by all settings under results/digits_runs/, trainer checkpoints there
+too, git-ignored). Writes results/memorization_recipes.json (+ .png), ``complete: false`` until
+every arm is scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+RECIPES: list[tuple[str, str, dict[str, Any]]] = [
+    ("mlp:32:3", "mlp:32:3", {}),
+    ("mlp:64:3", "mlp:64:3", {}),
+    ("mlp:128:3", "mlp:128:3", {}),
+    ("mlp:64:3, lr x3", "mlp:64:3", {"lr": 6e-3}),
+    ("mlp:64:3, lr /3.3", "mlp:64:3", {"lr": 6e-4}),
+    ("mlp:64:3, batch 1024", "mlp:64:3", {"batch_size": 1024}),
+    ("mlp:64:3, log-uniform sigma", "mlp:64:3", {"p_uniform": 1.0}),
+    ("mlp:64:6 (deeper)", "mlp:64:6", {}),
+    ("resmlp:16:3 (FiLM)", "resmlp:16:3", {}),
+    ("resmlp:32:3 (FiLM)", "resmlp:32:3", {}),
+    ("resmlp:64:3 (FiLM)", "resmlp:64:3", {}),
+]
+"""(name, size, training settings changed from the sweep's)."""
+RECIPE_NS, RECIPE_STAGES = [8, 16], [10000, 20000, 40000]
+CAPACITY_SIZES = ["mlp:96:3", "mlp:128:3", "mlp:192:3", "mlp:256:3"]
+CAPACITY_NS, CAPACITY_STAGES = [8, 11, 16, 23, 32, 45, 64], [10000, 20000]
+
+
+def crossing(ns: list[int], fracs: list[float], level: float = 0.5) -> float | None:
+    """The N where a falling curve fracs(N) first crosses ``level`` (linear in log2 N between the
+    bracketing points); None when it never does inside the range.
+
+    >>> round(crossing([8, 16, 32], [0.9, 0.6, 0.2]), 3)
+    20.159
+    """
+    for (n0, f0), (n1, f1) in zip(zip(ns, fracs, strict=True), zip(ns[1:], fracs[1:], strict=True), strict=False):
+        if f0 >= level > f1:
+            t = (f0 - level) / (f0 - f1)
+            return 2.0 ** (math.log2(n0) + t * (math.log2(n1) - math.log2(n0)))
+    return None
+
+
+def capacity_fit(rows: list[dict[str, Any]], stage: int, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Per size: N_copy (seed-mean copy fraction crosses 1/2) with a 95% bootstrap CI over seeds
+    (the same seed resample for every size), and the slope of log2 N_copy against log2 |theta|."""
+    import numpy as np
+
+    sel = [r for r in rows if r["stage"] == stage]
+    sizes = sorted({r["size"] for r in sel}, key=lambda s: next(r["n_params"] for r in sel if r["size"] == s))
+    seeds = sorted({r["seed"] for r in sel})
+    ns = sorted({r["n_train"] for r in sel})
+    table = {(r["size"], r["n_train"], r["seed"]): r["copy_fraction"] for r in sel}
+    params = {s: next(r["n_params"] for r in sel if r["size"] == s) for s in sizes}
+
+    def stars(sample: list[int]) -> dict[str, float | None]:
+        out = {}
+        for s in sizes:
+            if not all((s, n, k) in table for n in ns for k in sample):
+                out[s] = None
+                continue
+            out[s] = crossing(ns, [float(np.mean([table[(s, n, k)] for k in sample])) for n in ns])
+        return out
+
+    def slope(st: dict[str, float | None]) -> float | None:
+        ok = [s for s in sizes if st[s] is not None]
+        if len(ok) < 2:
+            return None
+        return float(np.polyfit([math.log2(params[s]) for s in ok], [math.log2(st[s]) for s in ok], 1)[0])
+
+    full = stars(seeds)
+    rng = np.random.default_rng(seed)
+    boots = [stars(rng.choice(seeds, size=len(seeds), replace=True).tolist()) for _ in range(n_boot)]
+
+    def ci(vals: list[float]) -> list[float] | None:
+        return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if len(vals) >= n_boot // 2 else None
+
+    per = [{"size": s, "params": params[s], "n_copy": full[s],
+            "n_copy_ci95": ci([b[s] for b in boots if b[s] is not None]),
+            "boot_in_range": sum(b[s] is not None for b in boots)} for s in sizes]
+    slopes = [v for v in (slope(b) for b in boots) if v is not None]
+    return {"stage": stage, "sizes": per, "slope_log2_ncopy_vs_log2_params": slope(full), "slope_ci95": ci(slopes),
+            "n_boot": n_boot}
+
+
+def run(recipes: list[tuple[str, str, dict[str, Any]]], recipe_ns: list[int], recipe_stages: list[int],
+        capacity_sizes: list[str], capacity_ns: list[int], capacity_stages: list[int], *, out_dir: Path,
+        seeds: list[int], n_eval: int, base_train: dict[str, Any] | None = None, n_boot: int = 1000,
+        log=print) -> dict[str, Any]:
+    from memorization_digits import run_study
+
+    t0 = time.perf_counter()
+    kw = {"out_dir": out_dir, "n_eval": n_eval, "routing_ns": (), "distill": None, "progress": False, "log": log}
+    recipe_rows, summary = [], []
+    complete = True
+    for name, size, train in recipes:
+        res = run_study([size], recipe_ns, seeds, recipe_stages, train={**(base_train or {}), **train}, **kw)
+        complete &= res["complete"]
+        recipe_rows += [{**r, "recipe": name, "changed": train} for r in res["rows"]]
+        summary += [{**r, "recipe": name, "changed": train} for r in res["summary"]]
+    cap = run_study(capacity_sizes, capacity_ns, seeds, capacity_stages, train=base_train, **kw)
+    complete &= cap["complete"]
+    fit = capacity_fit(cap["rows"], max(capacity_stages), n_boot=n_boot) if cap["rows"] else None
+    return {"recipes": summary, "recipe_rows": recipe_rows, "capacity": cap["summary"], "capacity_rows": cap["rows"],
+            "capacity_fit": fit, "complete": bool(complete), "seconds": time.perf_counter() - t0}
+
+
+def plot(res: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(18, 4.8))
+    last = max(r["stage"] for r in res["recipes"])
+    n0 = min(r["n_train"] for r in res["recipes"])
+    rows = sorted((r for r in res["recipes"] if r["stage"] == last and r["n_train"] == n0), key=lambda r: r["n_params"])
+    for r in rows:
+        film = r["size"].startswith("resmlp")
+        base = not r["changed"] and not film
+        ax[0].errorbar(r["n_params"], r["copy_fraction"], yerr=[[r["copy_fraction"] - r["copy_fraction_ci95"][0]],
+                       [r["copy_fraction_ci95"][1] - r["copy_fraction"]]], fmt="s" if film else ("o" if base else "^"),
+                       color="C1" if film else ("C0" if base else "C2"), ms=6, capsize=3)
+        ax[0].annotate(r["recipe"], (r["n_params"], r["copy_fraction"]), fontsize=7, xytext=(4, 3),
+                       textcoords="offset points", rotation=20)
+    ax[0].set_xscale("log")
+    ax[0].set_ylim(-0.05, 1.1)
+    ax[0].set_xlabel("|θ| (parameters per student)")
+    ax[0].set_ylabel(f"copy fraction at N = {n0}")
+    ax[0].set_title(f"Which students copy N = {n0} digits? ({last // 1000}k steps)\n"
+                    "blue: sweep's MLPs, green: one setting changed, orange: FiLM resmlp", fontsize=9)
+    ax[0].grid(alpha=0.3)
+    cap = res["capacity"]
+    stage = max(r["stage"] for r in cap)
+    cmap = plt.get_cmap("viridis")
+    sizes = sorted({r["size"] for r in cap}, key=lambda s: next(r["n_params"] for r in cap if r["size"] == s))
+    for k, s in enumerate(sizes):
+        sel = sorted((r for r in cap if r["size"] == s and r["stage"] == stage), key=lambda r: r["n_train"])
+        c = cmap(k / max(1, len(sizes) - 1))
+        p = sel[0]["n_params"]
+        ax[1].plot([r["n_train"] for r in sel], [r["copy_fraction"] for r in sel], "o-", color=c, ms=4,
+                   label=f"{s} ({p / 1000:.0f}k)")
+        ax[1].fill_between([r["n_train"] for r in sel], [r["copy_fraction_ci95"][0] for r in sel],
+                           [r["copy_fraction_ci95"][1] for r in sel], color=c, alpha=0.2, lw=0)
+    ax[1].axhline(0.5, color="k", lw=0.8, ls=":")
+    ax[1].set_xscale("log", base=2)
+    ax[1].set_xlabel("N (training images)")
+    ax[1].set_ylabel("copy fraction")
+    ax[1].set_title(f"Copy fraction against N ({stage // 1000}k steps, 95% t-intervals over seeds)", fontsize=9)
+    ax[1].legend(fontsize=8)
+    ax[1].grid(alpha=0.3)
+    fit = res["capacity_fit"]
+    if fit:
+        pts = [s for s in fit["sizes"] if s["n_copy"] is not None]
+        for s in pts:
+            ci = s["n_copy_ci95"] or [s["n_copy"], s["n_copy"]]
+            ax[2].errorbar(s["params"], s["n_copy"], yerr=[[s["n_copy"] - ci[0]], [ci[1] - s["n_copy"]]], fmt="o",
+                           color="C0", capsize=3)
+        if pts:
+            import numpy as np
+
+            xs = np.geomspace(min(s["params"] for s in pts), max(s["params"] for s in pts), 20)
+            ax[2].plot(xs, np.sqrt(xs), "k--", lw=1, label="N = sqrt|θ| (the paper's N*)")
+            sl, sci = fit["slope_log2_ncopy_vs_log2_params"], fit["slope_ci95"]
+            if sl is not None:
+                p0 = pts[0]
+                ax[2].plot(xs, p0["n_copy"] * (xs / p0["params"]) ** sl, "C0-", lw=1,
+                           label=f"fitted slope {sl:.2f}" + (f" [{sci[0]:.2f}, {sci[1]:.2f}]" if sci else ""))
+        ax[2].set_xscale("log")
+        ax[2].set_yscale("log", base=2)
+        ax[2].set_xlabel("|θ|")
+        ax[2].set_ylabel("N_copy (copy fraction = 1/2)")
+        ax[2].set_title("Copy capacity: N_copy against |θ| (95% bootstrap CIs over seeds)", fontsize=9)
+        if pts:
+            ax[2].legend(fontsize=8)
+        ax[2].grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from pfd.analysis.mtog import DEFAULT_TRAIN
+    from pfd.report import write_json
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run into results/quick/")
+    ap.add_argument("--out-dir", default=None)
+    ap.add_argument("--only", choices=("recipes", "capacity"), default=None, help="run one part (the other is read)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out_dir) if args.out_dir else RESULTS / ("quick" if args.quick else "")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.quick:
+        recipes = [("mlp:8:1", "mlp:8:1", {}), ("mlp:8:1, lr x3", "mlp:8:1", {"lr": 6e-3}),
+                   ("resmlp:8:1 (FiLM)", "resmlp:8:1", {})]
+        conf = {"recipes": recipes, "recipe_ns": [8, 16], "recipe_stages": [20, 40], "capacity_sizes": ["mlp:8:1", "mlp:16:1"],
+                "capacity_ns": [8, 11, 16], "capacity_stages": [40], "seeds": [0, 1], "n_eval": 64}
+        base = {"check_every": 20, "n_check": 64, "warmup": 10}
+        n_boot = 50
+    else:
+        conf = {"recipes": RECIPES, "recipe_ns": RECIPE_NS, "recipe_stages": RECIPE_STAGES,
+                "capacity_sizes": CAPACITY_SIZES, "capacity_ns": CAPACITY_NS, "capacity_stages": CAPACITY_STAGES,
+                "seeds": [0, 1, 2], "n_eval": 1024}
+        base, n_boot = None, 1000
+    if args.only == "capacity":
+        conf["recipes"] = []
+    if args.only == "recipes":
+        conf["capacity_sizes"] = []
+    res = run(conf["recipes"], conf["recipe_ns"], conf["recipe_stages"], conf["capacity_sizes"], conf["capacity_ns"],
+              conf["capacity_stages"], out_dir=out, seeds=conf["seeds"], n_eval=conf["n_eval"], base_train=base,
+              n_boot=n_boot, log=lambda m: print(m, flush=True))
+    res["config"] = {"teacher": "digits", **{k: v for k, v in conf.items() if k != "recipes"},
+                     "recipes": [{"name": n, "size": s, "changed": t} for n, s, t in conf["recipes"]],
+                     "train": {**DEFAULT_TRAIN, "min_steps": "off (constant lr)", **(base or {})},
+                     "solver": {"solver": "heun", "steps": 18}, "copy_threshold": 1 / 3,
+                     "intervals": "95% t over seeds; N_copy: 95% bootstrap over seeds", "device": "cpu",
+                     "threads": args.threads}
+    if args.only is None:
+        path = out / "memorization_recipes.json"
+        write_json(path, res)
+        if res["recipes"] and res["capacity"]:
+            plot(res, path.with_suffix(".png"))
+        print(f"wrote {path} (complete={res['complete']}, {res['seconds']:.0f} s)")
+    else:
+        print(f"part {args.only} done (complete={res['complete']}, {res['seconds']:.0f} s); rerun without --only to "
+              "write the result")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
