@@ -117,7 +117,9 @@ def verdict(res: dict) -> str:
     The claim concerns the memorization -> generalization transition, so it is tested only on the
     sizes that memorize at the smallest N (``res["memorizing"]``: they copy training points and
     their E_gen sits at the memorizer's). It is a test when at least 4 such sizes span at least
-    100x in |theta| and at most 10% of their runs stopped at the step cap; then the collapse
+    100x in |theta| and at most 10% of their runs are not shown to have converged (stopped at the
+    step cap with E_gen still moving by more than 2% over the second half of training, or without
+    a probe to tell); then the collapse
     exponent's 95% CI decides: it supports the claim when it contains 1/2, excludes 0 and is at
     most 0.5 wide, and refutes it when it excludes 1/2.
     """
@@ -140,6 +142,9 @@ def verdict(res: dict) -> str:
             c = fit["collapse"]
     n_runs = sum(sum(conv[z]["stopped_by"].values()) for z in sizes if z in conv)
     capped = sum(conv[z]["stopped_by"].get("cap", 0) + conv[z]["stopped_by"].get("wall", 0) for z in sizes if z in conv)
+    # a capped run whose E_gen stopped moving (probe at part of the cap) counts as converged
+    unconv = sum(conv[z].get("unconverged", conv[z]["stopped_by"].get("cap", 0)) + conv[z]["stopped_by"].get("wall", 0)
+                 for z in sizes if z in conv)
     reasons = []
     if mem is None:
         reasons.append("memorization at small N was not measured (runs without copy fractions)")
@@ -147,8 +152,12 @@ def verdict(res: dict) -> str:
         reasons.append("fewer than 4 sizes memorize at small N")
     elif max(params[m] for m in mem) < 100 * min(params[m] for m in mem):
         reasons.append("the memorizing sizes span less than 100x in |theta|")
-    if n_runs and capped > 0.1 * n_runs:
-        reasons.append(f"{capped} of {n_runs} runs stopped at the step cap, not at a loss plateau")
+    if n_runs and unconv > 0.1 * n_runs:
+        reasons.append(f"{unconv} of {n_runs} runs are not shown to have converged ({capped} stopped at the step cap, "
+                       f"not at a loss plateau; {capped - unconv} of those kept E_gen within 2% over the second half)")
+    elif capped:
+        parts.append(f"{capped} of {n_runs} runs stopped at the step cap, {capped - unconv} of them with E_gen within "
+                     "2% over the second half of training")
     best_mem = min(v["e_mem_rel_at_smallest_n"] for v in conv.values())
     if best_mem > 0.1:
         parts.append(f"no student memorized as a map (best E_mem / E_gen(memorizer) at the smallest N: {best_mem:.2f}, "

@@ -166,6 +166,16 @@ def test_wall_budget_checkpoints_and_rerun_continues_bit_for_bit(tmp_path, one_t
     assert full["complete"] and full["pending"] == [] and not ckpt.exists()
     for a, b in zip(ref["runs"], full["runs"], strict=True):
         assert (a["n_train"], a["steps"], a["e_gen"], a["e_mem"]) == (b["n_train"], b["steps"], b["e_gen"], b["e_mem"])
+        # every run ends at the cap: each was probed half-way (after the resume, in the interrupted sweep)
+        assert a["probe"] == b["probe"] and a["probe"]["step"] == 60 and a["stopped_by"] == "cap"
+        assert a["e_gen_drift"] == pytest.approx(abs(a["e_gen"] - a["probe"]["e_gen"]) / a["e_gen"])
+    conv = ref["convergence"]["mlp:8:1"]
+    assert conv["capped"] == conv["capped_probed"] == 2
+    assert conv["unconverged"] == sum(r["e_gen_drift"] > 0.02 for r in ref["runs"])
+    # stopping at the probe does not change training
+    plain = mtog_sweep("digits", [8, 16], ["mlp:8:1"], [0], out=tmp_path / "plain.jsonl", probe_fraction=None, **kw)
+    assert [r["e_gen"] for r in plain["runs"]] == [r["e_gen"] for r in ref["runs"]]
+    assert all("probe" not in r for r in plain["runs"])
 
 
 def test_ensemble_checkpoint_from_other_settings_is_refused(tmp_path, one_thread):
@@ -275,6 +285,13 @@ def test_mtog_verdict_tests_the_claim_only_on_memorizing_sizes():
     v = verdict(_verdict_result([0.35, 0.65], ["c", "d"]))
     assert v.startswith("NOT A TEST") and "fewer than 4 sizes memorize" in v
     assert "N* / sqrt|theta| = 1.00 .. 1.00" in v and "no student memorized as a map" in v
-    assert "stopped at the step cap" in verdict(_verdict_result([0.35, 0.65], all4, capped=20))
+    v = verdict(_verdict_result([0.35, 0.65], all4, capped=20))
+    assert v.startswith("NOT A TEST") and "80 of 340 runs are not shown to have converged" in v
+    # capped runs whose E_gen stopped moving count as converged
+    res = _verdict_result([0.35, 0.65], all4, capped=20)
+    for c in res["convergence"].values():
+        c["unconverged"] = 2
+    v = verdict(res)
+    assert v.startswith("SUPPORTS") and "80 of 340 runs stopped at the step cap, 72 of them with E_gen within 2%" in v
     assert verdict(_verdict_result([0.35, 0.65], None)).startswith(
         "NOT A TEST of the claim: memorization at small N was not measured")

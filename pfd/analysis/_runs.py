@@ -158,6 +158,7 @@ def train_ensemble(
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_settings: dict[str, Any] | None = None,
     checkpoint_every: float = 300.0,
+    probe_fraction: float | None = None,
 ) -> list[dict[str, Any]]:
     """Train one student per (seed, N) in ``seeds`` x ``n_trains`` (training set and init from
     the seed) together as an :class:`pfd.analysis.students.EnsembleDSMTrainer`, each until it
@@ -178,7 +179,13 @@ def train_ensemble(
     interrupted) after its settings are checked against ``checkpoint_settings`` (a mismatch is
     a ValueError). When ``wall_budget`` runs out first the state is saved and nothing is scored:
     the return value is ``[]`` (the unit is unfinished). Without a checkpoint a wall stop scores
-    the members as they are, marked ``stopped_by="wall"``."""
+    the members as they are, marked ``stopped_by="wall"``.
+
+    ``probe_fraction`` (in (0, 1)): when training reaches that fraction of ``max_steps``, the
+    members still training are scored once more there, so a run that ends at the step cap tells
+    how much its E_gen still moved over the rest of training: its record gets ``probe`` =
+    {step, e_gen, e_gen_rel, copy_fraction} and ``e_gen_drift`` = |E_gen - E_gen(probe)| / E_gen.
+    Stopping and continuing at the probe does not change training (it continues bit for bit)."""
     import math
 
     from pfd.analysis.students import EnsembleDSMTrainer
@@ -194,48 +201,80 @@ def train_ensemble(
     data = [train_set(teacher, n, s) for s, n in members]
     tr = EnsembleDSMTrainer(data, [int(derive_seed(s, 7, n) % (2**31)) for s, n in members], arch=arch, width=width,
                             depth=depth, device=device, noise_seed=int(seeds[0]), **train)
-    stats = _train_resumable(tr, wall_budget=wall_budget, progress=progress, checkpoint=checkpoint,
-                             settings=checkpoint_settings, every=checkpoint_every)
-    if stats is None:
-        return []
-    t_train = time.perf_counter() - t0
     tmap = teacher_map if teacher_map is not None else CachedMap(OnDevice(teacher.ode_map(**solver), device))
+
+    def score(i: int) -> dict[str, Any]:
+        return score_member(tr, i, data[i], tmap, clamp=clamp, solver=solver, n_eval=n_eval, eval_seed=eval_seed,
+                            eval_batch=eval_batch, device=device)
+
+    probe_step = None
+    if probe_fraction is not None:
+        if not 0.0 < float(probe_fraction) < 1.0:
+            raise ValueError(f"probe_fraction must be in (0, 1), got {probe_fraction!r}")
+        probe_step = max(1, round(float(probe_fraction) * tr.max_steps))
+
+    def probe(idx: list[int]) -> dict[int, dict[str, Any]]:
+        out = {}
+        for i in idx:
+            sc = score(i)
+            out[i] = {"step": tr.step, **{k: sc[k] for k in ("e_gen", "e_gen_rel", "copy_fraction")}}
+        return out
+
+    done = _train_resumable(tr, wall_budget=wall_budget, progress=progress, checkpoint=checkpoint,
+                            settings=checkpoint_settings, every=checkpoint_every, probe_step=probe_step, probe=probe)
+    if done is None:
+        return []
+    stats, probes = done
+    t_train = time.perf_counter() - t0
     out = []
     for i, (s, n) in enumerate(members):
-        rec = {**stats[i], **score_member(tr, i, data[i], tmap, clamp=clamp, solver=solver, n_eval=n_eval,
-                                          eval_seed=eval_seed, eval_batch=eval_batch, device=device),
-               "n_train": n, "seed": s, "arch": arch, "width": width, "depth": depth, "lr": tr.lr0,
-               "train_seconds_unit": t_train}
+        rec = {**stats[i], **score(i), "n_train": n, "seed": s, "arch": arch, "width": width, "depth": depth,
+               "lr": tr.lr0, "train_seconds_unit": t_train}
+        if i in probes:
+            rec["probe"] = probes[i]
+            rec["e_gen_drift"] = abs(rec["e_gen"] - probes[i]["e_gen"]) / rec["e_gen"] if rec["e_gen"] > 0 else None
         out.append(rec)
     return out
 
 
 def _train_resumable(tr: Any, *, wall_budget: float | None, progress: bool, checkpoint: str | os.PathLike[str] | None,
-                     settings: dict[str, Any] | None, every: float) -> list[dict[str, Any]] | None:
+                     settings: dict[str, Any] | None, every: float, probe_step: int | None = None,
+                     probe: Any = None) -> tuple[list[dict[str, Any]], dict[int, Any]] | None:
     """Train ``tr`` to the end, in slices of ``every`` seconds with a checkpoint after each when
-    ``checkpoint`` is set; None when the wall budget ended training first and the state was saved."""
-    if checkpoint is None:
-        return tr.train(wall_budget=wall_budget, progress=progress)
-    if settings is None:
-        raise ValueError("checkpoint_settings must be given with checkpoint (the settings that determine the unit)")
-    if not every > 0:
-        raise ValueError(f"checkpoint_every must be > 0 seconds, got {every!r}")
-    path = Path(checkpoint)
-    if path.exists():
+    ``checkpoint`` is set; at ``probe_step`` (if below the cap) call ``probe(members still
+    training)`` once. Returns (stats, probe results), or None when the wall budget ended training
+    first and the state (with the probe results so far) was saved."""
+    if checkpoint is not None:
+        if settings is None:
+            raise ValueError("checkpoint_settings must be given with checkpoint (the settings that determine the unit)")
+        if not every > 0:
+            raise ValueError(f"checkpoint_every must be > 0 seconds, got {every!r}")
+    path = None if checkpoint is None else Path(checkpoint)
+    cap = tr.max_steps
+    probes: dict[int, Any] | None = None if probe_step is not None and probe_step < cap else {}
+    if path is not None and path.exists():
         state = load_checkpoint(path, "ensemble checkpoint")
         check_settings(state.get("settings"), settings, f"ensemble checkpoint {str(path)!r}", "delete it to start over")
         tr.load_state_dict(state["trainer"])
-        tr.resume(tr.max_steps)
+        if state.get("probes") is not None:
+            probes = {int(k): v for k, v in state["probes"].items()}
     deadline = None if wall_budget is None else time.monotonic() + float(wall_budget)
     while True:
+        tr.resume(cap if probes is not None else probe_step)  # members stopped at a cap or the wall go on
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        stats = tr.train(wall_budget=every if left is None else min(left, every), progress=progress)
-        if not any(s["stopped_by"] == "wall" for s in stats):
-            return stats
-        atomic_torch_save({"settings": settings, "trainer": tr.state_dict()}, path)
-        if deadline is not None and time.monotonic() >= deadline:
-            return None
-        tr.resume(tr.max_steps)
+        budget = left if path is None else (every if left is None else min(left, every))
+        stats = tr.train(wall_budget=budget, progress=progress)
+        if any(s["stopped_by"] == "wall" for s in stats):
+            if path is None:
+                return stats, probes or {}
+            atomic_torch_save({"settings": settings, "trainer": tr.state_dict(), "probes": probes}, path)
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            continue
+        if probes is None:  # reached the probe step
+            probes = probe([i for i, s in enumerate(stats) if s["stopped_by"] == "cap"])
+            continue
+        return stats, probes
 
 
 def score_member(trainer: Any, i: int, data: torch.Tensor, teacher_map: CachedMap, *, clamp: float | None,

@@ -357,7 +357,8 @@ def _unit_worker(job: dict[str, Any]) -> list[dict[str, Any]]:
                           depth=job["depth"], train=job["train"], n_eval=job["n_eval"], eval_seed=job["eval_seed"],
                           device=job["device"], teacher_map=_WORKER["tmap"], solver=job["solver"],
                           wall_budget=None if left is None else max(1.0, left), checkpoint=job["checkpoint"],
-                          checkpoint_settings=job["settings"], checkpoint_every=job["checkpoint_every"])
+                          checkpoint_settings=job["settings"], checkpoint_every=job["checkpoint_every"],
+                          probe_fraction=job["probe_fraction"])
     for r in recs:
         r["key"] = run_key({**job["settings"], "seed": r["seed"], "n_train": r["n_train"]})
         r["size"] = job["label"]
@@ -383,6 +384,7 @@ def mtog_sweep(
     on_unit: Callable[[list[dict[str, Any]]], None] | None = None,
     train_missing: bool = True,
     checkpoint_every: float | None = 600.0,
+    probe_fraction: float | None = 0.5,
 ) -> dict[str, Any]:
     """Run (or resume) the fair MtoG sweep; return the result dict (``config``, ``runs``,
     ``transitions``, ``collapse``, ``complete``).
@@ -398,8 +400,10 @@ def mtog_sweep(
     unit's settings) every ``checkpoint_every`` seconds of training (None: only when the wall
     budget stops it) and when the wall budget stops it; such a unit records no runs (the result
     is ``complete: false`` and lists it in ``pending``) and a restart continues it bit for bit;
-    its checkpoint is deleted once its runs are written. ``train_missing=False`` only refits the
-    runs already in ``out``.
+    its checkpoint is deleted once its runs are written. ``probe_fraction``: the runs still
+    training at that fraction of ``max_steps`` are scored there too, so each run that ends at the
+    cap records how much its E_gen moved over the rest of training (``e_gen_drift``; see
+    ``convergence`` in the result). ``train_missing=False`` only refits the runs already in ``out``.
     """
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -445,7 +449,7 @@ def mtog_sweep(
                          "arch": size["arch"], "width": size["width"], "depth": size["depth"], "label": size["label"],
                          "seeds": grid_s, "n_trains": grid_n, "train": cfg_train, "n_eval": n_eval, "eval_seed": eval_seed,
                          "solver": solver, "device": device, "settings": st, "checkpoint": str(ckpt),
-                         "checkpoint_every": checkpoint_every or math.inf,
+                         "checkpoint_every": checkpoint_every or math.inf, "probe_fraction": probe_fraction,
                          "deadline": None if wall_budget is None else time.time() + float(wall_budget)})
     if jobs:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -497,7 +501,7 @@ def mtog_sweep(
                                                      "min_steps", "max_steps")}},
               "train": cfg_train, "n_eval": n_eval, "eval_seed": eval_seed,
               "solver": solver or {"solver": "heun", "steps": 18}, "device": device, "processes": processes,
-              "wall_budget": wall_budget, "n_boot": n_boot}
+              "wall_budget": wall_budget, "n_boot": n_boot, "probe_fraction": probe_fraction}
     res = mtog_report(runs, config, n_boot=n_boot)
     res["pending"] = pending
     return res
@@ -650,6 +654,22 @@ def transition_fits(runs: list[dict[str, Any]], field: str = "e_gen", *, group: 
                          "slope_ci95": ci(boot_slope, max(1, n_boot // 2)), "n_boot": n_boot}}
 
 
+DRIFT_MAX = 0.02
+"""A run stopped at the step cap counts as converged in E_gen when its E_gen moved by at most
+this fraction over the second part of training (``e_gen_drift``, from the probe)."""
+
+
+def _cap_drift(capped: list[dict[str, Any]]) -> dict[str, Any]:
+    """For the runs stopped at the step cap: how many, how many carry an E_gen probe, the median
+    and largest E_gen drift, and how many drifted by more than :data:`DRIFT_MAX` (or have no
+    probe): those are the runs not shown to have converged."""
+    drift = [r["e_gen_drift"] for r in capped if r.get("e_gen_drift") is not None]
+    return {"capped": len(capped), "capped_probed": len(drift),
+            "capped_e_gen_drift_median": float(np.median(drift)) if drift else None,
+            "capped_e_gen_drift_max": float(np.max(drift)) if drift else None,
+            "unconverged": len(capped) - sum(d <= DRIFT_MAX for d in drift), "drift_max_allowed": DRIFT_MAX}
+
+
 MEMORIZING = {"copy_fraction_min": 0.9, "e_gen_rel_min": 0.95}
 """A size memorizes at small N when, at the smallest N of the sweep, the seed-mean copy fraction
 (memorization ratio) is at least ``copy_fraction_min`` and its E_gen is no better than the
@@ -709,7 +729,8 @@ def mtog_report(runs: list[dict[str, Any]], config: dict[str, Any], *, n_boot: i
                       "e_mem_rel_at_smallest_n_max": float(np.max([r["e_mem_rel"] for r in small])),
                       "e_gen_rel_at_smallest_n": float(np.mean([r["e_gen_rel"] for r in small])),
                       "copy_fraction_at_smallest_n": None if any(r.get("copy_fraction") is None for r in small)
-                      else float(np.mean([r["copy_fraction"] for r in small]))}
+                      else float(np.mean([r["copy_fraction"] for r in small])),
+                      **_cap_drift([r for r in rs if r["stopped_by"] == "cap"])}
     mem = memorizing_sizes(runs)
     mem_fit = None
     if mem is not None and len(mem) >= 2 and len(mem) < len({r["size"] for r in runs}):
