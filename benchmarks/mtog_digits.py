@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         res["sweep"] = {"device": args.device, "processes": args.processes, "wall_seconds": res["seconds"]}
     res["verdict"] = verdict(res)
     write_json(out / "mtog_digits.json", res)
-    plot_mtog_sweep(res, out / "mtog_digits.png")
+    if res["runs"]:
+        plot_mtog_sweep(res, out / "mtog_digits.png")
     print(summary(res))
     return 0
 
@@ -126,6 +127,12 @@ def verdict(res: dict) -> str:
     import math
 
     c, conv = res["collapse"], res["convergence"]
+    pending = res.get("pending") or []
+    if not conv:
+        return "NO RESULT yet: no model size has finished" + (f" (checkpointed: {', '.join(pending)})" if pending else "") + "."
+    if pending:  # the verdict below is about the finished sizes only
+        return (f"INCOMPLETE: {', '.join(pending)} still training (checkpointed; rerun to continue); so far: "
+                + verdict({**res, "pending": []}))
     params = res["config"]["params"]
     mem = (res.get("memorizing") or {}).get("sizes")
     fit = (res.get("memorizing") or {}).get("fit")
@@ -204,7 +211,11 @@ def summary(res: dict) -> str:
     for s, v in res["convergence"].items():
         lines.append(f"  {s}: steps {v['steps_min']}..{v['steps_max']} (median {v['steps_median']:.0f}), "
                      f"stopped {v['stopped_by']}, E_mem/E_gen(memorizer) at N={v['smallest_n']}: "
-                     f"{v['e_mem_rel_at_smallest_n']:.3f} (max {v['e_mem_rel_at_smallest_n_max']:.3f})")
+                     f"{v['e_mem_rel_at_smallest_n']:.3f} (max {v['e_mem_rel_at_smallest_n_max']:.3f})"
+                     + ("" if v.get("copy_fraction_at_smallest_n") is None else
+                        f", copy fraction {v['copy_fraction_at_smallest_n']:.2f}")
+                     + ("" if not v.get("capped") else
+                        f", capped runs with E_gen drift > 2% (or unprobed): {v['unconverged']}/{v['capped']}"))
     lines.append("verdict: " + res.get("verdict", ""))
     return "\n".join(lines)
 
