@@ -55,11 +55,13 @@ def _t_ci(vals: list[float], proportion: bool = False) -> tuple[float, list[floa
 def run_study(sizes: list[str], n_trains: list[int], seeds: list[int], stages: list[int], *, out_dir: Path,
               targets: tuple[str, ...] = ("sample",), n_eval: int = 2048, eval_seed: int = 0,
               train: dict[str, Any] | None = None, device: str = "cpu", routing_ns: tuple[int, ...] = (),
-              distill: dict[str, Any] | None = None,
+              distill: dict[str, Any] | None = None, final_hook: Any = None,
               progress: bool = True, log=print) -> dict[str, Any]:
     """Train one ensemble per (size, training target) over seeds x N, score every member at every
     stage, and summarise per (arm, N, stage) with 95% t-intervals over seeds. An arm is a size with
-    a training target: "sample" (plain DSM) or "posterior" (the exact empirical denoiser as target)."""
+    a training target: "sample" (plain DSM) or "posterior" (the exact empirical denoiser as target).
+    ``final_hook(arm=, trainer=, members=, data=, settings=, runs_dir=, clamp=)`` is called once per arm
+    after its stages, with the trainer at the final stage (None when its state is not at hand)."""
     from pfd._train import atomic_torch_save
     from pfd.analysis import reference_maps
     from pfd.analysis._runkey import check_settings, load_checkpoint
@@ -139,6 +141,9 @@ def run_study(sizes: list[str], n_trains: list[int], seeds: list[int], stages: l
                     f"{rec['e_gen_rel']:.3f}  [{time.perf_counter() - t0:.0f} s]")
             atomic_torch_save({"settings": settings, "trainer": tr.state_dict()}, ckpt)
         last, ready = stages[-1], tr.step == stages[-1]  # records of the final stage are reused; new ones need its state
+        if final_hook is not None:  # the caller's extra analysis of the final students (it skips what it has)
+            final_hook(arm=arm, trainer=tr if ready else None, members=members, data=data, settings=settings,
+                       runs_dir=runs_dir, clamp=clamp)
         if routing_ns:
             rpath = runs_dir / f"routing_{spec['label'].replace(':', '-')}_{target}.jsonl"
             rdone = read_records(rpath, ("stage", "seed", "n_train"), settings)

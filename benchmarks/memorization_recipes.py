@@ -55,6 +55,74 @@ CAPACITY_SIZES = ["mlp:96:3", "mlp:128:3", "mlp:192:3", "mlp:256:3"]
 CAPACITY_NS, CAPACITY_STAGES = [8, 11, 16, 23, 32, 45, 64], [10000, 20000]
 
 
+PROFILE_SIGMAS = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+"""Noise levels of the denoiser-error profile of the final students."""
+
+
+def sigma_profile(trainer: Any, idx: list[int], *, sigmas: tuple[float, ...] = PROFILE_SIGMAS, batch: int = 512,
+                  clamp: float | None = None, seed: int = 0) -> dict[int, list[float]]:
+    """Per member in ``idx``: the RMS over noisy training inputs x = y + sigma eps (y drawn from
+    its training set, seeded) of ||D_theta(x; sigma) - D_emp(x; sigma)||, the distance of its
+    (EMA, clamped) denoiser to its training set's exact empirical denoiser, at each sigma: where
+    a student that does not copy falls short of the memorizer."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    r = trainer.r
+    out: dict[int, list[float]] = {i: [] for i in idx}
+    with torch.no_grad():
+        for sig in sigmas:
+            pick = (torch.rand(r, batch, generator=g) * trainer.n.cpu()[:, None]).long()
+            y = trainer.data.cpu()[torch.arange(r)[:, None], pick]
+            eps = torch.randn(y.shape, generator=g)
+            s = torch.full((r, batch), float(sig))
+            dev = trainer.device
+            x, s = (y + sig * eps).to(dev), s.to(dev)
+            d = trainer.ema_model(x, s)
+            if clamp is not None:
+                d = d.clamp(-clamp, clamp)
+            err = (d - trainer.posterior_mean(x, s)).flatten(2).pow(2).sum(2).mean(1).sqrt().cpu()
+            for i in idx:
+                out[i].append(float(err[i]))
+    return out
+
+
+def profile_hook(store: list[dict[str, Any]], n_train: int):
+    """A ``run_study`` final hook: the sigma profile of the members trained on ``n_train`` points,
+    computed once per arm and settings (JSONL record under runs_dir) and appended to ``store``."""
+    from pfd.analysis._runs import read_records, settings_key
+    from pfd.report import append_jsonl
+
+    def hook(*, arm, trainer, members, data, settings, runs_dir, clamp):
+        path = runs_dir / f"sigma_profile_{arm.replace(':', '-').replace(' ', '_')}.jsonl"
+        done = read_records(path, ("seed", "n_train"), settings)
+        want = [(i, s, n) for i, (s, n) in enumerate(members) if n == n_train]
+        missing = [(i, s, n) for i, s, n in want if (s, n) not in done]
+        if missing and trainer is not None:
+            prof = sigma_profile(trainer, [i for i, _, _ in missing], clamp=clamp)
+            for i, s, n in missing:
+                rec = {"seed": s, "n_train": n, "arm": arm, "step": trainer.step, "sigmas": list(PROFILE_SIGMAS),
+                       "rms_error": prof[i], "settings_key": settings_key(settings), "settings": settings}
+                append_jsonl(path, rec)
+                done[(s, n)] = rec
+        store.extend(done[(s, n)] for _, s, n in want if (s, n) in done)
+
+    return hook
+
+
+def _profile_summary(profiles: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from _fair import mean_ci95
+
+    out = []
+    for name in dict.fromkeys(p["recipe"] for p in profiles):
+        sel = [p for p in profiles if p["recipe"] == name]
+        for k, sig in enumerate(sel[0]["sigmas"]):
+            r = mean_ci95([p["rms_error"][k] for p in sel])
+            out.append({"recipe": name, "n_train": sel[0]["n_train"], "sigma": sig, "seeds": len(sel),
+                        "rms_error": r["mean"], "rms_error_ci95": r["ci95"]})
+    return out
+
+
 def crossing(ns: list[int], fracs: list[float], level: float = 0.5) -> float | None:
     """The N where a falling curve fracs(N) first crosses ``level`` (linear in log2 N between the
     bracketing points); None when it never does inside the range.
@@ -119,17 +187,21 @@ def run(recipes: list[tuple[str, str, dict[str, Any]]], recipe_ns: list[int], re
 
     t0 = time.perf_counter()
     kw = {"out_dir": out_dir, "n_eval": n_eval, "routing_ns": (), "distill": None, "progress": False, "log": log}
-    recipe_rows, summary = [], []
+    recipe_rows, summary, profiles = [], [], []
     complete = True
     for name, size, train in recipes:
-        res = run_study([size], recipe_ns, seeds, recipe_stages, train={**(base_train or {}), **train}, **kw)
-        complete &= res["complete"]
+        got: list[dict[str, Any]] = []
+        res = run_study([size], recipe_ns, seeds, recipe_stages, train={**(base_train or {}), **train},
+                        final_hook=profile_hook(got, min(recipe_ns)), **kw)
+        complete &= res["complete"] and len(got) == len(seeds)
         recipe_rows += [{**r, "recipe": name, "changed": train} for r in res["rows"]]
         summary += [{**r, "recipe": name, "changed": train} for r in res["summary"]]
+        profiles += [{**p, "recipe": name} for p in got]
     cap = run_study(capacity_sizes, capacity_ns, seeds, capacity_stages, train=base_train, **kw)
     complete &= cap["complete"]
     fit = capacity_fit(cap["rows"], max(capacity_stages), n_boot=n_boot) if cap["rows"] else None
-    return {"recipes": summary, "recipe_rows": recipe_rows, "capacity": cap["summary"], "capacity_rows": cap["rows"],
+    return {"recipes": summary, "recipe_rows": recipe_rows, "sigma_profile": _profile_summary(profiles),
+            "sigma_profile_rows": profiles, "capacity": cap["summary"], "capacity_rows": cap["rows"],
             "capacity_fit": fit, "complete": bool(complete), "seconds": time.perf_counter() - t0}
 
 

@@ -90,5 +90,13 @@ def test_recipes_study_tiny_runs_and_writes(tmp_path):
     a, b = (next(r for r in res["recipe_rows"] if r["recipe"] == k and r["seed"] == 0) for k in ("mlp:8:1", "mlp:8:1, lr x3"))
     assert a["settings_key"] != b["settings_key"] and a["e_gen"] != b["e_gen"]
     assert len(res["capacity_rows"]) == 2 * 2 and res["capacity_fit"]["stage"] == 10
+    # the sigma profile of the final N = 8 students: one record per seed and recipe, one row per sigma
+    assert len(res["sigma_profile_rows"]) == 2 * 2
+    rows = [r for r in res["sigma_profile"] if r["recipe"] == "mlp:8:1"]
+    assert [r["sigma"] for r in rows] == list(mod.PROFILE_SIGMAS) and all(r["rms_error"] > 0 for r in rows)
+    # a rerun reuses the records (the trainer state is not needed again)
+    again = mod.run([("mlp:8:1", "mlp:8:1", {})], [8], [10], [], [], [], out_dir=tmp_path, seeds=[0, 1], n_eval=32,
+                    base_train={"check_every": 10, "n_check": 32, "warmup": 5}, n_boot=20, log=lambda m: None)
+    assert again["sigma_profile"] == rows
     mod.plot(res, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 10_000
