@@ -159,9 +159,11 @@ def verdict(res: dict) -> str:
         reasons.append("fewer than 4 sizes memorize at small N")
     elif max(params[m] for m in mem) < 100 * min(params[m] for m in mem):
         reasons.append("the memorizing sizes span less than 100x in |theta|")
+    probed = sum(conv[z].get("capped_probed", 0) for z in sizes if z in conv)
     if n_runs and unconv > 0.1 * n_runs:
         reasons.append(f"{unconv} of {n_runs} runs are not shown to have converged ({capped} stopped at the step cap, "
-                       f"not at a loss plateau; {capped - unconv} of those kept E_gen within 2% over the second half)")
+                       f"not at a loss plateau; {probed} of those were scored half-way too, and "
+                       f"{capped - unconv} kept E_gen within 2% over the second half)")
     elif capped:
         parts.append(f"{capped} of {n_runs} runs stopped at the step cap, {capped - unconv} of them with E_gen within "
                      "2% over the second half of training")
