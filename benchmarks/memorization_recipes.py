@@ -7,7 +7,7 @@ copy (memorization ratio d1/d2 < 1/3) a training set of N = 8 / 16 and what move
 * **recipes**: the sweep's DSM training of small students with one setting changed at a time
   (learning rate x3 and /3.3, batch 1024, log-uniform sigma only, twice the depth, FiLM
   noise conditioning in every block: ``resmlp``), each scored at 10k, 20k and 40k steps;
-* **capacity**: plain MLPs of 33k-169k parameters at N = 8 ... 64 (half octaves), scored at 10k and
+* **capacity**: plain MLPs of 33k-351k parameters at N = 8 ... 64 (half octaves), scored at 10k and
   20k steps; per size the N where the seed-mean copy fraction crosses 1/2 (N_copy, log-linear
   interpolation, 95% bootstrap CI over seeds) and the slope of log2 N_copy against log2 |theta|.
 
@@ -51,7 +51,7 @@ RECIPES: list[tuple[str, str, dict[str, Any]]] = [
 ]
 """(name, size, training settings changed from the sweep's)."""
 RECIPE_NS, RECIPE_STAGES = [8, 16], [10000, 20000, 40000]
-CAPACITY_SIZES = ["mlp:96:3", "mlp:128:3", "mlp:192:3", "mlp:256:3"]
+CAPACITY_SIZES = ["mlp:96:3", "mlp:128:3", "mlp:192:3", "mlp:256:3", "mlp:384:3"]
 CAPACITY_NS, CAPACITY_STAGES = [8, 11, 16, 23, 32, 45, 64], [10000, 20000]
 
 
