@@ -214,22 +214,22 @@ def plot(res: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(1, 3, figsize=(18, 4.8))
     last = max(r["stage"] for r in res["recipes"])
     n0 = min(r["n_train"] for r in res["recipes"])
-    rows = sorted((r for r in res["recipes"] if r["stage"] == last and r["n_train"] == n0), key=lambda r: r["n_params"])
-    for r in rows:
+    rows = sorted((r for r in res["recipes"] if r["stage"] == last and r["n_train"] == n0),
+                  key=lambda r: (r["n_params"], bool(r["changed"])))
+    for k, r in enumerate(rows):
         film = r["size"].startswith("resmlp")
-        base = not r["changed"] and not film
-        ax[0].errorbar(r["n_params"], r["copy_fraction"], yerr=[[r["copy_fraction"] - r["copy_fraction_ci95"][0]],
-                       [r["copy_fraction_ci95"][1] - r["copy_fraction"]]], fmt="s" if film else ("o" if base else "^"),
-                       color="C1" if film else ("C0" if base else "C2"), ms=6, capsize=3)
-        ax[0].annotate(r["recipe"], (r["n_params"], r["copy_fraction"]), fontsize=7, xytext=(4, 3),
-                       textcoords="offset points", rotation=20)
-    ax[0].set_xscale("log")
-    ax[0].set_ylim(-0.05, 1.1)
-    ax[0].set_xlabel("|θ| (parameters per student)")
-    ax[0].set_ylabel(f"copy fraction at N = {n0}")
-    ax[0].set_title(f"Which students copy N = {n0} digits? ({last // 1000}k steps)\n"
-                    "blue: sweep's MLPs, green: one setting changed, orange: FiLM resmlp", fontsize=9)
-    ax[0].grid(alpha=0.3)
+        color = "C1" if film else ("C2" if r["changed"] else "C0")
+        lo, hi = r["copy_fraction_ci95"]
+        ax[0].barh(k, r["copy_fraction"], color=color, alpha=0.8)
+        ax[0].errorbar(r["copy_fraction"], k, xerr=[[r["copy_fraction"] - lo], [hi - r["copy_fraction"]]], fmt="none",
+                       color="k", capsize=3, lw=1)
+        ax[0].text(hi + 0.015, k, f"{r['copy_fraction']:.2f}", va="center", fontsize=8, color=color)
+    ax[0].set_yticks(range(len(rows)), [f"{r['recipe']}  ({r['n_params'] / 1000:.1f}k)" for r in rows], fontsize=8)
+    ax[0].set_xlim(0, 1.02)
+    ax[0].set_xlabel(f"copy fraction at N = {n0} (95% t-interval over seeds)")
+    ax[0].set_title(f"Which students copy N = {n0} digits? ({last // 1000}k steps; |θ| in brackets)\n"
+                    "blue: sweep's MLPs, green: one training setting changed, orange: FiLM resmlp", fontsize=9)
+    ax[0].grid(alpha=0.3, axis="x")
     cap = res["capacity"]
     stage = max(r["stage"] for r in cap)
     cmap = plt.get_cmap("viridis")
