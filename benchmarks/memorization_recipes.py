@@ -199,10 +199,12 @@ def run(recipes: list[tuple[str, str, dict[str, Any]]], recipe_ns: list[int], re
         profiles += [{**p, "recipe": name} for p in got]
     cap = run_study(capacity_sizes, capacity_ns, seeds, capacity_stages, train=base_train, **kw)
     complete &= cap["complete"]
-    fit = capacity_fit(cap["rows"], max(capacity_stages), n_boot=n_boot) if cap["rows"] else None
+    fits = [capacity_fit(cap["rows"], st, n_boot=n_boot) for st in sorted(capacity_stages)] if cap["rows"] else []
+    fit = fits[-1] if fits else None
     return {"recipes": summary, "recipe_rows": recipe_rows, "sigma_profile": _profile_summary(profiles),
             "sigma_profile_rows": profiles, "capacity": cap["summary"], "capacity_rows": cap["rows"],
-            "capacity_fit": fit, "complete": bool(complete), "seconds": time.perf_counter() - t0}
+            "capacity_fit": fit, "capacity_fits_by_stage": fits, "complete": bool(complete),
+            "seconds": time.perf_counter() - t0}
 
 
 def plot(res: dict[str, Any], path: Path) -> None:
