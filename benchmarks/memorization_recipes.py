@@ -251,30 +251,42 @@ def plot(res: dict[str, Any], path: Path) -> None:
     ax[1].set_title(f"Copy fraction against N ({stage // 1000}k steps, 95% t-intervals over seeds)", fontsize=9)
     ax[1].legend(fontsize=8)
     ax[1].grid(alpha=0.3)
-    fit = res["capacity_fit"]
-    if fit:
-        pts = [s for s in fit["sizes"] if s["n_copy"] is not None]
-        for s in pts:
-            ci = s["n_copy_ci95"] or [s["n_copy"], s["n_copy"]]
-            ax[2].errorbar(s["params"], s["n_copy"], yerr=[[s["n_copy"] - ci[0]], [ci[1] - s["n_copy"]]], fmt="o",
-                           color="C0", capsize=3)
-        if pts:
-            import numpy as np
+    fits = res.get("capacity_fits_by_stage") or ([res["capacity_fit"]] if res["capacity_fit"] else [])
+    if fits:
+        import numpy as np
 
-            xs = np.geomspace(min(s["params"] for s in pts), max(s["params"] for s in pts), 20)
-            ax[2].plot(xs, np.sqrt(xs), "k--", lw=1, label="N = sqrt|θ| (the paper's N*)")
+        n_max = max(r["n_train"] for r in cap)
+        allp = [s["params"] for f in fits for s in f["sizes"]]
+        xs = np.geomspace(min(allp), max(allp), 20)
+        for j, fit in enumerate(fits):
+            last_fit = j == len(fits) - 1
+            c = "C0" if last_fit else "C7"
+            pts = [s for s in fit["sizes"] if s["n_copy"] is not None]
+            for s in pts:
+                ci = s["n_copy_ci95"] or [s["n_copy"], s["n_copy"]]
+                ax[2].errorbar(s["params"], s["n_copy"], yerr=[[s["n_copy"] - ci[0]], [ci[1] - s["n_copy"]]],
+                               fmt="o" if last_fit else "s", mfc=c if last_fit else "none", color=c, capsize=3)
+            # sizes still copying more than half at the largest N: N_copy beyond the range (a lower bound)
+            for s in fit["sizes"]:
+                top = [r for r in cap if r["size"] == s["size"] and r["stage"] == fit["stage"] and r["n_train"] == n_max]
+                if s["n_copy"] is None and top and top[0]["copy_fraction"] >= 0.5:
+                    ax[2].plot(s["params"], n_max, "^", color=c, ms=8, mfc=c if last_fit else "none")
+                    ax[2].annotate(f"> {n_max}", (s["params"], n_max), xytext=(-12, 8), textcoords="offset points",
+                                   fontsize=8, color=c)
             sl, sci = fit["slope_log2_ncopy_vs_log2_params"], fit["slope_ci95"]
-            if sl is not None:
+            if sl is not None and pts:
                 p0 = pts[0]
-                ax[2].plot(xs, p0["n_copy"] * (xs / p0["params"]) ** sl, "C0-", lw=1,
-                           label=f"fitted slope {sl:.2f}" + (f" [{sci[0]:.2f}, {sci[1]:.2f}]" if sci else ""))
+                ax[2].plot(xs, p0["n_copy"] * (xs / p0["params"]) ** sl, "-", color=c, lw=1,
+                           label=f"{fit['stage'] // 1000}k steps: slope {sl:.2f}"
+                           + (f" [{sci[0]:.2f}, {sci[1]:.2f}]" if sci else ""))
+        ax[2].plot(xs, np.sqrt(xs), "k--", lw=1, label="N = sqrt|θ| (the paper's N*)")
         ax[2].set_xscale("log")
         ax[2].set_yscale("log", base=2)
         ax[2].set_xlabel("|θ|")
         ax[2].set_ylabel("N_copy (copy fraction = 1/2)")
-        ax[2].set_title("Copy capacity: N_copy against |θ| (95% bootstrap CIs over seeds)", fontsize=9)
-        if pts:
-            ax[2].legend(fontsize=8)
+        ax[2].set_title("Copy capacity: N_copy against |θ| (95% bootstrap CIs over seeds;\n"
+                        "▲: still > 1/2 at the largest N; hollow: earlier stage)", fontsize=9)
+        ax[2].legend(fontsize=8, loc="lower right")
         ax[2].grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
