@@ -5,13 +5,13 @@
 #
 #   run: bash benchmarks/mtog_digits_device.sh        (WALL=seconds of training, default 420)
 #
-# The runs file and the per-size checkpoints live in $MTOG_DIR (default .devrun/gpu, git-ignored
-# through .git/info/exclude): a second call on the same warm machine continues the sizes the wall
+# The runs file and the per-size checkpoints live in $MTOG_DIR (default benchmarks/results/gpu,
+# git-ignored): a second call on the same warm machine continues the sizes the wall
 # budget stopped (bit for bit). Finished runs are keyed by all their settings, so carrying the
 # returned mtog_digits_runs.jsonl back into $MTOG_DIR on a fresh machine skips them. Results are
 # copied to $OUT (the device tool's return folder) when it is set.
 set -euo pipefail
-MTOG_DIR=${MTOG_DIR:-.devrun/gpu}
+MTOG_DIR=${MTOG_DIR:-benchmarks/results/gpu}
 mkdir -p "$MTOG_DIR"
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv || true
