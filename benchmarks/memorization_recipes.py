@@ -68,16 +68,15 @@ def sigma_profile(trainer: Any, idx: list[int], *, sigmas: tuple[float, ...] = P
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    r = trainer.r
+    r, dev = trainer.r, trainer.device
+    data, sizes = trainer.data.cpu(), trainer.n.cpu()[:, None]
     out: dict[int, list[float]] = {i: [] for i in idx}
     with torch.no_grad():
         for sig in sigmas:
-            pick = (torch.rand(r, batch, generator=g) * trainer.n.cpu()[:, None]).long()
-            y = trainer.data.cpu()[torch.arange(r)[:, None], pick]
+            pick = (torch.rand(r, batch, generator=g) * sizes).long()
+            y = data[torch.arange(r)[:, None], pick]
             eps = torch.randn(y.shape, generator=g)
-            s = torch.full((r, batch), float(sig))
-            dev = trainer.device
-            x, s = (y + sig * eps).to(dev), s.to(dev)
+            x, s = (y + sig * eps).to(dev), torch.full((r, batch), float(sig), device=dev)
             d = trainer.ema_model(x, s)
             if clamp is not None:
                 d = d.clamp(-clamp, clamp)

@@ -670,6 +670,12 @@ def _cap_drift(capped: list[dict[str, Any]]) -> dict[str, Any]:
             "unconverged": len(capped) - sum(d <= DRIFT_MAX for d in drift), "drift_max_allowed": DRIFT_MAX}
 
 
+def _at_smallest_n(runs: list[dict[str, Any]], size: str) -> tuple[int, list[dict[str, Any]]]:
+    """The smallest N of ``size``'s runs and its runs at that N (one per seed)."""
+    n0 = min(r["n_train"] for r in runs if r["size"] == size)
+    return n0, [r for r in runs if r["size"] == size and r["n_train"] == n0]
+
+
 MEMORIZING = {"copy_fraction_min": 0.9, "e_gen_rel_min": 0.95}
 """A size memorizes at small N when, at the smallest N of the sweep, the seed-mean copy fraction
 (memorization ratio) is at least ``copy_fraction_min`` and its E_gen is no better than the
@@ -692,9 +698,7 @@ def memorizing_sizes(runs: list[dict[str, Any]], rule: dict[str, float] | None =
         return None
     out = []
     for size in sorted({r["size"] for r in runs}):
-        rs = [r for r in runs if r["size"] == size]
-        n0 = min(r["n_train"] for r in rs)
-        small = [r for r in rs if r["n_train"] == n0]
+        _, small = _at_smallest_n(runs, size)
         if (np.mean([r["copy_fraction"] for r in small]) >= rule["copy_fraction_min"]
                 and np.mean([r["e_gen_rel"] for r in small]) >= rule["e_gen_rel_min"]):
             out.append(size)
@@ -720,8 +724,7 @@ def mtog_report(runs: list[dict[str, Any]], config: dict[str, Any], *, n_boot: i
         rs = [r for r in runs if r["size"] == size]
         if not rs:
             continue
-        n0 = min(r["n_train"] for r in rs)
-        small = [r for r in rs if r["n_train"] == n0]
+        n0, small = _at_smallest_n(rs, size)
         conv[size] = {"steps_min": min(r["steps"] for r in rs), "steps_median": float(np.median([r["steps"] for r in rs])),
                       "steps_max": max(r["steps"] for r in rs),
                       "stopped_by": {k: sum(r["stopped_by"] == k for r in rs) for k in {r["stopped_by"] for r in rs}},
