@@ -100,3 +100,30 @@ def test_recipes_study_tiny_runs_and_writes(tmp_path):
     assert again["sigma_profile"] == rows
     mod.plot(res, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 10_000
+
+
+def test_sigma_profile_matches_a_direct_computation(one_thread):
+    import torch
+
+    import pfd
+    from pfd.analysis.students import EnsembleDSMTrainer
+
+    mod = load_script("benchmarks/memorization_recipes.py")
+    g = torch.Generator().manual_seed(0)
+    data = [torch.randn(5, 3, generator=g), torch.randn(9, 3, generator=g)]
+    tr = EnsembleDSMTrainer(data, [0, 1], width=8, depth=1, max_steps=30, check_every=10, warmup=5)
+    tr.train()
+    prof = mod.sigma_profile(tr, [0, 1], sigmas=(0.1, 1.0), batch=64, clamp=2.0, seed=3)
+    # the same draws, scored member by member: its own network vs the closed-form empirical denoiser
+    g = torch.Generator().manual_seed(3)
+    for sig_k, sig in enumerate((0.1, 1.0)):
+        pick = (torch.rand(2, 64, generator=g) * torch.tensor([[5], [9]])).long()
+        eps = torch.randn(2, 64, 3, generator=g)
+        for i in (0, 1):
+            y = tr.data[i][pick[i]]
+            x = y + sig * eps[i]
+            with torch.no_grad():
+                d = tr.ema_model.member(i, clamp=2.0)(x, torch.full((64,), sig))
+            emp = pfd.GaussianMixture.empirical(data[i].double()).denoiser(x.double(), sig)
+            want = float((d.double() - emp).pow(2).sum(1).mean().sqrt())
+            assert prof[i][sig_k] == pytest.approx(want, rel=1e-4)

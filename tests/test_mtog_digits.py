@@ -295,3 +295,17 @@ def test_mtog_verdict_tests_the_claim_only_on_memorizing_sizes():
     assert v.startswith("SUPPORTS") and "80 of 340 runs stopped at the step cap, 72 of them with E_gen within 2%" in v
     assert verdict(_verdict_result([0.35, 0.65], None)).startswith(
         "NOT A TEST of the claim: memorization at small N was not measured")
+
+
+def test_checkpoint_and_probe_settings_are_checked(tmp_path, one_thread):
+    from pfd.analysis._runs import train_ensemble
+
+    teacher = pfd.analytic.digits_teacher()
+    kw = {"width": 4, "depth": 1, "train": {"max_steps": 10}, "n_eval": 8}
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="probe_fraction must be in"):
+            train_ensemble(teacher, [8], [0], probe_fraction=bad, **kw)
+    with pytest.raises(ValueError, match="checkpoint_every must be > 0"):
+        train_ensemble(teacher, [8], [0], checkpoint=tmp_path / "u.pt", checkpoint_settings={}, checkpoint_every=0, **kw)
+    with pytest.raises(ValueError, match="checkpoint_every must be > 0 seconds or None"):
+        mtog_sweep("digits", [8], ["mlp:4:1"], [0], out=tmp_path / "r.jsonl", checkpoint_every=-1.0, progress=False)
