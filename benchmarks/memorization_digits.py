@@ -52,6 +52,26 @@ def _t_ci(vals: list[float], proportion: bool = False) -> tuple[float, list[floa
     return m, [max(0.0, lo), min(1.0, hi)] if proportion else [lo, hi]
 
 
+def summarize(rows: list[dict[str, Any]], arms: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per (arm, N, stage) of scored ``rows``: the mean and 95% t-interval over seeds of every field
+    in ``FIELDS`` (proportions clipped to [0, 1]); arms in the order given (default: as they first
+    appear), N and stages ascending. Rows of one (arm, N, stage) may come from several units (e.g.
+    extra seeds trained later): they are pooled."""
+    order = list(arms) if arms is not None else list(dict.fromkeys(r["arm"] for r in rows))
+    groups: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["arm"], r["n_train"], r["stage"]), []).append(r)
+    summary = []
+    for arm, n, st in sorted(groups, key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k[1], k[2])):
+        sel = groups[(arm, n, st)]
+        row: dict[str, Any] = {"arm": arm, "size": sel[0]["size"], "target": sel[0]["target"],
+                               "n_params": sel[0]["n_params"], "n_train": n, "stage": st, "seeds": len(sel)}
+        for f in FIELDS:
+            row[f], row[f + "_ci95"] = _t_ci([r[f] for r in sel], proportion=f in PROPORTIONS)
+        summary.append(row)
+    return summary
+
+
 def run_study(sizes: list[str], n_trains: list[int], seeds: list[int], stages: list[int], *, out_dir: Path,
               targets: tuple[str, ...] = ("sample",), n_eval: int = 2048, eval_seed: int = 0,
               train: dict[str, Any] | None = None, device: str = "cpu", routing_ns: tuple[int, ...] = (),
@@ -185,19 +205,7 @@ def run_study(sizes: list[str], n_trains: list[int], seeds: list[int], stages: l
                             f"basins {rec['basin_agreement']:.3f} E_mem/E_gen(mem) {rec['e_mem_rel']:.3f} "
                             f"E_gen/E_gen(mem) {rec['e_gen_rel']:.3f}, PFD to its teacher {rec['pfd_to_teacher']:.3f}")
                     distilled.append(ddone[(last, s, n, k)])
-    summary = []
-    for size, target in arms:
-        arm = f"{parse_size(size)['label']} {target}"
-        for n in n_trains:
-            for st in stages:
-                sel = [r for r in rows if r["arm"] == arm and r["n_train"] == n and r["stage"] == st]
-                if not sel:
-                    continue
-                row: dict[str, Any] = {"arm": arm, "size": sel[0]["size"], "target": target,
-                                       "n_params": sel[0]["n_params"], "n_train": n, "stage": st, "seeds": len(sel)}
-                for f in FIELDS:
-                    row[f], row[f + "_ci95"] = _t_ci([r[f] for r in sel], proportion=f in PROPORTIONS)
-                summary.append(row)
+    summary = summarize(rows, [f"{parse_size(size)['label']} {target}" for size, target in arms])
     expected = len(arms) * len(members) * len(stages)
     return {"rows": rows, "summary": summary, "routing": routing, "routing_summary": _routing_summary(routing),
             "distilled": distilled, "distill_summary": _distill_summary(distilled, rows),

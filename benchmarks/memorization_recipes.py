@@ -53,6 +53,16 @@ RECIPES: list[tuple[str, str, dict[str, Any]]] = [
 RECIPE_NS, RECIPE_STAGES = [8, 16], [10000, 20000, 40000]
 CAPACITY_SIZES = ["mlp:96:3", "mlp:128:3", "mlp:192:3", "mlp:256:3", "mlp:384:3"]
 CAPACITY_NS, CAPACITY_STAGES = [8, 11, 16, 23, 32, 45, 64], [10000, 20000]
+FIT_SIZES = ["mlp:128:3", "mlp:192:3", "mlp:256:3", "mlp:384:3"]
+"""The capacity sizes that copy at N = 8: the N_copy and onset fits use these."""
+CAPACITY_EXTRA: list[tuple[list[str], list[int], list[int]]] = [
+    (FIT_SIZES, CAPACITY_NS, [3, 4]),
+    (["mlp:256:3", "mlp:384:3"], [91, 128], [0, 1, 2, 3, 4]),
+]
+"""Units trained after the first capacity study (3 seeds) and pooled with it: seeds 3 and 4 for
+the sizes that copy, and N = 91, 128 for the two largest (their curves reach N = 64 still high)."""
+ONSET_LEVELS = (0.97, 0.95, 0.925, 0.9, 0.85)
+"""Levels of E_gen / E_gen(memorizer) at which the onset of generalization is read."""
 
 
 PROFILE_SIGMAS = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -136,29 +146,36 @@ def crossing(ns: list[int], fracs: list[float], level: float = 0.5) -> float | N
     return None
 
 
-def capacity_fit(rows: list[dict[str, Any]], stage: int, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Per size: N_copy (seed-mean copy fraction crosses 1/2) with a 95% bootstrap CI over seeds
-    (the same seed resample for every size), and the slope of log2 N_copy against log2 |theta|."""
+def crossing_fit(rows: list[dict[str, Any]], stage: int, *, field: str = "copy_fraction", level: float = 0.5,
+                 sizes: list[str] | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Per size: the N where the seed-mean curve ``field``(N) falls through ``level`` (N_copy for
+    the copy fraction at 1/2; the onset of generalization for E_gen / E_gen(mem)), with a 95%
+    bootstrap CI over seeds, and the slope of log2 N against log2 |theta| with its CI.
+
+    A replicate resamples the seeds once for all sizes (a seed fixes the training sets, which every
+    size shares). The seeds are those every fitted size has at all of its N (each size keeps its own
+    N grid); ``sizes`` (default: all in ``rows``) picks the sizes. A size whose curve does not cross
+    inside its N range has ``n_cross`` None and is left out of the slope; an interval needs at least
+    half the replicates to cross.
+    """
     import numpy as np
 
-    sel = [r for r in rows if r["stage"] == stage]
-    sizes = sorted({r["size"] for r in sel}, key=lambda s: next(r["n_params"] for r in sel if r["size"] == s))
-    seeds = sorted({r["seed"] for r in sel})
-    ns = sorted({r["n_train"] for r in sel})
-    table = {(r["size"], r["n_train"], r["seed"]): r["copy_fraction"] for r in sel}
-    params = {s: next(r["n_params"] for r in sel if r["size"] == s) for s in sizes}
+    sel = [r for r in rows if r["stage"] == stage and (sizes is None or r["size"] in sizes)]
+    names = sorted({r["size"] for r in sel}, key=lambda s: next(r["n_params"] for r in sel if r["size"] == s))
+    table = {(r["size"], r["n_train"], r["seed"]): r[field] for r in sel}
+    params = {s: next(r["n_params"] for r in sel if r["size"] == s) for s in names}
+    grid = {s: sorted({r["n_train"] for r in sel if r["size"] == s}) for s in names}
+    complete = [{k for k in {r["seed"] for r in sel} if all((s, n, k) in table for n in grid[s])} for s in names]
+    seeds = sorted(set.intersection(*complete)) if complete else []
+    if names and not seeds:
+        raise ValueError(f"crossing_fit: no seed has every N of every size {names} at stage {stage}")
 
     def stars(sample: list[int]) -> dict[str, float | None]:
-        out = {}
-        for s in sizes:
-            if not all((s, n, k) in table for n in ns for k in sample):
-                out[s] = None
-                continue
-            out[s] = crossing(ns, [float(np.mean([table[(s, n, k)] for k in sample])) for n in ns])
-        return out
+        return {s: crossing(grid[s], [float(np.mean([table[(s, n, k)] for k in sample])) for n in grid[s]], level)
+                for s in names}
 
     def slope(st: dict[str, float | None]) -> float | None:
-        ok = [s for s in sizes if st[s] is not None]
+        ok = [s for s in names if st[s] is not None]
         if len(ok) < 2:
             return None
         return float(np.polyfit([math.log2(params[s]) for s in ok], [math.log2(st[s]) for s in ok], 1)[0])
@@ -170,19 +187,39 @@ def capacity_fit(rows: list[dict[str, Any]], stage: int, *, n_boot: int = 1000, 
     def ci(vals: list[float]) -> list[float] | None:
         return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if len(vals) >= n_boot // 2 else None
 
-    per = [{"size": s, "params": params[s], "n_copy": full[s],
-            "n_copy_ci95": ci([b[s] for b in boots if b[s] is not None]),
-            "boot_in_range": sum(b[s] is not None for b in boots)} for s in sizes]
+    per = [{"size": s, "params": params[s], "n_range": [grid[s][0], grid[s][-1]], "n_cross": full[s],
+            "n_cross_ci95": ci([b[s] for b in boots if b[s] is not None]),
+            "n_cross_over_sqrt_params": None if full[s] is None else full[s] / math.sqrt(params[s]),
+            "boot_in_range": sum(b[s] is not None for b in boots)} for s in names]
     slopes = [v for v in (slope(b) for b in boots) if v is not None]
-    return {"stage": stage, "sizes": per, "slope_log2_ncopy_vs_log2_params": slope(full), "slope_ci95": ci(slopes),
-            "n_boot": n_boot}
+    return {"stage": stage, "observable": field, "level": level, "seeds": seeds, "sizes": per,
+            "slope": slope(full), "slope_ci95": ci(slopes), "n_boot": n_boot}
+
+
+def capacity_fit(rows: list[dict[str, Any]], stage: int, **kw: Any) -> dict[str, Any]:
+    """N_copy per size (the seed-mean copy fraction crosses 1/2) and its slope against |theta|:
+    :func:`crossing_fit` of the copy fraction at level 1/2."""
+    return crossing_fit(rows, stage, field="copy_fraction", level=0.5, **kw)
+
+
+def onset_fits(rows: list[dict[str, Any]], stages: list[int], levels: tuple[float, ...] = ONSET_LEVELS,
+               **kw: Any) -> list[dict[str, Any]]:
+    """The onset of generalization on E_gen: per stage and level, :func:`crossing_fit` of
+    E_gen / E_gen(memorizer) (1 while a student copies, below 1 as it generalizes). There is no
+    canonical level, so the slope is reported as a function of it: if the curves of all sizes
+    collapsed onto one curve of N / |theta|^alpha, every level would give the same slope alpha."""
+    return [crossing_fit(rows, st, field="e_gen_rel", level=lv, **kw) for st in sorted(stages) for lv in levels]
 
 
 def run(recipes: list[tuple[str, str, dict[str, Any]]], recipe_ns: list[int], recipe_stages: list[int],
         capacity_sizes: list[str], capacity_ns: list[int], capacity_stages: list[int], *, out_dir: Path,
         seeds: list[int], n_eval: int, base_train: dict[str, Any] | None = None, n_boot: int = 1000,
+        capacity_extra: list[tuple[list[str], list[int], list[int]]] = (), fit_sizes: list[str] | None = None,
         log=print) -> dict[str, Any]:
-    from memorization_digits import run_study
+    """The study. ``capacity_extra``: further (sizes, N, seeds) units trained after the first
+    capacity study and pooled with it (more seeds, larger N); ``fit_sizes``: the sizes the N_copy
+    and onset fits use (default all)."""
+    from memorization_digits import run_study, summarize
 
     t0 = time.perf_counter()
     kw = {"out_dir": out_dir, "n_eval": n_eval, "routing_ns": (), "distill": None, "progress": False, "log": log}
@@ -196,14 +233,20 @@ def run(recipes: list[tuple[str, str, dict[str, Any]]], recipe_ns: list[int], re
         recipe_rows += [{**r, "recipe": name, "changed": train} for r in res["rows"]]
         summary += [{**r, "recipe": name, "changed": train} for r in res["summary"]]
         profiles += [{**p, "recipe": name} for p in got]
-    cap = run_study(capacity_sizes, capacity_ns, seeds, capacity_stages, train=base_train, **kw)
-    complete &= cap["complete"]
-    fits = [capacity_fit(cap["rows"], st, n_boot=n_boot) for st in sorted(capacity_stages)] if cap["rows"] else []
-    fit = fits[-1] if fits else None
+    cap_rows: list[dict[str, Any]] = []
+    for sizes_u, ns_u, seeds_u in [(capacity_sizes, capacity_ns, seeds), *capacity_extra]:
+        if not sizes_u:
+            continue
+        cap = run_study(list(sizes_u), list(ns_u), list(seeds_u), capacity_stages, train=base_train, **kw)
+        complete &= cap["complete"]
+        cap_rows += cap["rows"]
+    arms = [f"{s} sample" for s in dict.fromkeys([*capacity_sizes, *(s for u in capacity_extra for s in u[0])])]
+    fits = [capacity_fit(cap_rows, st, sizes=fit_sizes, n_boot=n_boot) for st in sorted(capacity_stages)] if cap_rows else []
+    onsets = onset_fits(cap_rows, capacity_stages, sizes=fit_sizes, n_boot=n_boot) if cap_rows else []
     return {"recipes": summary, "recipe_rows": recipe_rows, "sigma_profile": _profile_summary(profiles),
-            "sigma_profile_rows": profiles, "capacity": cap["summary"], "capacity_rows": cap["rows"],
-            "capacity_fit": fit, "capacity_fits_by_stage": fits, "complete": bool(complete),
-            "seconds": time.perf_counter() - t0}
+            "sigma_profile_rows": profiles, "capacity": summarize(cap_rows, arms), "capacity_rows": cap_rows,
+            "capacity_fit": fits[-1] if fits else None, "capacity_fits_by_stage": fits, "onset_fits": onsets,
+            "complete": bool(complete), "seconds": time.perf_counter() - t0}
 
 
 def plot(res: dict[str, Any], path: Path) -> None:
@@ -254,28 +297,28 @@ def plot(res: dict[str, Any], path: Path) -> None:
     if fits:
         import numpy as np
 
-        n_max = max(r["n_train"] for r in cap)
         allp = [s["params"] for f in fits for s in f["sizes"]]
         xs = np.geomspace(min(allp), max(allp), 20)
         for j, fit in enumerate(fits):
             last_fit = j == len(fits) - 1
             c = "C0" if last_fit else "C7"
-            pts = [s for s in fit["sizes"] if s["n_copy"] is not None]
+            pts = [s for s in fit["sizes"] if s["n_cross"] is not None]
             for s in pts:
-                ci = s["n_copy_ci95"] or [s["n_copy"], s["n_copy"]]
-                ax[2].errorbar(s["params"], s["n_copy"], yerr=[[s["n_copy"] - ci[0]], [ci[1] - s["n_copy"]]],
+                ci = s["n_cross_ci95"] or [s["n_cross"], s["n_cross"]]
+                ax[2].errorbar(s["params"], s["n_cross"], yerr=[[s["n_cross"] - ci[0]], [ci[1] - s["n_cross"]]],
                                fmt="o" if last_fit else "s", mfc=c if last_fit else "none", color=c, capsize=3)
-            # sizes still copying more than half at the largest N: N_copy beyond the range (a lower bound)
+            # sizes still copying more than half at their largest N: N_copy beyond the range (a lower bound)
             for s in fit["sizes"]:
+                n_max = s["n_range"][1]
                 top = [r for r in cap if r["size"] == s["size"] and r["stage"] == fit["stage"] and r["n_train"] == n_max]
-                if s["n_copy"] is None and top and top[0]["copy_fraction"] >= 0.5:
+                if s["n_cross"] is None and top and top[0]["copy_fraction"] >= 0.5:
                     ax[2].plot(s["params"], n_max, "^", color=c, ms=8, mfc=c if last_fit else "none")
                     ax[2].annotate(f"> {n_max}", (s["params"], n_max), xytext=(-12, 8), textcoords="offset points",
                                    fontsize=8, color=c)
-            sl, sci = fit["slope_log2_ncopy_vs_log2_params"], fit["slope_ci95"]
+            sl, sci = fit["slope"], fit["slope_ci95"]
             if sl is not None and pts:
                 p0 = pts[0]
-                ax[2].plot(xs, p0["n_copy"] * (xs / p0["params"]) ** sl, "-", color=c, lw=1,
+                ax[2].plot(xs, p0["n_cross"] * (xs / p0["params"]) ** sl, "-", color=c, lw=1,
                            label=f"{fit['stage'] // 1000}k steps: slope {sl:.2f}"
                            + (f" [{sci[0]:.2f}, {sci[1]:.2f}]" if sci else ""))
         ax[2].plot(xs, np.sqrt(xs), "k--", lw=1, label="N = sqrt|θ| (the paper's N*)")
@@ -283,10 +326,70 @@ def plot(res: dict[str, Any], path: Path) -> None:
         ax[2].set_yscale("log", base=2)
         ax[2].set_xlabel("|θ|")
         ax[2].set_ylabel("N_copy (copy fraction = 1/2)")
-        ax[2].set_title("Copy capacity: N_copy against |θ| (95% bootstrap CIs over seeds;\n"
+        ax[2].set_title(f"Copy capacity: N_copy against |θ| ({len(fits[-1]['seeds'])} seeds, 95% bootstrap CIs;\n"
                         "▲: still > 1/2 at the largest N; hollow: earlier stage)", fontsize=9)
         ax[2].legend(fontsize=8, loc="lower right")
         ax[2].grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_onset(res: dict[str, Any], path: Path) -> None:
+    """E_gen / E_gen(memorizer) against N for the fitted sizes (final stage), and the slope of the
+    onset N against |theta| as a function of the level it is read at (both stages)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    onsets = res["onset_fits"]
+    sizes = [s["size"] for s in onsets[0]["sizes"]]
+    stages = sorted({f["stage"] for f in onsets})
+    last = stages[-1]
+    fig, ax = plt.subplots(1, 2, figsize=(13, 4.8))
+    cmap = plt.get_cmap("viridis")
+    for k, size in enumerate(sizes):
+        sel = sorted((r for r in res["capacity"] if r["size"] == size and r["stage"] == last), key=lambda r: r["n_train"])
+        c = cmap(k / max(1, len(sizes) - 1))
+        ns = [r["n_train"] for r in sel]
+        ax[0].plot(ns, [r["e_gen_rel"] for r in sel], "o-", color=c, ms=4,
+                   label=f"{size} ({sel[0]['n_params'] / 1000:.0f}k)")
+        ax[0].fill_between(ns, [r["e_gen_rel_ci95"][0] for r in sel], [r["e_gen_rel_ci95"][1] for r in sel], color=c,
+                           alpha=0.2, lw=0)
+    for lv in sorted({f["level"] for f in onsets}):
+        ax[0].axhline(lv, color="0.6", lw=0.7, ls=":")
+    ax[0].set_xscale("log", base=2)
+    ax[0].set_xlabel("N (training images)")
+    ax[0].set_ylabel("E_gen / E_gen(memorizer)")
+    ax[0].set_title(f"Onset of generalization on E_gen ({last // 1000}k steps, {len(onsets[-1]['seeds'])} seeds, "
+                    "95% t-intervals)\ndotted: the levels the onset N is read at", fontsize=9)
+    ax[0].legend(fontsize=8)
+    ax[0].grid(alpha=0.3)
+    for j, st in enumerate(stages):
+        fs = [f for f in onsets if f["stage"] == st and f["slope"] is not None]
+        x = [f["level"] + (j - (len(stages) - 1) / 2) * 0.004 for f in fs]
+        y = [f["slope"] for f in fs]
+        lo = [f["slope"] - (f["slope_ci95"] or [f["slope"]] * 2)[0] for f in fs]
+        hi = [(f["slope_ci95"] or [f["slope"]] * 2)[1] - f["slope"] for f in fs]
+        ax[1].errorbar(x, y, yerr=[lo, hi], fmt="o-" if st == last else "s--", color="C0" if st == last else "C7",
+                       mfc="C0" if st == last else "none", capsize=3,
+                       label=f"onset on E_gen, {st // 1000}k steps (n sizes crossing: "
+                       + ", ".join(str(sum(s["n_cross"] is not None for s in f["sizes"])) for f in fs) + ")")
+    for fit in res.get("capacity_fits_by_stage") or []:
+        if fit["slope_ci95"]:
+            ax[1].axhspan(*fit["slope_ci95"], color="C1", alpha=0.15 if fit["stage"] == last else 0.07, lw=0,
+                          label=f"copy capacity N_copy, {fit['stage'] // 1000}k steps (95% CI)")
+    ax[1].axhline(0.5, color="k", ls="--", lw=1, label="½ (the paper's N* ∝ sqrt|θ|)")
+    ax[1].axhline(0.0, color="0.4", lw=0.8)
+    ax[1].set_xlabel("level of E_gen / E_gen(memorizer) the onset N is read at")
+    ax[1].set_ylabel("slope of log2 N_onset on log2 |θ|")
+    ax[1].set_title("Does the onset scale as sqrt|θ|? Slope against the level (95% bootstrap CIs over seeds)\n"
+                    f"sizes {sizes[0]} … {sizes[-1]}: "
+                    f"{onsets[0]['sizes'][-1]['params'] / onsets[0]['sizes'][0]['params']:.1f}× in |θ|", fontsize=9)
+    ax[1].invert_xaxis()
+    ax[1].legend(fontsize=7, loc="lower left")
+    ax[1].grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -311,32 +414,38 @@ def main(argv: list[str] | None = None) -> int:
         recipes = [("mlp:8:1", "mlp:8:1", {}), ("mlp:8:1, lr x3", "mlp:8:1", {"lr": 6e-3}),
                    ("resmlp:8:1 (FiLM)", "resmlp:8:1", {})]
         conf = {"recipes": recipes, "recipe_ns": [8, 16], "recipe_stages": [20, 40], "capacity_sizes": ["mlp:8:1", "mlp:16:1"],
-                "capacity_ns": [8, 11, 16], "capacity_stages": [40], "seeds": [0, 1], "n_eval": 64}
+                "capacity_ns": [8, 11, 16], "capacity_stages": [40], "seeds": [0, 1], "n_eval": 64,
+                "capacity_extra": [(["mlp:16:1"], [8, 11, 16], [2]), (["mlp:16:1"], [23], [0, 1, 2])],
+                "fit_sizes": None}
         base = {"check_every": 20, "n_check": 64, "warmup": 10}
         n_boot = 50
     else:
         conf = {"recipes": RECIPES, "recipe_ns": RECIPE_NS, "recipe_stages": RECIPE_STAGES,
                 "capacity_sizes": CAPACITY_SIZES, "capacity_ns": CAPACITY_NS, "capacity_stages": CAPACITY_STAGES,
-                "seeds": [0, 1, 2], "n_eval": 1024}
+                "seeds": [0, 1, 2], "n_eval": 1024, "capacity_extra": CAPACITY_EXTRA, "fit_sizes": FIT_SIZES}
         base, n_boot = None, 1000
     if args.only == "capacity":
         conf["recipes"] = []
     if args.only == "recipes":
-        conf["capacity_sizes"] = []
+        conf["capacity_sizes"], conf["capacity_extra"] = [], []
     res = run(conf["recipes"], conf["recipe_ns"], conf["recipe_stages"], conf["capacity_sizes"], conf["capacity_ns"],
               conf["capacity_stages"], out_dir=out, seeds=conf["seeds"], n_eval=conf["n_eval"], base_train=base,
-              n_boot=n_boot, log=lambda m: print(m, flush=True))
+              n_boot=n_boot, capacity_extra=conf["capacity_extra"], fit_sizes=conf["fit_sizes"],
+              log=lambda m: print(m, flush=True))
     res["config"] = {"teacher": "digits", **{k: v for k, v in conf.items() if k != "recipes"},
                      "recipes": [{"name": n, "size": s, "changed": t} for n, s, t in conf["recipes"]],
                      "train": {**DEFAULT_TRAIN, "min_steps": "off (constant lr)", **(base or {})},
                      "solver": {"solver": "heun", "steps": 18}, "copy_threshold": 1 / 3,
-                     "intervals": "95% t over seeds; N_copy: 95% bootstrap over seeds", "device": "cpu",
+                     "onset_levels": list(ONSET_LEVELS),
+                     "intervals": "95% t over seeds; N_copy and onset N: 95% bootstrap over seeds", "device": "cpu",
                      "threads": args.threads}
     if args.only is None:
         path = out / "memorization_recipes.json"
         write_json(path, res)
         if res["recipes"] and res["capacity"]:
             plot(res, path.with_suffix(".png"))
+        if res["onset_fits"]:
+            plot_onset(res, path.with_name("memorization_recipes_onset.png"))
         print(f"wrote {path} (complete={res['complete']}, {res['seconds']:.0f} s)")
     else:
         print(f"part {args.only} done (complete={res['complete']}, {res['seconds']:.0f} s); rerun without --only to "

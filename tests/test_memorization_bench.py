@@ -72,24 +72,65 @@ def test_copy_capacity_crossing_and_bootstrap_on_known_curves():
                 rows.append({"stage": 10, "size": f"m{p}", "n_params": p, "seed": s, "n_train": n,
                              "copy_fraction": 1 / (1 + (n / n_copy) ** 2)})
     fit = mod.capacity_fit(rows, 10, n_boot=200)
-    assert fit["slope_log2_ncopy_vs_log2_params"] == pytest.approx(0.5, abs=0.03)
+    assert fit["slope"] == pytest.approx(0.5, abs=0.03) and fit["seeds"] == [0, 1, 2]
     lo, hi = fit["slope_ci95"]
     assert lo <= 0.5 + 0.03 and hi >= 0.5 - 0.03 and hi - lo < 0.2
     for s in fit["sizes"]:  # the seed-mean curve crosses 1/2 near the middle seed's N_copy
-        assert s["n_copy"] == pytest.approx(math.sqrt(s["params"]) / 4, rel=0.1)
-        assert s["n_copy_ci95"][0] <= s["n_copy"] <= s["n_copy_ci95"][1]
+        assert s["n_cross"] == pytest.approx(math.sqrt(s["params"]) / 4, rel=0.1)
+        assert s["n_cross_ci95"][0] <= s["n_cross"] <= s["n_cross_ci95"][1]
+        assert s["n_cross_over_sqrt_params"] == pytest.approx(s["n_cross"] / math.sqrt(s["params"]))
+
+
+def test_onset_fits_recover_a_known_collapse_exponent_at_every_level():
+    # E_gen / E_gen(mem) = 1 - 0.3 * g(N / |theta|^alpha): curves that collapse with alpha = 0.4
+    # give slope 0.4 at every level; per-size N grids and a size with fewer seeds are handled
+    mod = load_script("benchmarks/memorization_recipes.py")
+    alpha, rows = 0.4, []
+    grids = {4**6: [8, 11, 16, 23, 32, 45, 64], 4**7: [8, 11, 16, 23, 32, 45, 64, 91, 128],
+             4**8: [8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256]}
+    for p, ns in grids.items():
+        for s in range(5):
+            for n in ns:
+                x = n / p**alpha * (1 + 0.03 * (s - 2))
+                rows.append({"stage": 10, "size": f"m{p}", "n_params": p, "seed": s, "n_train": n,
+                             "e_gen_rel": 1 - 0.3 * x**2 / (1 + x**2)})
+    rows = [r for r in rows if not (r["size"] == f"m{4**6}" and r["seed"] == 4)]  # one size lacks a seed
+    fits = mod.onset_fits(rows, [10], levels=(0.95, 0.9, 0.85), n_boot=100)
+    assert [f["level"] for f in fits] == [0.95, 0.9, 0.85]
+    for f in fits:
+        assert f["seeds"] == [0, 1, 2, 3] and f["observable"] == "e_gen_rel"
+        assert f["slope"] == pytest.approx(alpha, abs=0.03)
+        assert f["slope_ci95"][0] - 0.03 <= alpha <= f["slope_ci95"][1] + 0.03
+        assert [s["n_range"] for s in f["sizes"]] == [[8, 64], [8, 128], [8, 256]]
+    # a level the curves never reach inside the range: no crossing, no slope, said so
+    (never,) = mod.onset_fits(rows, [10], levels=(0.5,), n_boot=20)
+    assert never["slope"] is None and all(s["n_cross"] is None for s in never["sizes"])
+    disjoint = [r for r in rows if (r["n_params"] == 4**6 and r["seed"] == 0) or (r["n_params"] == 4**7 and r["seed"] == 1)]
+    with pytest.raises(ValueError, match="no seed has every N"):
+        mod.crossing_fit(disjoint, 10, field="e_gen_rel", level=0.9)
 
 
 def test_recipes_study_tiny_runs_and_writes(tmp_path):
     mod = load_script("benchmarks/memorization_recipes.py")
     res = mod.run([("mlp:8:1", "mlp:8:1", {}), ("mlp:8:1, lr x3", "mlp:8:1", {"lr": 6e-3})], [8], [10], ["mlp:8:1"],
                   [8, 11], [10], out_dir=tmp_path, seeds=[0, 1], n_eval=32,
-                  base_train={"check_every": 10, "n_check": 32, "warmup": 5}, n_boot=20, log=lambda m: None)
+                  base_train={"check_every": 10, "n_check": 32, "warmup": 5}, n_boot=20,
+                  capacity_extra=[(["mlp:8:1"], [8, 11], [2]), (["mlp:8:1"], [16], [0, 1, 2])], log=lambda m: None)
     assert res["complete"] and {r["recipe"] for r in res["recipes"]} == {"mlp:8:1", "mlp:8:1, lr x3"}
     # the two recipes are different settings: different students, scored separately
     a, b = (next(r for r in res["recipe_rows"] if r["recipe"] == k and r["seed"] == 0) for k in ("mlp:8:1", "mlp:8:1, lr x3"))
     assert a["settings_key"] != b["settings_key"] and a["e_gen"] != b["e_gen"]
-    assert len(res["capacity_rows"]) == 2 * 2 and res["capacity_fit"]["stage"] == 10
+    # the extra capacity units are pooled: seed 2 and N = 16 join the first study's 2 seeds x 2 N
+    assert len(res["capacity_rows"]) == 2 * 2 + 2 + 3 and res["capacity_fit"]["stage"] == 10
+    assert [(r["n_train"], r["seeds"]) for r in res["capacity"]] == [(8, 3), (11, 3), (16, 3)]
+    (first,) = [r for r in res["capacity_rows"] if r["n_train"] == 8 and r["seed"] == 0]
+    n8 = next(r for r in res["capacity"] if r["n_train"] == 8)
+    assert n8["e_gen_rel"] == pytest.approx(sum(r["e_gen_rel"] for r in res["capacity_rows"] if r["n_train"] == 8) / 3)
+    assert first["settings"]["seeds"] == [0, 1]
+    assert res["capacity_fit"]["seeds"] == [0, 1, 2] and res["capacity_fit"]["sizes"][0]["n_range"] == [8, 16]
+    assert [f["level"] for f in res["onset_fits"]] == list(mod.ONSET_LEVELS)
+    mod.plot_onset(res, tmp_path / "onset.png")
+    assert (tmp_path / "onset.png").stat().st_size > 10_000
     # the sigma profile of the final N = 8 students: one record per seed and recipe, one row per sigma
     assert len(res["sigma_profile_rows"]) == 2 * 2
     rows = [r for r in res["sigma_profile"] if r["recipe"] == "mlp:8:1"]
