@@ -134,11 +134,14 @@ def _profile_summary(profiles: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def crossing(ns: list[int], fracs: list[float], level: float = 0.5) -> float | None:
     """The N where a falling curve fracs(N) first crosses ``level`` (linear in log2 N between the
-    bracketing points); None when it never does inside the range.
+    bracketing points); None when it never does inside the range, and None when the curve starts
+    below ``level`` (the crossing lies below the smallest N; a later noisy re-crossing is not it).
 
     >>> round(crossing([8, 16, 32], [0.9, 0.6, 0.2]), 3)
     20.159
     """
+    if not fracs or fracs[0] < level:
+        return None
     for (n0, f0), (n1, f1) in zip(zip(ns, fracs, strict=True), zip(ns[1:], fracs[1:], strict=True), strict=False):
         if f0 >= level > f1:
             t = (f0 - level) / (f0 - f1)

@@ -63,6 +63,7 @@ def test_copy_capacity_crossing_and_bootstrap_on_known_curves():
     mod = load_script("benchmarks/memorization_recipes.py")
     assert mod.crossing([8, 16, 32], [0.9, 0.6, 0.2]) == pytest.approx(2 ** (4 + 0.25))
     assert mod.crossing([8, 16], [0.4, 0.1]) is None and mod.crossing([8, 16], [0.9, 0.7]) is None
+    assert mod.crossing([8, 16, 32, 64], [0.45, 0.55, 0.3, 0.2]) is None  # starts below: not a crossing at 16..32
     # copy fraction 1 / (1 + (N / N_copy)^2) with N_copy = sqrt(|theta|) / 4: slope 1/2 exactly
     rows = []
     for p in (4**6, 4**7, 4**8):
