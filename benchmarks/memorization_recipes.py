@@ -7,20 +7,25 @@ copy (memorization ratio d1/d2 < 1/3) a training set of N = 8 / 16 and what move
 * **recipes**: the sweep's DSM training of small students with one setting changed at a time
   (learning rate x3 and /3.3, batch 1024, log-uniform sigma only, twice the depth, FiLM
   noise conditioning in every block: ``resmlp``), each scored at 10k, 20k and 40k steps;
-* **capacity**: plain MLPs of 33k-351k parameters at N = 8 ... 64 (half octaves), scored at 10k and
-  20k steps; per size the N where the seed-mean copy fraction crosses 1/2 (N_copy, log-linear
-  interpolation, 95% bootstrap CI over seeds) and the slope of log2 N_copy against log2 |theta|.
+* **capacity**: plain MLPs of 33k-351k parameters at N = 8 ... 64 (half octaves; 91 and 128 for the
+  two largest), scored at 10k and 20k steps, 5 seeds for the sizes that copy (``CAPACITY_EXTRA``
+  pools later units with the first); per size the N where the seed-mean copy fraction crosses 1/2
+  (N_copy, log-linear interpolation, 95% bootstrap CI over seeds) and the slope of log2 N_copy
+  against log2 |theta|;
+* **onset of generalization on E_gen**: on the same runs, the N where E_gen / E_gen(memorizer)
+  falls through each of ``ONSET_LEVELS``, and the slope of log2 N_onset against log2 |theta| per
+  level (``onset_fits``; the slope is alpha at every level if the curves collapse on N / |theta|^alpha).
 
 Everything else is the sweep's (benchmarks/memorization_digits.py ``run_study``: ensemble trainer,
 constant learning rate, EMA, output clamp when scored, 3 seeds, n = 1024 noise samples, 95%
 t-intervals over seeds).
 
-    python benchmarks/memorization_recipes.py           # the committed study (CPU, ~2 h on one core)
+    python benchmarks/memorization_recipes.py           # the committed study (CPU, ~4.5 h on one core)
     python benchmarks/memorization_recipes.py --quick   # smoke run into results/quick/
 
 Resumable (records keyed by all settings under results/digits_runs/, trainer checkpoints there
-too, git-ignored). Writes results/memorization_recipes.json (+ .png), ``complete: false`` until
-every arm is scored.
+too, git-ignored). Writes results/memorization_recipes.json (+ .png and _onset.png),
+``complete: false`` until every arm is scored.
 """
 
 from __future__ import annotations
@@ -350,7 +355,7 @@ def plot_onset(res: dict[str, Any], path: Path) -> None:
     sizes = [s["size"] for s in onsets[0]["sizes"]]
     stages = sorted({f["stage"] for f in onsets})
     last = stages[-1]
-    fig, ax = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, ax = plt.subplots(1, 3, figsize=(19, 4.8))
     cmap = plt.get_cmap("viridis")
     for k, size in enumerate(sizes):
         sel = sorted((r for r in res["capacity"] if r["size"] == size and r["stage"] == last), key=lambda r: r["n_train"])
@@ -369,30 +374,59 @@ def plot_onset(res: dict[str, Any], path: Path) -> None:
                     "95% t-intervals)\ndotted: the levels the onset N is read at", fontsize=9)
     ax[0].legend(fontsize=8)
     ax[0].grid(alpha=0.3)
+    import numpy as np
+
+    show = [lv for lv in (0.95, 0.9) if any(f["level"] == lv for f in onsets)]
+    for j, lv in enumerate(show):
+        f = next(f for f in onsets if f["stage"] == last and f["level"] == lv)
+        pts = [s for s in f["sizes"] if s["n_cross"] is not None]
+        ci = [s["n_cross_ci95"] or [s["n_cross"]] * 2 for s in pts]
+        ax[1].errorbar([s["params"] for s in pts], [s["n_cross"] for s in pts], capsize=3, fmt="o-", color=f"C{j}",
+                       yerr=[[s["n_cross"] - c[0] for s, c in zip(pts, ci, strict=True)],
+                             [c[1] - s["n_cross"] for s, c in zip(pts, ci, strict=True)]],
+                       label=f"onset N at level {lv}" + (f" (slope {f['slope']:.2f})" if f["slope"] is not None else ""))
+    fit = (res.get("capacity_fits_by_stage") or [None])[-1]
+    if fit:
+        pts = [s for s in fit["sizes"] if s["n_cross"] is not None]
+        ax[1].plot([s["params"] for s in pts], [s["n_cross"] for s in pts], "s:", color="C3", mfc="none",
+                   label="N_copy, copy fraction ½" + (f" (slope {fit['slope']:.2f})" if fit["slope"] is not None else ""))
+    allp = [s["params"] for s in onsets[0]["sizes"]]
+    xs = np.geomspace(min(allp) / 1.3, max(allp) * 1.3, 20)
+    ax[1].plot(xs, np.sqrt(xs), "k--", lw=1, label="N = sqrt|θ| (the paper's N*)")
+    ax[1].plot(xs, 0.1 * np.sqrt(xs), "k:", lw=1, label="N = 0.1 sqrt|θ|")
+    ax[1].set_xscale("log")
+    ax[1].set_yscale("log", base=2)
+    ax[1].set_xlabel("|θ|")
+    ax[1].set_ylabel("N")
+    ax[1].set_title(f"Onset N against |θ| ({last // 1000}k steps; 95% bootstrap CIs over seeds)", fontsize=9)
+    ax[1].legend(fontsize=7, loc="upper left")
+    ax[1].grid(alpha=0.3, which="both")
     for j, st in enumerate(stages):
         fs = [f for f in onsets if f["stage"] == st and f["slope"] is not None]
         x = [f["level"] + (j - (len(stages) - 1) / 2) * 0.004 for f in fs]
         y = [f["slope"] for f in fs]
         lo = [f["slope"] - (f["slope_ci95"] or [f["slope"]] * 2)[0] for f in fs]
         hi = [(f["slope_ci95"] or [f["slope"]] * 2)[1] - f["slope"] for f in fs]
-        ax[1].errorbar(x, y, yerr=[lo, hi], fmt="o-" if st == last else "s--", color="C0" if st == last else "C7",
+        ax[2].errorbar(x, y, yerr=[lo, hi], fmt="o-" if st == last else "s--", color="C0" if st == last else "C7",
                        mfc="C0" if st == last else "none", capsize=3,
                        label=f"onset on E_gen, {st // 1000}k steps (n sizes crossing: "
                        + ", ".join(str(sum(s["n_cross"] is not None for s in f["sizes"])) for f in fs) + ")")
     for fit in res.get("capacity_fits_by_stage") or []:
         if fit["slope_ci95"]:
-            ax[1].axhspan(*fit["slope_ci95"], color="C1", alpha=0.15 if fit["stage"] == last else 0.07, lw=0,
-                          label=f"copy capacity N_copy, {fit['stage'] // 1000}k steps (95% CI)")
-    ax[1].axhline(0.5, color="k", ls="--", lw=1, label="½ (the paper's N* ∝ sqrt|θ|)")
-    ax[1].axhline(0.0, color="0.4", lw=0.8)
-    ax[1].set_xlabel("level of E_gen / E_gen(memorizer) the onset N is read at")
-    ax[1].set_ylabel("slope of log2 N_onset on log2 |θ|")
-    ax[1].set_title("Does the onset scale as sqrt|θ|? Slope against the level (95% bootstrap CIs over seeds)\n"
+            band = {"color": "C3", "alpha": 0.2, "lw": 0} if fit["stage"] == last else {
+                "facecolor": "none", "edgecolor": "C3", "hatch": "//", "alpha": 0.4, "lw": 0}
+            ax[2].axhspan(*fit["slope_ci95"], **band,
+                          label=f"slope of N_copy (copy fraction ½), {fit['stage'] // 1000}k steps (95% CI)")
+    ax[2].axhline(0.5, color="k", ls="--", lw=1, label="½ (the paper's N* ∝ sqrt|θ|)")
+    ax[2].axhline(0.0, color="0.4", lw=0.8)
+    ax[2].set_xlabel("level of E_gen / E_gen(memorizer) the onset N is read at")
+    ax[2].set_ylabel("slope of log2 N_onset on log2 |θ|")
+    ax[2].set_title("Does the onset scale as sqrt|θ|? Slope against the level (95% bootstrap CIs over seeds)\n"
                     f"sizes {sizes[0]} … {sizes[-1]}: "
                     f"{onsets[0]['sizes'][-1]['params'] / onsets[0]['sizes'][0]['params']:.1f}× in |θ|", fontsize=9)
-    ax[1].invert_xaxis()
-    ax[1].legend(fontsize=7, loc="lower left")
-    ax[1].grid(alpha=0.3)
+    ax[2].invert_xaxis()
+    ax[2].legend(fontsize=7, loc="lower left")
+    ax[2].grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,5 +1,6 @@
 """benchmarks/memorization_digits.py on tiny settings: records, resume, summary, figure."""
 
+import json
 import math
 
 import pytest
@@ -169,3 +170,15 @@ def test_sigma_profile_matches_a_direct_computation(one_thread):
             emp = pfd.GaussianMixture.empirical(data[i].double()).denoiser(x.double(), sig)
             want = float((d.double() - emp).pow(2).sum(1).mean().sqrt())
             assert prof[i][sig_k] == pytest.approx(want, rel=1e-4)
+
+
+def test_recipes_quick_main_writes_both_figures(tmp_path):
+    # the script's own entry point on its smoke settings, including the onset figure when no
+    # slope can be fitted (tiny students: curves that do not cross)
+    mod = load_script("benchmarks/memorization_recipes.py")
+    assert mod.main(["--quick", "--out-dir", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "memorization_recipes.json").read_text())
+    assert res["complete"] and res["config"]["onset_levels"] == list(mod.ONSET_LEVELS)
+    assert {r["seeds"] for r in res["capacity"] if r["size"] == "mlp:16:1"} == {3}
+    for name in ("memorization_recipes.png", "memorization_recipes_onset.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
