@@ -219,14 +219,46 @@ def onset_fits(rows: list[dict[str, Any]], stages: list[int], levels: tuple[floa
     return [crossing_fit(rows, st, field="e_gen_rel", level=lv, **kw) for st in sorted(stages) for lv in levels]
 
 
+SWEEP_MIN_PARAMS = 50_000
+"""The committed GPU sweep (results/mtog_digits.json) predates copy fractions; its sizes above this
+many parameters are the ones this study finds copying at N = 8 (mlp:192:3 and mlp:512:3 there)."""
+
+
+def sweep_onset_fits(path: str | Path, levels: tuple[float, ...] = ONSET_LEVELS, *, min_params: int = SWEEP_MIN_PARAMS,
+                     n_boot: int = 1000) -> dict[str, Any] | None:
+    """The onset of generalization on E_gen (:func:`onset_fits`) read from the runs of a committed
+    MtoG sweep (``benchmarks/mtog_digits.py``: plateau-rule training with lr decays up to a step cap,
+    N = 8 ... 2048), on its sizes with at least ``min_params`` parameters; None if ``path`` is absent.
+    A cross-check of the fixed-budget capacity runs under another training protocol."""
+    import json
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    runs = json.loads(path.read_text(encoding="utf-8"))["runs"]
+    rows = [{"stage": 0, "size": f"{r['arch']}:{r['width']}:{r['depth']}", "n_params": r["n_params"], "seed": r["seed"],
+             "n_train": r["n_train"], "e_gen_rel": r["e_gen"] / r["e_gen_empirical"], "steps": r["steps"],
+             "stopped_by": r["stopped_by"]} for r in runs if r["n_params"] >= min_params]
+    if not rows:
+        return None
+    sizes = sorted({r["size"] for r in rows}, key=lambda s: next(r["n_params"] for r in rows if r["size"] == s))
+    steps = {s: sorted(r["steps"] for r in rows if r["size"] == s) for s in sizes}
+    return {"source": str(path.name), "min_params": min_params, "sizes": sizes,
+            "steps_min_median_max": {s: [v[0], v[len(v) // 2], v[-1]] for s, v in steps.items()},
+            "capped": {s: sum(r["stopped_by"] == "cap" for r in rows if r["size"] == s) for s in sizes},
+            "runs": {s: len(steps[s]) for s in sizes},
+            "fits": onset_fits(rows, [0], levels, n_boot=n_boot)}
+
+
 def run(recipes: list[tuple[str, str, dict[str, Any]]], recipe_ns: list[int], recipe_stages: list[int],
         capacity_sizes: list[str], capacity_ns: list[int], capacity_stages: list[int], *, out_dir: Path,
         seeds: list[int], n_eval: int, base_train: dict[str, Any] | None = None, n_boot: int = 1000,
         capacity_extra: list[tuple[list[str], list[int], list[int]]] = (), fit_sizes: list[str] | None = None,
-        log=print) -> dict[str, Any]:
+        sweep: str | Path | None = None, log=print) -> dict[str, Any]:
     """The study. ``capacity_extra``: further (sizes, N, seeds) units trained after the first
     capacity study and pooled with it (more seeds, larger N); ``fit_sizes``: the sizes the N_copy
-    and onset fits use (default all)."""
+    and onset fits use (default all); ``sweep``: a committed MtoG sweep's JSON whose E_gen onset is
+    read as a cross-check (:func:`sweep_onset_fits`)."""
     from memorization_digits import run_study, summarize
 
     t0 = time.perf_counter()
@@ -254,6 +286,7 @@ def run(recipes: list[tuple[str, str, dict[str, Any]]], recipe_ns: list[int], re
     return {"recipes": summary, "recipe_rows": recipe_rows, "sigma_profile": _profile_summary(profiles),
             "sigma_profile_rows": profiles, "capacity": summarize(cap_rows, arms), "capacity_rows": cap_rows,
             "capacity_fit": fits[-1] if fits else None, "capacity_fits_by_stage": fits, "onset_fits": onsets,
+            "sweep_onset": sweep_onset_fits(sweep, n_boot=n_boot) if sweep is not None else None,
             "complete": bool(complete), "seconds": time.perf_counter() - t0}
 
 
@@ -417,6 +450,13 @@ def plot_onset(res: dict[str, Any], path: Path) -> None:
                 "facecolor": "none", "edgecolor": "C3", "hatch": "//", "alpha": 0.4, "lw": 0}
             ax[2].axhspan(*fit["slope_ci95"], **band,
                           label=f"slope of N_copy (copy fraction ½), {fit['stage'] // 1000}k steps (95% CI)")
+    sw = res.get("sweep_onset")
+    if sw:
+        fs = [f for f in sw["fits"] if f["slope"] is not None]
+        ax[2].errorbar([f["level"] for f in fs], [f["slope"] for f in fs], fmt="^-.", color="C2", capsize=3,
+                       yerr=[[f["slope"] - (f["slope_ci95"] or [f["slope"]] * 2)[0] for f in fs],
+                             [(f["slope_ci95"] or [f["slope"]] * 2)[1] - f["slope"] for f in fs]],
+                       label=f"onset on E_gen in the GPU sweep ({' & '.join(sw['sizes'])}; lr decays, ≤ 30k steps)")
     ax[2].axhline(0.5, color="k", ls="--", lw=1, label="½ (the paper's N* ∝ sqrt|θ|)")
     ax[2].axhline(0.0, color="0.4", lw=0.8)
     ax[2].set_xlabel("level of E_gen / E_gen(memorizer) the onset N is read at")
@@ -453,13 +493,14 @@ def main(argv: list[str] | None = None) -> int:
         conf = {"recipes": recipes, "recipe_ns": [8, 16], "recipe_stages": [20, 40], "capacity_sizes": ["mlp:8:1", "mlp:16:1"],
                 "capacity_ns": [8, 11, 16], "capacity_stages": [40], "seeds": [0, 1], "n_eval": 64,
                 "capacity_extra": [(["mlp:16:1"], [8, 11, 16], [2]), (["mlp:16:1"], [23], [0, 1, 2])],
-                "fit_sizes": None}
+                "fit_sizes": None, "sweep": None}
         base = {"check_every": 20, "n_check": 64, "warmup": 10}
         n_boot = 50
     else:
         conf = {"recipes": RECIPES, "recipe_ns": RECIPE_NS, "recipe_stages": RECIPE_STAGES,
                 "capacity_sizes": CAPACITY_SIZES, "capacity_ns": CAPACITY_NS, "capacity_stages": CAPACITY_STAGES,
-                "seeds": [0, 1, 2], "n_eval": 1024, "capacity_extra": CAPACITY_EXTRA, "fit_sizes": FIT_SIZES}
+                "seeds": [0, 1, 2], "n_eval": 1024, "capacity_extra": CAPACITY_EXTRA, "fit_sizes": FIT_SIZES,
+                "sweep": RESULTS / "mtog_digits.json"}
         base, n_boot = None, 1000
     if args.only == "capacity":
         conf["recipes"] = []
@@ -467,9 +508,10 @@ def main(argv: list[str] | None = None) -> int:
         conf["capacity_sizes"], conf["capacity_extra"] = [], []
     res = run(conf["recipes"], conf["recipe_ns"], conf["recipe_stages"], conf["capacity_sizes"], conf["capacity_ns"],
               conf["capacity_stages"], out_dir=out, seeds=conf["seeds"], n_eval=conf["n_eval"], base_train=base,
-              n_boot=n_boot, capacity_extra=conf["capacity_extra"], fit_sizes=conf["fit_sizes"],
+              n_boot=n_boot, capacity_extra=conf["capacity_extra"], fit_sizes=conf["fit_sizes"], sweep=conf["sweep"],
               log=lambda m: print(m, flush=True))
-    res["config"] = {"teacher": "digits", **{k: v for k, v in conf.items() if k != "recipes"},
+    res["config"] = {"teacher": "digits", **{k: v for k, v in conf.items() if k not in ("recipes", "sweep")},
+                     "sweep": Path(conf["sweep"]).name if conf["sweep"] else None,
                      "recipes": [{"name": n, "size": s, "changed": t} for n, s, t in conf["recipes"]],
                      "train": {**DEFAULT_TRAIN, "min_steps": "off (constant lr)", **(base or {})},
                      "solver": {"solver": "heun", "steps": 18}, "copy_threshold": 1 / 3,

@@ -182,3 +182,23 @@ def test_recipes_quick_main_writes_both_figures(tmp_path):
     assert {r["seeds"] for r in res["capacity"] if r["size"] == "mlp:16:1"} == {3}
     for name in ("memorization_recipes.png", "memorization_recipes_onset.png"):
         assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_sweep_onset_reads_a_committed_sweep_and_keeps_its_large_sizes(tmp_path):
+    mod = load_script("benchmarks/memorization_recipes.py")
+    assert mod.sweep_onset_fits(tmp_path / "absent.json") is None
+    alpha, runs = 0.6, []
+    for width, p in ((16, 4_000), (192, 4**8), (512, 4**9)):
+        for s in range(4):
+            for n in (8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362, 512, 724, 1024, 1448, 2048):
+                x = n / p**alpha * 4
+                runs.append({"arch": "mlp", "width": width, "depth": 3, "n_params": p, "seed": s, "n_train": n,
+                             "e_gen": 3.0 * (1 - 0.4 * x**2 / (1 + x**2)), "e_gen_empirical": 3.0,
+                             "steps": 1000 * (1 + s), "stopped_by": "cap" if s == 3 else "plateau"})
+    (tmp_path / "sweep.json").write_text(json.dumps({"runs": runs}))
+    out = mod.sweep_onset_fits(tmp_path / "sweep.json", levels=(0.9, 0.8), n_boot=50)
+    assert out["sizes"] == ["mlp:192:3", "mlp:512:3"]  # the 4k-parameter size is below min_params
+    assert out["capped"] == {"mlp:192:3": 17, "mlp:512:3": 17} and out["runs"] == {"mlp:192:3": 68, "mlp:512:3": 68}
+    assert out["steps_min_median_max"]["mlp:192:3"] == [1000, 3000, 4000]
+    assert [f["level"] for f in out["fits"]] == [0.9, 0.8]
+    assert [f["slope"] for f in out["fits"]] == pytest.approx([alpha, alpha], abs=0.03)
