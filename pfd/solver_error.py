@@ -667,7 +667,8 @@ def auto_distance(a: Any, b: Any, *, rtol: float, solver_error: bool | str = Tru
     >>> q = pfd.GaussianMixture([0.5, 0.5], [[-1.1, 0.0], [1.1, 0.0]], [0.1, 0.1])
     >>> res = pfd.distance(p.ode_map(), q.ode_map(), n=1024, rtol=0.01, progress=False)
     >>> auto = res.provenance["auto_solver"]
-    >>> auto["met"], auto["chosen"]["solver"], res.solver_error.value <= 0.01 * res.value
+    >>> chosen = auto["chosen"]
+    >>> auto["met"], chosen["solver"], res.solver_error.value <= 0.01 * res.value
     (True, 'unipc3', True)
     """
     from pfd._checks import check_positive_float

@@ -295,7 +295,8 @@ class VPDenoiser(_Adapter):
         >>> import torch
         >>> den = VPDenoiser(lambda x, t: x, torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0),
         ...                  "epsilon")
-        >>> [round(float(s), 4) for s in den.schedule_sigmas(4)]
+        >>> sigmas = [round(float(s), 4) for s in den.schedule_sigmas(4)]
+        >>> sigmas
         [157.4073, 9.4889, 1.4624, 0.01]
         """
         from pfd._checks import check_positive_int

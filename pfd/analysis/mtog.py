@@ -589,7 +589,8 @@ def transition_fits(runs: list[dict[str, Any]], field: str = "e_gen", *, group: 
     ...          "e_gen": 1 + 2 / (1 + np.exp(np.log2(n) - 0.5 * np.log2(p) - 2 + 0.1 * s))}
     ...         for p in (2**8, 2**12, 2**16) for s in range(3) for n in (2**np.arange(2, 15)).tolist()]
     >>> res = transition_fits(runs, n_boot=20)
-    >>> round(res["collapse"]["alpha"], 1)
+    >>> collapse = res["collapse"]
+    >>> round(collapse["alpha"], 1)
     0.5
     """
     seeds = sorted({r["seed"] for r in runs})
