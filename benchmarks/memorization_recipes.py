@@ -169,9 +169,9 @@ def crossing_fit(rows: list[dict[str, Any]], stage: int, *, field: str = "copy_f
     import numpy as np
 
     sel = [r for r in rows if r["stage"] == stage and (sizes is None or r["size"] in sizes)]
-    names = sorted({r["size"] for r in sel}, key=lambda s: next(r["n_params"] for r in sel if r["size"] == s))
+    params = {r["size"]: r["n_params"] for r in sel}
+    names = sorted(params, key=params.get)
     table = {(r["size"], r["n_train"], r["seed"]): r[field] for r in sel}
-    params = {s: next(r["n_params"] for r in sel if r["size"] == s) for s in names}
     grid = {s: sorted({r["n_train"] for r in sel if r["size"] == s}) for s in names}
     complete = [{k for k in {r["seed"] for r in sel} if all((s, n, k) in table for n in grid[s])} for s in names]
     seeds = sorted(set.intersection(*complete)) if complete else []
@@ -237,11 +237,12 @@ def sweep_onset_fits(path: str | Path, levels: tuple[float, ...] = ONSET_LEVELS,
         return None
     runs = json.loads(path.read_text(encoding="utf-8"))["runs"]
     rows = [{"stage": 0, "size": f"{r['arch']}:{r['width']}:{r['depth']}", "n_params": r["n_params"], "seed": r["seed"],
-             "n_train": r["n_train"], "e_gen_rel": r["e_gen"] / r["e_gen_empirical"], "steps": r["steps"],
+             "n_train": r["n_train"], "e_gen_rel": r["e_gen_rel"], "steps": r["steps"],
              "stopped_by": r["stopped_by"]} for r in runs if r["n_params"] >= min_params]
     if not rows:
         return None
-    sizes = sorted({r["size"] for r in rows}, key=lambda s: next(r["n_params"] for r in rows if r["size"] == s))
+    params = {r["size"]: r["n_params"] for r in rows}
+    sizes = sorted(params, key=params.get)
     steps = {s: sorted(r["steps"] for r in rows if r["size"] == s) for s in sizes}
     return {"source": str(path.name), "min_params": min_params, "sizes": sizes,
             "steps_min_median_max": {s: [v[0], v[len(v) // 2], v[-1]] for s, v in steps.items()},
@@ -280,11 +281,10 @@ def run(recipes: list[tuple[str, str, dict[str, Any]]], recipe_ns: list[int], re
         cap = run_study(list(sizes_u), list(ns_u), list(seeds_u), capacity_stages, train=base_train, **kw)
         complete &= cap["complete"]
         cap_rows += cap["rows"]
-    arms = [f"{s} sample" for s in dict.fromkeys([*capacity_sizes, *(s for u in capacity_extra for s in u[0])])]
     fits = [capacity_fit(cap_rows, st, sizes=fit_sizes, n_boot=n_boot) for st in sorted(capacity_stages)] if cap_rows else []
     onsets = onset_fits(cap_rows, capacity_stages, sizes=fit_sizes, n_boot=n_boot) if cap_rows else []
     return {"recipes": summary, "recipe_rows": recipe_rows, "sigma_profile": _profile_summary(profiles),
-            "sigma_profile_rows": profiles, "capacity": summarize(cap_rows, arms), "capacity_rows": cap_rows,
+            "sigma_profile_rows": profiles, "capacity": summarize(cap_rows), "capacity_rows": cap_rows,
             "capacity_fit": fits[-1] if fits else None, "capacity_fits_by_stage": fits, "onset_fits": onsets,
             "sweep_onset": sweep_onset_fits(sweep, n_boot=n_boot) if sweep is not None else None,
             "complete": bool(complete), "seconds": time.perf_counter() - t0}

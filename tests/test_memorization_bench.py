@@ -193,7 +193,7 @@ def test_sweep_onset_reads_a_committed_sweep_and_keeps_its_large_sizes(tmp_path)
             for n in (8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362, 512, 724, 1024, 1448, 2048):
                 x = n / p**alpha * 4
                 runs.append({"arch": "mlp", "width": width, "depth": 3, "n_params": p, "seed": s, "n_train": n,
-                             "e_gen": 3.0 * (1 - 0.4 * x**2 / (1 + x**2)), "e_gen_empirical": 3.0,
+                             "e_gen_rel": 1 - 0.4 * x**2 / (1 + x**2),
                              "steps": 1000 * (1 + s), "stopped_by": "cap" if s == 3 else "plateau"})
     (tmp_path / "sweep.json").write_text(json.dumps({"runs": runs}))
     out = mod.sweep_onset_fits(tmp_path / "sweep.json", levels=(0.9, 0.8), n_boot=50)
